@@ -1,0 +1,1 @@
+"""Generated attnserve.v1 protobuf and gRPC stubs. Do not edit: run `make proto`."""
