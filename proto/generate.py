@@ -57,7 +57,9 @@ def stale_files(committed: Path, fresh: Path) -> list[str]:
         if not a.exists() or not b.exists() or a.read_text() != b.read_text():
             stale.append(name)
             if a.exists() and b.exists():
-                sys.stderr.writelines(difflib.unified_diff(a.read_text().splitlines(True), b.read_text().splitlines(True), str(a), str(b)))
+                old, new = a.read_text().splitlines(True), b.read_text().splitlines(True)
+                diff = difflib.unified_diff(old, new, str(a), str(b))
+                sys.stderr.writelines(diff)
     return stale
 
 
