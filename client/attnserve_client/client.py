@@ -1,0 +1,303 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+from attnserve_client import convert, methods
+from attnserve_client.errors import InvalidArgumentError, from_rpc_error
+from attnserve_client.health import HEALTH_CHECK_METHOD, ServingStatus, decode_response, encode_request
+from attnserve_client.pb import models_pb2, text_generation_pb2
+from attnserve_client.request import GenerationRequest
+from attnserve_client.retry import Deadline, RetryPolicy, channel_options, check_timeout, log_retry
+from attnserve_client.types import Generation, GenerationChunk, ModelInfo
+
+__all__ = ["DEFAULT_RETRIES", "DEFAULT_TARGET", "DEFAULT_TIMEOUT", "HEALTH_FALSE_CODES", "Client"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_RETRIES = 2
+# Health answers False (rather than raising) for these: the server is down, too slow to
+# answer, or does not know the model.
+HEALTH_FALSE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND}
+)
+
+_Response = TypeVar("_Response")
+
+
+class Client:
+    """A blocking client of an attnserve server.
+
+    Example::
+
+        with Client("127.0.0.1:50051") as client:
+            print(client.generate("ROMEO:", model="shakespeare-gpt", max_new_tokens=50).text)
+            for chunk in client.generate_stream("ROMEO:", model="shakespeare-gpt"):
+                print(chunk.text, end="", flush=True)
+
+    Args:
+        target: the server's ``host:port``.
+        timeout: the default deadline of every call, in seconds (retries included). A stream
+            must finish within it too; pass ``timeout=`` to a call to change it for that call.
+        retries: how many times a call that failed with UNAVAILABLE is sent again, with
+            exponential backoff and jitter (a stream only before its first chunk). 0 disables.
+        credentials: TLS credentials (``grpc.ssl_channel_credentials()``); None for plaintext.
+
+    Every method raises a subclass of :class:`~attnserve_client.AttnserveError` on failure.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self._timeout = check_timeout(timeout)
+        self._retry = RetryPolicy(retries=retries)
+        self._target = target
+        options = channel_options(self._retry)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._generate: grpc.UnaryUnaryMultiCallable[
+            text_generation_pb2.GenerateRequest, text_generation_pb2.GenerateResponse
+        ] = self._channel.unary_unary(
+            methods.GENERATE,
+            request_serializer=text_generation_pb2.GenerateRequest.SerializeToString,
+            response_deserializer=text_generation_pb2.GenerateResponse.FromString,
+        )
+        self._generate_stream: grpc.UnaryStreamMultiCallable[
+            text_generation_pb2.GenerateRequest, text_generation_pb2.GenerateStreamResponse
+        ] = self._channel.unary_stream(
+            methods.GENERATE_STREAM,
+            request_serializer=text_generation_pb2.GenerateRequest.SerializeToString,
+            response_deserializer=text_generation_pb2.GenerateStreamResponse.FromString,
+        )
+        self._list_models: grpc.UnaryUnaryMultiCallable[models_pb2.ListModelsRequest, models_pb2.ListModelsResponse] = (
+            self._channel.unary_unary(
+                methods.LIST_MODELS,
+                request_serializer=models_pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=models_pb2.ListModelsResponse.FromString,
+            )
+        )
+        self._get_model: grpc.UnaryUnaryMultiCallable[models_pb2.GetModelRequest, models_pb2.ModelInfo] = (
+            self._channel.unary_unary(
+                methods.GET_MODEL,
+                request_serializer=models_pb2.GetModelRequest.SerializeToString,
+                response_deserializer=models_pb2.ModelInfo.FromString,
+            )
+        )
+        self._health_check: grpc.UnaryUnaryMultiCallable[str, ServingStatus] = self._channel.unary_unary(
+            HEALTH_CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response
+        )
+
+    @property
+    def target(self) -> str:
+        return self._target
+
+    @property
+    def timeout(self) -> float:
+        """The default deadline of a call, in seconds."""
+        return self._timeout
+
+    def close(self) -> None:
+        """Closes the channel; cancels the calls in flight."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        logprobs: bool = False,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> Generation:
+        """Generates a completion of ``prompt`` and returns it whole.
+
+        Parameters left at None are not sent: the model's defaults apply (see
+        ``get_model(name).text_generation.defaults``).
+
+        Args:
+            prompt: the text to continue; must not be empty.
+            model: the model's name. None picks the only text-generation model the server
+                serves (one extra ListModels call); it is an error if there are several.
+            max_new_tokens: how many tokens to generate, >= 1 (and at most the model's cap).
+            temperature: softmax temperature, >= 0; 0 decodes greedily.
+            top_k: keep the k most likely tokens, >= 0; 0 disables the filter.
+            top_p: nucleus sampling threshold in (0, 1]; 1 disables the filter.
+            repetition_penalty: > 0; 1 disables it.
+            stop: up to 4 non-empty strings; generation ends before the first one produced.
+            seed: random seed; the same seed, prompt, parameters and version give the same text.
+            logprobs: also return the log-probability of each generated token.
+            model_version: a version directory name; None for the model's default version.
+            timeout: this call's deadline in seconds, instead of the client's default.
+
+        Raises:
+            InvalidArgumentError: a parameter is invalid (checked locally before sending, or by
+                the server, e.g. a prompt longer than the context window).
+            ModelNotFoundError: no such model or version.
+            OverloadedError, DeadlineExceededError, UnavailableError, ServerError: see their docs.
+        """
+        request = GenerationRequest.create(
+            prompt,
+            model=model,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            stop=stop,
+            seed=seed,
+            logprobs=logprobs,
+            model_version=model_version,
+        )
+        deadline = self._deadline(timeout)
+        message = request.to_proto(request.model or self._only_model(deadline))
+        response = self._call(self._generate, message, deadline, methods.GENERATE)
+        return convert.to_generation(response, logprobs=request.logprobs)
+
+    def generate_stream(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        logprobs: bool = False,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> Generator[GenerationChunk, None, None]:
+        """Streams the completion of ``prompt`` as it is decoded.
+
+        Takes the same arguments as :meth:`generate`, which are validated at once (this raises
+        InvalidArgumentError before returning). Nothing is sent until the iteration starts.
+        The last chunk carries ``finish_reason`` and ``usage``. Leaving the iteration early
+        (``break``, or ``close()`` on the generator) cancels the call, so the server stops
+        decoding. ``timeout`` bounds the whole stream.
+        """
+        request = GenerationRequest.create(
+            prompt,
+            model=model,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            stop=stop,
+            seed=seed,
+            logprobs=logprobs,
+            model_version=model_version,
+        )
+        deadline = self._deadline(timeout)
+        return self._stream(request, deadline)
+
+    def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The served models, with their versions, settings and live counters."""
+        response = self._call(
+            self._list_models, models_pb2.ListModelsRequest(), self._deadline(timeout), methods.LIST_MODELS
+        )
+        return [convert.to_model_info(info) for info in response.models]
+
+    def get_model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
+        """The model called ``name``; raises ModelNotFoundError if the server has none."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError("name must be a non-empty string")
+        request = models_pb2.GetModelRequest(name=name)
+        return convert.to_model_info(self._call(self._get_model, request, self._deadline(timeout), methods.GET_MODEL))
+
+    def health(self, model: str = "", *, timeout: float | None = None) -> bool:
+        """Whether the server (or, with ``model``, that model) is SERVING.
+
+        One ``grpc.health.v1.Health/Check`` call, never retried: a probe reports the state now.
+        Returns True iff the answer is SERVING. Returns False if the answer is NOT_SERVING or
+        UNKNOWN, if the server does not know ``model`` (NOT_FOUND), or if the server cannot
+        be reached before the deadline (UNAVAILABLE, DEADLINE_EXCEEDED). Other failures,
+        such as a server without the health service (UNIMPLEMENTED), raise.
+        """
+        try:
+            status = self._health_check(model, timeout=self._deadline(timeout).remaining())
+        except grpc.RpcError as error:
+            if error.code() in HEALTH_FALSE_CODES:
+                return False
+            raise from_rpc_error(error) from error
+        return status == ServingStatus.SERVING
+
+    def _deadline(self, timeout: float | None) -> Deadline:
+        return Deadline(self._timeout if timeout is None else check_timeout(timeout))
+
+    def _only_model(self, deadline: Deadline) -> str:
+        response = self._call(self._list_models, models_pb2.ListModelsRequest(), deadline, methods.LIST_MODELS)
+        return convert.choose_model([convert.to_model_info(info) for info in response.models])
+
+    def _call(
+        self,
+        method: Callable[..., _Response],
+        request: object,
+        deadline: Deadline,
+        name: str,
+    ) -> _Response:
+        """One unary call, retried on UNAVAILABLE within ``deadline``."""
+        retry = 0
+        while True:
+            try:
+                return method(request, timeout=deadline.remaining())
+            except grpc.RpcError as error:
+                wait = self._retry.delay(error.code(), retry, deadline.remaining())
+                if wait is None:
+                    raise from_rpc_error(error) from error
+                log_retry(name, error, retry, self._retry, wait)
+            time.sleep(wait)
+            retry += 1
+
+    def _stream(self, request: GenerationRequest, deadline: Deadline) -> Generator[GenerationChunk, None, None]:
+        message = request.to_proto(request.model or self._only_model(deadline))
+        retry = 0
+        while True:
+            call = self._generate_stream(message, timeout=deadline.remaining())
+            received = False
+            try:
+                for response in call:
+                    yield convert.to_chunk(response, logprobs=request.logprobs, first=not received)
+                    received = True
+                return
+            except grpc.RpcError as error:
+                # Once a chunk has been yielded, sending the request again would repeat text.
+                wait = None if received else self._retry.delay(error.code(), retry, deadline.remaining())
+                if wait is None:
+                    raise from_rpc_error(error) from error
+                log_retry(methods.GENERATE_STREAM, error, retry, self._retry, wait)
+            finally:
+                # A no-op when the stream has ended; when the consumer stopped early
+                # (GeneratorExit), this tells the server to stop decoding.
+                call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it unannotated
+            time.sleep(wait)
+            retry += 1

@@ -1,0 +1,111 @@
+"""Converts protobuf responses to the typed results in :mod:`attnserve_client.types`."""
+
+from __future__ import annotations
+
+from attnserve_client.errors import InvalidArgumentError, ModelNotFoundError, ServerError
+from attnserve_client.pb import models_pb2, text_generation_pb2
+from attnserve_client.types import (
+    FinishReason,
+    Generation,
+    GenerationChunk,
+    GenerationDefaults,
+    ModelCounters,
+    ModelInfo,
+    TextGenerationInfo,
+    Usage,
+)
+
+__all__ = ["TEXT_GENERATION", "choose_model", "to_chunk", "to_generation", "to_model_info"]
+
+TEXT_GENERATION = "text-generation"
+
+_FINISH_REASONS = {
+    text_generation_pb2.FINISH_REASON_LENGTH: FinishReason.LENGTH,
+    text_generation_pb2.FINISH_REASON_STOP: FinishReason.STOP,
+    text_generation_pb2.FINISH_REASON_END_OF_TEXT: FinishReason.END_OF_TEXT,
+}
+
+
+def to_generation(response: text_generation_pb2.GenerateResponse, *, logprobs: bool) -> Generation:
+    """The typed result of a Generate call; ``logprobs`` says whether the request asked for them."""
+    finish_reason = _FINISH_REASONS.get(response.finish_reason)
+    if finish_reason is None:
+        raise ServerError("the server's response has no finish_reason")
+    return Generation(
+        text=response.text,
+        finish_reason=finish_reason,
+        usage=_to_usage(response.usage),
+        token_ids=tuple(response.token_ids),
+        logprobs=tuple(response.logprobs) if logprobs else None,
+        seed=response.seed,
+        model=response.model,
+        model_version=response.model_version,
+    )
+
+
+def to_chunk(response: text_generation_pb2.GenerateStreamResponse, *, logprobs: bool, first: bool) -> GenerationChunk:
+    """The typed chunk of a GenerateStream message; ``first`` says whether it is the first one."""
+    finish_reason = _FINISH_REASONS.get(response.finish_reason)
+    return GenerationChunk(
+        text=response.text,
+        token_ids=tuple(response.token_ids),
+        logprobs=tuple(response.logprobs) if logprobs else None,
+        finish_reason=finish_reason,
+        # usage is sent with the last chunk only, together with finish_reason.
+        usage=_to_usage(response.usage) if finish_reason is not None else None,
+        seed=response.seed if first else None,
+        model=response.model,
+        model_version=response.model_version,
+    )
+
+
+def to_model_info(info: models_pb2.ModelInfo) -> ModelInfo:
+    """The typed description of a served model."""
+    text_generation = None
+    if info.WhichOneof("task_info") == "text_generation":
+        tg = info.text_generation
+        text_generation = TextGenerationInfo(
+            context_length=tg.context_length,
+            vocab_size=tg.vocab_size,
+            defaults=GenerationDefaults(
+                max_new_tokens=tg.defaults.max_new_tokens,
+                temperature=tg.defaults.temperature,
+                top_k=tg.defaults.top_k,
+                top_p=tg.defaults.top_p,
+                repetition_penalty=tg.defaults.repetition_penalty,
+            ),
+            max_new_tokens_limit=tg.max_new_tokens_limit,
+            eos_token=tg.eos_token or None,
+        )
+    return ModelInfo(
+        name=info.name,
+        task=info.task,
+        versions=tuple(info.versions),
+        default_version=info.default_version,
+        description=info.description,
+        counters=ModelCounters(
+            requests=info.counters.requests,
+            tokens_generated=info.counters.tokens_generated,
+            failures=info.counters.failures,
+        ),
+        text_generation=text_generation,
+    )
+
+
+def choose_model(models: list[ModelInfo]) -> str:
+    """The model to use when the caller names none: the only text-generation model served.
+
+    Raises:
+        ModelNotFoundError: the server serves no text-generation model.
+        InvalidArgumentError: it serves several, so the caller must choose one.
+    """
+    names = sorted(m.name for m in models if m.task == TEXT_GENERATION)
+    if not names:
+        raise ModelNotFoundError("the server serves no text-generation model")
+    if len(names) > 1:
+        raise InvalidArgumentError(f"the server serves several text-generation models, pass model= one of: {names}")
+    return names[0]
+
+
+def _to_usage(usage: text_generation_pb2.Usage) -> Usage:
+    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)

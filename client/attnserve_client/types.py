@@ -1,0 +1,162 @@
+"""Typed results: what the client returns instead of protobuf messages."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "FinishReason",
+    "Generation",
+    "GenerationChunk",
+    "GenerationDefaults",
+    "ModelCounters",
+    "ModelInfo",
+    "TextGenerationInfo",
+    "Usage",
+]
+
+
+class FinishReason(str, enum.Enum):
+    """Why a generation ended."""
+
+    LENGTH = "length"
+    """``max_new_tokens`` was reached, or the context window is full."""
+    STOP = "stop"
+    """A stop string was produced (it is not part of the text)."""
+    END_OF_TEXT = "end_of_text"
+    """The model produced its end-of-text token."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one request."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """The result of :meth:`Client.generate`.
+
+    Attributes:
+        text: the completion, without the prompt and without any stop string.
+        finish_reason: why the generation ended.
+        usage: prompt and completion token counts.
+        token_ids: ids of the generated tokens (including those of a stop string that was cut).
+        logprobs: one natural-log probability per ``token_ids`` entry, or None if the request
+            did not ask for them (``logprobs=False``).
+        seed: the seed that was used; pass it back to reproduce this text.
+        model: the model that served the request.
+        model_version: the version that served the request.
+    """
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...] | None
+    seed: int
+    model: str
+    model_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChunk:
+    """One piece of a streamed generation (:meth:`Client.generate_stream`).
+
+    Attributes:
+        text: text decoded since the previous chunk (never a split character, never part of
+            a stop string).
+        token_ids: ids of the tokens decoded since the previous chunk.
+        logprobs: one per ``token_ids`` entry, or None if the request did not ask for them.
+        finish_reason: set on the last chunk only, None before it.
+        usage: set on the last chunk only, None before it.
+        seed: the seed that was used, on the first chunk only (None after it).
+        model: the model that serves the request.
+        model_version: the version that serves the request.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...] | None
+    finish_reason: FinishReason | None
+    usage: Usage | None
+    seed: int | None
+    model: str
+    model_version: str
+
+    @property
+    def is_last(self) -> bool:
+        """True on the chunk that ends the stream."""
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationDefaults:
+    """The values that a request's unset sampling parameters take."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    repetition_penalty: float
+
+
+@dataclass(frozen=True, slots=True)
+class TextGenerationInfo:
+    """What a text-generation model accepts.
+
+    Attributes:
+        context_length: maximum number of tokens (prompt plus completion) the model attends to.
+        vocab_size: number of tokens in the vocabulary.
+        defaults: the values that unset sampling parameters take.
+        max_new_tokens_limit: the largest ``max_new_tokens`` a request may ask for.
+        eos_token: the tokenizer's end-of-text token, or None if it has none.
+    """
+
+    context_length: int
+    vocab_size: int
+    defaults: GenerationDefaults
+    max_new_tokens_limit: int
+    eos_token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCounters:
+    """Live counters since the server started, over all versions of a model."""
+
+    requests: int
+    tokens_generated: int
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A served model.
+
+    Attributes:
+        name: the name to pass as ``model=``.
+        task: ``"text-generation"`` or ``"image-classification"``.
+        versions: loaded versions, oldest first.
+        default_version: the version served when a request names none.
+        description: free-form description from the model's metadata.
+        counters: live request and token counters.
+        text_generation: details of a text-generation model, None for other tasks.
+    """
+
+    name: str
+    task: str
+    versions: tuple[str, ...]
+    default_version: str
+    description: str
+    counters: ModelCounters
+    text_generation: TextGenerationInfo | None
