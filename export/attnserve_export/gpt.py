@@ -1,0 +1,339 @@
+"""A GPT-style decoder-only transformer, written from scratch in the nanoGPT style.
+
+The model's ``forward`` follows the attnserve ONNX contract for text generation
+(see ``docs/model-repository.md``): it takes left-padded ``input_ids``, an
+``attention_mask`` over past + current tokens, ``position_ids`` counted over real
+tokens only and an optional KV cache, and returns logits plus the updated cache.
+The same code path serves training (no cache), prefill and decode, so what is
+exported is exactly what was trained.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PositionalEncoding = Literal["learned", "sinusoidal", "rotary"]
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Hyperparameters of a :class:`GPT`."""
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    num_layers: int = 12
+    num_heads: int = 12
+    dim: int = 768
+    mlp_ratio: int = 4
+    pos_encoding: PositionalEncoding = "learned"
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.pos_encoding not in ("learned", "sinusoidal", "rotary"):
+            raise ValueError(f"unknown pos_encoding {self.pos_encoding!r}")
+        if self.pos_encoding == "rotary" and self.head_dim % 2:
+            raise ValueError("rotary position encoding needs an even head_dim")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def with_(self, **changes: object) -> GPTConfig:
+        """A copy with some fields changed (e.g. the vocab size of a trained tokenizer)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # Small enough that a test exports and checks it in a second or two.
+    "tiny": GPTConfig(vocab_size=512, context_length=64, num_layers=2, num_heads=2, dim=32, pos_encoding="learned"),
+    # The shipped default model: sized for ~1 hour of training on 2 CPU cores and < 25 MB as fp32 ONNX.
+    # Rotary positions train faster than learned ones at this scale and add no parameters.
+    "shakespeare": GPTConfig(
+        vocab_size=4096,
+        context_length=256,
+        num_layers=6,
+        num_heads=6,
+        dim=192,
+        pos_encoding="rotary",
+        bias=False,
+    ),
+    # The 124M-parameter GPT-2 shape, for benchmarks (random weights are fine there).
+    "gpt2-small": GPTConfig(
+        vocab_size=50257, context_length=1024, num_layers=12, num_heads=12, dim=768, pos_encoding="learned"
+    ),
+}
+
+
+def sinusoidal_embedding(position_ids: torch.Tensor, dim: int) -> torch.Tensor:
+    """The fixed sine/cosine position embedding of "Attention Is All You Need".
+
+    Computed from ``position_ids`` on the fly rather than looked up in a table, so it
+    works for any position and exports as a handful of elementwise ops.
+
+    Args:
+        position_ids: ``(B, T)`` integer positions.
+        dim: embedding width (even).
+
+    Returns:
+        ``(B, T, dim)`` float32 embeddings: sines in the first half, cosines in the second.
+    """
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=position_ids.device) * (-math.log(10000.0) / half))
+    angles = position_ids.to(torch.float32).unsqueeze(-1) * freqs  # (B, T, half)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)  # (B, T, dim)
+
+
+def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and sines for rotary position embedding (RoPE) at the given positions.
+
+    Returns:
+        ``cos, sin``, each ``(B, 1, T, head_dim)`` so that they broadcast over heads.
+    """
+    half = head_dim // 2
+    inv_freq = 1.0 / (base ** (torch.arange(half, dtype=torch.float32, device=position_ids.device) / half))
+    angles = position_ids.to(torch.float32).unsqueeze(-1) * inv_freq  # (B, T, half)
+    angles = torch.cat([angles, angles], dim=-1).unsqueeze(1)  # (B, 1, T, hs)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``(B, nh, T, hs)`` by position, in the "rotate half" layout (GPT-NeoX / Llama)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat([-x2, x1], dim=-1)  # (B, nh, T, hs)
+    return x * cos + rotated * sin
+
+
+def build_attention_mask(attention_mask: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Combine the causal mask with the padding mask into one boolean mask.
+
+    The new ``seq_len`` queries sit at the end of the ``past_len + seq_len`` keys, so
+    query ``i`` may see key ``j`` when ``j <= past_len + i`` and key ``j`` is real.
+    A query always sees itself, even when it is padding: a left-padding query would
+    otherwise see no key at all and its softmax would be NaN, and a NaN can leak into
+    real rows through ``0 * NaN`` in later matmuls. Real queries never see padding keys,
+    so padding cannot change their output.
+
+    Args:
+        attention_mask: ``(B, P + T)`` with 1 for real tokens and 0 for left padding.
+        seq_len: ``T``, the number of new tokens.
+
+    Returns:
+        ``(B, 1, T, P + T)`` boolean, True where attention is allowed.
+    """
+    total = attention_mask.shape[1]
+    past_len = total - seq_len
+    device = attention_mask.device
+    query_pos = torch.arange(seq_len, device=device).unsqueeze(1) + past_len  # (T, 1)
+    key_pos = torch.arange(total, device=device).unsqueeze(0)  # (1, P + T)
+    causal = key_pos <= query_pos  # (T, P + T)
+    is_self = key_pos == query_pos  # (T, P + T)
+    real_key = (attention_mask > 0).unsqueeze(1).unsqueeze(2)  # (B, 1, 1, P + T)
+    return (causal & real_key) | is_self  # (B, 1, T, P + T)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with an optional KV cache."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.rotary = config.pos_encoding == "rotary"
+        self.rope_base = config.rope_base
+        self.qkv = nn.Linear(config.dim, 3 * config.dim, bias=config.bias)
+        self.proj = nn.Linear(config.dim, config.dim, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)  # 3 x (B, T, C)
+        q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:
+            # Keys are cached after rotation, so a cached key never needs its position again.
+            q = apply_rotary(q, *rope)
+            k = apply_rotary(k, *rope)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, nh, P + T, hs)
+            v = torch.cat([past[1], v], dim=2)  # (B, nh, P + T, hs)
+        # mask None means "plain causal, no padding, no cache" (training): SDPA's fused causal kernel.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
+        return self.proj(y), (k, v)
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward network: Linear → GELU → Linear."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        hidden = config.mlp_ratio * config.dim
+        self.fc = nn.Linear(config.dim, hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.dim, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # tanh GELU: exports as plain elementwise ops and matches GPT-2.
+        out: torch.Tensor = self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        return out
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.dim, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.dim, bias=config.bias)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        attn_out, present = self.attn(self.ln_1(x), mask, rope, past)
+        x = x + self.drop(attn_out)
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class GPT(nn.Module):
+    """A GPT decoder with tied input/output embeddings."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.dim)
+        self.wpe = nn.Embedding(config.context_length, config.dim) if config.pos_encoding == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
+        self.ln_f = nn.LayerNorm(config.dim, bias=config.bias)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        # Tied weights: saves vocab x dim parameters (a big share of a small model) and helps small data.
+        self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the residual projections keeps the residual stream's variance flat in depth.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.num_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        """Unique parameters (the tied embedding counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Run the decoder on new tokens, attending to an optional cache.
+
+        Args:
+            input_ids: ``(B, T)`` int64 token ids (left-padded).
+            attention_mask: ``(B, P + T)`` 1 for real tokens, 0 for padding; all ones if None.
+            position_ids: ``(B, T)`` positions counted over real tokens; ``P + arange(T)`` if None.
+            past_key_values: per layer ``(key, value)``, each ``(B, nh, P, hs)``; None for P = 0.
+
+        Returns:
+            ``logits`` ``(B, T, vocab)`` and the per-layer ``(key, value)`` cache, each ``(B, nh, P + T, hs)``.
+        """
+        b, t = input_ids.shape
+        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        # Training passes neither mask nor cache: then attention is plain causal and uses the fused kernel.
+        plain_causal = attention_mask is None and past_key_values is None
+        if attention_mask is None:
+            attention_mask = torch.ones(b, past_len + t, dtype=torch.int64, device=input_ids.device)
+        if position_ids is None:
+            position_ids = (torch.arange(t, device=input_ids.device) + past_len).unsqueeze(0).expand(b, t)
+        # Padding positions carry arbitrary ids (the server may send 0 or -1 there), and learned
+        # tables must not be indexed out of range: clamp. Real positions are already in range.
+        position_ids = position_ids.clamp(0, self.config.context_length - 1)
+
+        # 1. Embed tokens (and positions, for the additive encodings).
+        x = self.wte(input_ids)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids)
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + sinusoidal_embedding(position_ids, self.config.dim)
+        x = self.drop(x)
+        rope = (
+            rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_base)
+            if self.config.pos_encoding == "rotary"
+            else None
+        )
+
+        # 2. One mask for causality and padding, shared by every layer.
+        mask = None if plain_causal else build_attention_mask(attention_mask, t)  # (B, 1, T, P + T)
+
+        # 3. Transformer blocks, each extending its own slice of the cache.
+        presents: KVCache = []
+        for i, block in enumerate(self.blocks):
+            past = None if past_key_values is None else past_key_values[i]
+            x, present = block(x, mask, rope, past)
+            presents.append(present)
+
+        # 4. Final norm and the tied output projection.
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        return logits, presents
+
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats) of an unpadded batch, for training."""
+        logits, _ = self(input_ids)
+        loss: torch.Tensor = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))  # (B*T, vocab)
+        return loss
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``input_ids``, ``attention_mask`` and ``position_ids`` per the contract.
+
+    Padding positions get position 0; positions of real tokens start at 0 after the padding.
+    """
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(sequences), length), dtype=torch.int64)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, length - len(seq) :] = torch.tensor(seq, dtype=torch.int64)
+            mask[row, length - len(seq) :] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+    return ids, mask, positions

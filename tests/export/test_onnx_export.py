@@ -1,0 +1,114 @@
+"""Parity-checked ONNX export of the tiny preset into a model repository version directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from attnserve_export.gpt import GPT, PRESETS, left_pad
+from attnserve_export.onnx_export import export_gpt, next_version_dir
+from tokenizers import Tokenizer
+
+METADATA_KEYS = {"format_version", "task", "description", "model_file", "text_generation", "provenance"}
+TEXT_KEYS = {
+    "tokenizer_file", "context_length", "vocab_size", "num_layers", "num_heads", "head_dim", "inputs", "outputs",
+    "past_key_template", "past_value_template", "present_key_template", "present_value_template",
+    "eos_token", "eos_token_id", "pad_token_id", "defaults",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["learned", "rotary"])
+def exported(request: pytest.FixtureRequest, tiny_tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory):
+    torch.manual_seed(0)
+    model = GPT(PRESETS["tiny"].with_(pos_encoding=request.param))
+    version_dir = tmp_path_factory.mktemp("repo") / "tiny-gpt" / "1"
+    report = export_gpt(
+        model, tiny_tokenizer, version_dir, description="tiny", provenance={"seed": 0}, max_abs_diff=1e-4
+    )
+    return model, version_dir, report
+
+
+def test_files_and_metadata(exported) -> None:
+    model, version_dir, report = exported
+    assert sorted(p.name for p in version_dir.iterdir()) == ["metadata.json", "model.onnx", "tokenizer.json"]
+    meta = json.loads((version_dir / "metadata.json").read_text())
+    assert set(meta) == METADATA_KEYS
+    assert meta["task"] == "text-generation"
+    tg = meta["text_generation"]
+    assert set(tg) == TEXT_KEYS
+    cfg = model.config
+    assert (tg["num_layers"], tg["num_heads"], tg["head_dim"]) == (cfg.num_layers, cfg.num_heads, cfg.head_dim)
+    assert tg["vocab_size"] == cfg.vocab_size and tg["context_length"] == cfg.context_length
+    assert tg["eos_token"] == "<|endoftext|>" and isinstance(tg["eos_token_id"], int)
+    assert set(tg["defaults"]) == {"max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty"}
+    assert meta["provenance"]["seed"] == 0
+    assert meta["provenance"]["parity"]["passed"] is True
+    assert report.passed and report.max_abs_diff <= 1e-4 and report.argmax_mismatches == 0
+
+
+def test_graph_io_matches_metadata(exported) -> None:
+    _, version_dir, _ = exported
+    tg = json.loads((version_dir / "metadata.json").read_text())["text_generation"]
+    proto = onnx.load(str(version_dir / "model.onnx"))
+    assert proto.opset_import[0].version >= 17
+    inputs = {i.name: i for i in proto.graph.input}
+    outputs = {o.name for o in proto.graph.output}
+    expected_inputs = set(tg["inputs"].values()) | {
+        t.format(layer=i) for i in range(tg["num_layers"]) for t in (tg["past_key_template"], tg["past_value_template"])
+    }
+    assert set(inputs) == expected_inputs
+    assert outputs == set(tg["outputs"].values()) | {
+        t.format(layer=i)
+        for i in range(tg["num_layers"])
+        for t in (tg["present_key_template"], tg["present_value_template"])
+    }
+    for name in tg["inputs"].values():
+        assert inputs[name].type.tensor_type.elem_type == onnx.TensorProto.INT64
+        dims = inputs[name].type.tensor_type.shape.dim
+        assert all(d.dim_param for d in dims), f"{name} has a fixed axis"
+
+
+def test_ort_runs_prefill_then_decode(exported) -> None:
+    """Drive the exported file as the server will: past_len = 0 prefill, then decode steps."""
+    model, version_dir, _ = exported
+    tg = json.loads((version_dir / "metadata.json").read_text())["text_generation"]
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    seqs = [[3, 4, 5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    ids, mask, positions = left_pad(seqs, tg["pad_token_id"])
+    empty = np.zeros((3, tg["num_heads"], 0, tg["head_dim"]), np.float32)
+    past_names = [
+        t.format(layer=i) for i in range(tg["num_layers"]) for t in (tg["past_key_template"], tg["past_value_template"])
+    ]
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
+    feed |= dict.fromkeys(past_names, empty)
+    outputs = session.run(None, feed)
+    assert outputs[0].shape == (3, 6, tg["vocab_size"])
+    for step in range(3):
+        mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.int64)], dim=1)
+        positions = positions[:, -1:] + 1
+        next_ids = outputs[0][:, -1].argmax(-1)[:, None].astype(np.int64)
+        feed = {"input_ids": next_ids, "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
+        feed |= dict(zip(past_names, outputs[1:], strict=True))
+        outputs = session.run(None, feed)
+        assert outputs[0].shape == (3, 1, tg["vocab_size"])
+        assert outputs[1].shape == (3, tg["num_heads"], 6 + step + 1, tg["head_dim"])
+    # The row that was padded most gives what it gives alone.
+    with torch.no_grad():
+        alone, _ = model(torch.tensor([seqs[1]]))
+    single = {"input_ids": np.array([seqs[1]]), "attention_mask": np.ones((1, 2), np.int64)}
+    single |= {"position_ids": np.arange(2)[None]} | dict.fromkeys(past_names, empty[:1])
+    np.testing.assert_allclose(session.run(None, single)[0][0], alone[0].numpy(), atol=1e-4)
+
+
+def test_next_version_dir(tmp_path: Path) -> None:
+    assert next_version_dir(tmp_path, "m") == tmp_path / "m" / "1"
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "7").mkdir()
+    assert next_version_dir(tmp_path, "m") == tmp_path / "m" / "8"
+    with pytest.raises(ValueError):
+        next_version_dir(tmp_path, "bad/name")
