@@ -1,0 +1,223 @@
+"""The ``attnserve`` command: generate text, list models, probe health.
+
+Exit status: 0 on success, 1 when a call fails (or ``health`` finds the server not
+serving), 2 for bad usage, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import TextIO
+
+from attnserve_client.client import DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
+from attnserve_client.errors import AttnserveError, ServerError
+from attnserve_client.types import FinishReason, GenerationChunk, ModelInfo, Usage
+
+__all__ = ["HEALTH_TIMEOUT", "build_parser", "main"]
+
+TARGET_ENV = "ATTNSERVE_TARGET"
+# `attnserve health` runs as a container HEALTHCHECK: it must answer quickly, and it does
+# not retry (the orchestrator retries on its own schedule).
+HEALTH_TIMEOUT = 3.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line ``argv`` (default ``sys.argv[1:]``) and returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except AttnserveError as error:
+        _fail(f"{error.details} ({error.code.name})")
+        return 1
+    except ValueError as error:  # a bad --timeout or the like, from the client's constructor
+        _fail(str(error))
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``attnserve`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--target",
+        default=os.environ.get(TARGET_ENV) or DEFAULT_TARGET,
+        help=f"server address host:port (default: ${TARGET_ENV} or {DEFAULT_TARGET})",
+    )
+    common.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        help=f"deadline in seconds (default: {DEFAULT_TIMEOUT:g}; {HEALTH_TIMEOUT:g} for health)",
+    )
+
+    parser = argparse.ArgumentParser(prog="attnserve", description="Client of the attnserve model server.")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    generate = commands.add_parser(
+        "generate", parents=[common], help="generate text from a prompt", description="Generate text from a prompt."
+    )
+    generate.add_argument("prompt", help="the text to continue")
+    generate.add_argument("--model", help="model name (default: the only text-generation model served)")
+    generate.add_argument("--model-version", help="model version (default: the model's default version)")
+    generate.add_argument("--max-new-tokens", type=int, help="number of tokens to generate, >= 1")
+    generate.add_argument("--temperature", type=float, help="softmax temperature, >= 0 (0: greedy)")
+    generate.add_argument("--top-k", type=int, help="keep the k most likely tokens (0: off)")
+    generate.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1] (1: off)")
+    generate.add_argument("--repetition-penalty", type=float, help="penalty on repeated tokens, > 0 (1: off)")
+    generate.add_argument(
+        "--stop", action="append", metavar="TEXT", help="stop before this text (repeatable, up to 4 times)"
+    )
+    generate.add_argument("--seed", type=int, help="random seed, for reproducible output")
+    generate.add_argument(
+        "--no-stream", dest="stream", action="store_false", help="print the text at the end instead of streaming it"
+    )
+    generate.set_defaults(run=_generate)
+
+    models = commands.add_parser(
+        "models", parents=[common], help="list the served models", description="List the served models."
+    )
+    models.set_defaults(run=_models)
+
+    health = commands.add_parser(
+        "health",
+        parents=[common],
+        help="exit 0 if the server is serving, else 1",
+        description="Exit 0 if the server (or the model) is SERVING, 1 otherwise.",
+    )
+    health.add_argument("--model", default="", help="ask about this model instead of the whole server")
+    health.set_defaults(run=_health)
+    return parser
+
+
+def _generate(args: argparse.Namespace) -> int:
+    with Client(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES) as client:
+        if args.stream:
+            stream = client.generate_stream(
+                args.prompt,
+                model=args.model,
+                model_version=args.model_version,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                repetition_penalty=args.repetition_penalty,
+                stop=args.stop,
+                seed=args.seed,
+            )
+            try:
+                last, seed = _write_stream(stream, sys.stdout)
+            finally:
+                stream.close()  # cancels the call if we stopped early (Ctrl-C)
+            finish_reason, usage, model, version = last.finish_reason, last.usage, last.model, last.model_version
+        else:
+            generation = client.generate(
+                args.prompt,
+                model=args.model,
+                model_version=args.model_version,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                repetition_penalty=args.repetition_penalty,
+                stop=args.stop,
+                seed=args.seed,
+            )
+            _write(sys.stdout, generation.text)
+            finish_reason, usage, seed = generation.finish_reason, generation.usage, generation.seed
+            model, version = generation.model, generation.model_version
+    if sys.stdout.isatty():
+        _write(sys.stdout, "\n")  # end the line for the shell prompt; piped output stays exact
+    _summary(finish_reason, usage, seed, model, version)
+    return 0
+
+
+def _write_stream(stream: Iterator[GenerationChunk], out: TextIO) -> tuple[GenerationChunk, int | None]:
+    """Writes each chunk's text as it arrives; returns the last chunk and the seed used."""
+    last: GenerationChunk | None = None
+    seed = None
+    for chunk in stream:
+        if chunk.seed is not None:
+            seed = chunk.seed
+        _write(out, chunk.text)
+        last = chunk
+    if last is None:
+        raise ServerError("the server ended the stream without sending anything")
+    return last, seed
+
+
+def _summary(
+    finish_reason: FinishReason | None, usage: Usage | None, seed: int | None, model: str, version: str
+) -> None:
+    parts = [f"finish_reason={finish_reason or 'none'}"]
+    if usage is not None:
+        parts += [f"prompt_tokens={usage.prompt_tokens}", f"completion_tokens={usage.completion_tokens}"]
+    if seed is not None:
+        parts.append(f"seed={seed}")
+    parts += [f"model={model}", f"version={version}"]
+    sys.stderr.write(" ".join(parts) + "\n")
+
+
+def _models(args: argparse.Namespace) -> int:
+    with Client(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES) as client:
+        models = client.models()
+    _write(sys.stdout, _table(models))
+    return 0
+
+
+def _table(models: list[ModelInfo]) -> str:
+    header = ("NAME", "TASK", "VERSIONS", "DEFAULT", "CONTEXT", "REQUESTS", "FAILURES", "DESCRIPTION")
+    rows = [header]
+    for model in sorted(models, key=lambda m: m.name):
+        context = str(model.text_generation.context_length) if model.text_generation else "-"
+        rows.append(
+            (
+                model.name,
+                model.task,
+                ",".join(model.versions),
+                model.default_version,
+                context,
+                str(model.counters.requests),
+                str(model.counters.failures),
+                model.description.splitlines()[0] if model.description else "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if not models:
+        lines.append("(no models)")
+    return "\n".join(lines) + "\n"
+
+
+def _health(args: argparse.Namespace) -> int:
+    with Client(args.target, timeout=args.timeout or HEALTH_TIMEOUT, retries=0) as client:
+        serving = client.health(args.model)
+    _write(sys.stdout, "SERVING\n" if serving else "NOT_SERVING\n")
+    return 0 if serving else 1
+
+
+def _write(out: TextIO, text: str) -> None:
+    out.write(text)
+    out.flush()  # stream text as it arrives, even into a pipe
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"attnserve: error: {message}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
