@@ -1,0 +1,38 @@
+"""``attnserve-server`` / ``python -m attnserve_server``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from attnserve_server.server import StartupError, serve
+from attnserve_server.settings import configure_logging, load_settings
+
+logger = logging.getLogger("attnserve_server")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse settings, serve, and return the process exit status."""
+    try:
+        settings = load_settings(argv)
+    except ValidationError as exc:
+        sys.stderr.write(f"attnserve-server: invalid settings:\n{exc}\n")
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        # The message names the model and the reason; a traceback would only bury it.
+        logger.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C while draining
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

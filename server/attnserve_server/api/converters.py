@@ -1,0 +1,115 @@
+"""Protobuf <-> domain conversions. The only place besides the servicers that knows the wire types."""
+
+from __future__ import annotations
+
+from attnserve_client.pb import models_pb2, text_generation_pb2
+
+from attnserve_server.handlers import GenerationRequest, GenerationResult, GenerationStream
+from attnserve_server.repository import Model
+from attnserve_server.text.params import FinishReason, GenerationChunk, RequestedParameters, Usage
+
+_FINISH_REASONS = {
+    FinishReason.LENGTH: text_generation_pb2.FINISH_REASON_LENGTH,
+    FinishReason.STOP: text_generation_pb2.FINISH_REASON_STOP,
+    FinishReason.END_OF_TEXT: text_generation_pb2.FINISH_REASON_END_OF_TEXT,
+}
+
+
+def parameters_from_proto(p: text_generation_pb2.GenerationParameters) -> RequestedParameters:
+    """Unset ``optional`` fields become ``None`` (the model's default)."""
+    return RequestedParameters(
+        max_new_tokens=p.max_new_tokens if p.HasField("max_new_tokens") else None,
+        temperature=p.temperature if p.HasField("temperature") else None,
+        top_k=p.top_k if p.HasField("top_k") else None,
+        top_p=p.top_p if p.HasField("top_p") else None,
+        repetition_penalty=p.repetition_penalty if p.HasField("repetition_penalty") else None,
+        stop=tuple(p.stop),
+        seed=p.seed if p.HasField("seed") else None,
+        logprobs=p.logprobs,
+    )
+
+
+def generation_request_from_proto(
+    request: text_generation_pb2.GenerateRequest, deadline: float | None
+) -> GenerationRequest:
+    """A domain request from the wire request."""
+    return GenerationRequest(
+        model=request.model,
+        prompt=request.prompt,
+        parameters=parameters_from_proto(request.parameters),
+        model_version=request.model_version,
+        deadline=deadline,
+    )
+
+
+def _usage(usage: Usage) -> text_generation_pb2.Usage:
+    return text_generation_pb2.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+
+
+def generate_response(result: GenerationResult) -> text_generation_pb2.GenerateResponse:
+    """The unary response."""
+    return text_generation_pb2.GenerateResponse(
+        model=result.model,
+        model_version=result.model_version,
+        text=result.text,
+        token_ids=result.token_ids,
+        logprobs=result.logprobs,
+        finish_reason=_FINISH_REASONS[result.finish_reason],
+        usage=_usage(result.usage),
+        seed=result.seed,
+    )
+
+
+def stream_chunk(
+    stream: GenerationStream, chunk: GenerationChunk, *, first: bool
+) -> text_generation_pb2.GenerateStreamResponse:
+    """One streamed chunk; the seed goes on the first, finish reason and usage on the last."""
+    out = text_generation_pb2.GenerateStreamResponse(
+        text=chunk.text,
+        token_ids=chunk.token_ids,
+        logprobs=chunk.logprobs,
+        model=stream.model,
+        model_version=stream.model_version,
+    )
+    if first:
+        out.seed = stream.seed
+    if chunk.finish_reason is not None:
+        out.finish_reason = _FINISH_REASONS[chunk.finish_reason]
+    if chunk.usage is not None:
+        out.usage.CopyFrom(_usage(chunk.usage))
+    return out
+
+
+def model_info(model: Model) -> models_pb2.ModelInfo:
+    """Everything a client needs to use a model, plus its live counters."""
+    default = model.version()
+    info = models_pb2.ModelInfo(
+        name=model.name,
+        task=model.task,
+        versions=list(model.versions),
+        default_version=model.default_version,
+        description=default.metadata.description,
+        counters=models_pb2.ModelCounters(
+            requests=model.counters.requests,
+            tokens_generated=model.counters.tokens_generated,
+            failures=model.counters.failures,
+        ),
+    )
+    text = default.text_generation
+    d = model.defaults()
+    info.text_generation.CopyFrom(
+        models_pb2.TextGenerationInfo(
+            context_length=text.context_length,
+            vocab_size=text.vocab_size,
+            defaults=models_pb2.GenerationDefaults(
+                max_new_tokens=d.max_new_tokens,
+                temperature=d.temperature,
+                top_k=d.top_k,
+                top_p=d.top_p,
+                repetition_penalty=d.repetition_penalty,
+            ),
+            max_new_tokens_limit=model.max_new_tokens_limit,
+            eos_token=text.eos_token or "",
+        )
+    )
+    return info

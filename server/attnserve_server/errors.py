@@ -1,0 +1,118 @@
+"""Domain errors and the ONE place where they become gRPC status codes.
+
+Handlers raise subclasses of :class:`AttnserveError`; :func:`grpc_errors` wraps every RPC method and
+turns them into the matching ``grpc.StatusCode``. Anything else is a bug: it is logged with its
+traceback and reaches the client as INTERNAL with a generic message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import grpc
+
+logger = logging.getLogger(__name__)
+
+
+class AttnserveError(Exception):
+    """Base of every error the server raises on purpose."""
+
+    status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgumentError(AttnserveError):
+    """The request is malformed or out of range; the message says what to fix."""
+
+    status_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFoundError(AttnserveError):
+    """No loaded model (or model version) has that name."""
+
+    status_code = grpc.StatusCode.NOT_FOUND
+
+
+class ResourceExhaustedError(AttnserveError):
+    """The server is at capacity; retry later."""
+
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceededError(AttnserveError):
+    """The request's deadline passed before it finished."""
+
+    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class UnavailableError(AttnserveError):
+    """The server cannot serve right now (starting up or shutting down)."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+
+class FailedPreconditionError(AttnserveError):
+    """The request is valid but does not fit the model (e.g. wrong task)."""
+
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ModelLoadError(AttnserveError):
+    """A model in the repository could not be loaded. Raised at startup, never from an RPC."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"model {model!r}: {reason}")
+        self.model = model
+        self.reason = reason
+
+
+_GENERIC_INTERNAL = "internal server error (see the server log)"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    if isinstance(exc, AttnserveError):
+        await context.abort(exc.status_code, str(exc))
+    logger.error("unexpected error in RPC", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, _GENERIC_INTERNAL)
+
+
+def grpc_errors(method: F) -> F:
+    """Map domain errors raised by a servicer method to gRPC statuses.
+
+    Works for unary (``async def``) and server-streaming (``async def`` with ``yield``) methods.
+    The wrapped method must take ``(self, request, context)``.
+    """
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await _abort(context, exc)
+
+        return cast(F, stream_wrapper)
+
+    unary = cast(Callable[..., Awaitable[Any]], method)
+
+    @functools.wraps(method)
+    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await unary(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return cast(F, unary_wrapper)

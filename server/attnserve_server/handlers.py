@@ -1,0 +1,150 @@
+"""Request handlers: domain requests in, domain results out. No protobuf and no status codes here."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.repository import Model, ModelRepository
+from attnserve_server.text.params import (
+    FinishReason,
+    GenerationChunk,
+    RequestedParameters,
+    Usage,
+    fit_context,
+    resolve_parameters,
+)
+from attnserve_server.text.scheduler import ConcurrencyLimiter
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A text-generation request. ``deadline`` is a ``time.monotonic()`` instant, if any."""
+
+    model: str
+    prompt: str
+    parameters: RequestedParameters
+    model_version: str = ""
+    deadline: float | None = None
+
+
+@dataclass
+class GenerationStream:
+    """An accepted generation: what runs it, and its chunks as they are decoded."""
+
+    model: str
+    model_version: str
+    seed: int
+    prompt_tokens: int
+    chunks: AsyncIterator[GenerationChunk]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished generation."""
+
+    model: str
+    model_version: str
+    seed: int
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish_reason: FinishReason
+    usage: Usage
+
+
+class TextGenerationHandler:
+    """Validates requests, admits them, runs them and keeps the model's counters."""
+
+    def __init__(self, repository: ModelRepository, limiter: ConcurrencyLimiter) -> None:
+        self._repository = repository
+        self._limiter = limiter
+
+    async def start(self, request: GenerationRequest) -> GenerationStream:
+        """Validate everything and return the (not yet started) stream of chunks.
+
+        Raises before any model work if the request is invalid.
+        """
+        model = self._repository.get_text_model(request.model)
+        version = model.version(request.model_version)
+        if not request.prompt:
+            raise InvalidArgumentError("prompt must not be empty")
+        params = resolve_parameters(
+            request.parameters,
+            model.defaults(),
+            max_new_tokens_limit=model.max_new_tokens_limit,
+            seed=secrets.randbits(63),
+        )
+        generator = version.generator
+        prompt_ids = await generator.encode(request.prompt)
+        max_new_tokens = fit_context(params, len(prompt_ids), generator.spec.context_length)
+        model.counters.requests += 1
+        chunks = self._run(model, generator.generate(prompt_ids, params, max_new_tokens, deadline=request.deadline))
+        return GenerationStream(
+            model=model.name,
+            model_version=version.version,
+            seed=params.seed,
+            prompt_tokens=len(prompt_ids),
+            chunks=chunks,
+        )
+
+    async def _run(self, model: Model, chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+        try:
+            async with self._limiter.slot():
+                async for chunk in chunks:
+                    model.counters.tokens_generated += len(chunk.token_ids)
+                    yield chunk
+        except asyncio.CancelledError:
+            raise  # the client went away; not a failure of the model
+        except Exception:
+            model.counters.failures += 1
+            raise
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Run a generation to the end and return it whole."""
+        stream = await self.start(request)
+        text: list[str] = []
+        token_ids: list[int] = []
+        logprobs: list[float] = []
+        last: GenerationChunk | None = None
+        async for chunk in stream.chunks:
+            text.append(chunk.text)
+            token_ids.extend(chunk.token_ids)
+            logprobs.extend(chunk.logprobs)
+            last = chunk
+        if last is None or last.finish_reason is None or last.usage is None:
+            raise RuntimeError("generation ended without a final chunk")
+        return GenerationResult(
+            model=stream.model,
+            model_version=stream.model_version,
+            seed=stream.seed,
+            text="".join(text),
+            token_ids=tuple(token_ids),
+            logprobs=tuple(logprobs),
+            finish_reason=last.finish_reason,
+            usage=last.usage,
+        )
+
+
+class ModelHandler:
+    """Model discovery."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self._repository = repository
+
+    def list_models(self) -> list[Model]:
+        """All loaded models."""
+        return self._repository.models()
+
+    def get_model(self, name: str) -> Model:
+        """One model by name (NOT_FOUND if unknown)."""
+        return self._repository.get(name)
+
+
+def deadline_from_timeout(time_remaining: float | None) -> float | None:
+    """Turn gRPC's remaining time into a monotonic deadline."""
+    return None if time_remaining is None else time.monotonic() + time_remaining

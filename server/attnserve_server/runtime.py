@@ -1,0 +1,82 @@
+"""The only module that touches ONNX Runtime: session options, thread counts, providers."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+
+Feed = Mapping[str, npt.NDArray[np.generic]]
+
+
+def _cgroup_cpu_quota(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
+    """CPUs allowed by a cgroup v2 quota (``cpu.max`` is ``"<quota> <period>"`` or ``"max <period>"``)."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: affinity mask, capped by the cgroup quota (containers)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+    """Options for every session: bounded threads, full graph optimisation, no busy-waiting.
+
+    Spinning threads make ORT look fast in a benchmark and burn whole cores while idle; on a shared
+    server the latency win is not worth it.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads or available_cpus()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # errors only; ORT warnings about unused initialisers are noise
+    return opts
+
+
+class RuntimeSession:
+    """A loaded ONNX model. ``run`` is thread-safe and releases the GIL, so call it from a thread pool."""
+
+    def __init__(self, model_path: Path, *, intra_op_threads: int = 0) -> None:
+        self.path = model_path
+        try:
+            self._session = ort.InferenceSession(
+                str(model_path), sess_options=session_options(intra_op_threads), providers=list(PROVIDERS)
+            )
+        except Exception as exc:  # ORT raises its own exception types for unreadable or invalid models
+            raise RuntimeError(f"ONNX Runtime cannot load {model_path.name}: {exc}") from exc
+        self.input_names: tuple[str, ...] = tuple(i.name for i in self._session.get_inputs())
+        self.output_names: tuple[str, ...] = tuple(o.name for o in self._session.get_outputs())
+
+    def run(self, output_names: Sequence[str], feed: Feed) -> list[npt.NDArray[np.float32]]:
+        """Run the model and return the requested outputs, in order."""
+        outputs = self._session.run(list(output_names), dict(feed))
+        return [np.asarray(o) for o in outputs]

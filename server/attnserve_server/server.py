@@ -1,0 +1,122 @@
+"""Builds and runs the grpc.aio server: services, health, reflection, limits and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import grpc
+from attnserve_client.pb import models_pb2, models_pb2_grpc, text_generation_pb2, text_generation_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from attnserve_server.api.models import ModelServicer
+from attnserve_server.api.text_generation import TextGenerationServicer
+from attnserve_server.errors import ModelLoadError
+from attnserve_server.handlers import ModelHandler, TextGenerationHandler
+from attnserve_server.repository import ModelRepository
+from attnserve_server.settings import ServerSettings
+from attnserve_server.text.scheduler import ConcurrencyLimiter
+
+logger = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+OVERALL = ""  # grpc.health.v1's name for the server as a whole
+
+SERVICE_NAMES = (
+    text_generation_pb2.DESCRIPTOR.services_by_name["TextGenerationService"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
+
+class AsyncHealth(Protocol):
+    """The parts of grpc_health's aio HealthServicer we use (grpc-stubs does not describe it)."""
+
+    async def set(self, service: str, status: Any) -> None:
+        """Set a service's status and notify watchers."""
+
+    async def enter_graceful_shutdown(self) -> None:
+        """Set every service NOT_SERVING and ignore later ``set`` calls."""
+
+
+class StartupError(Exception):
+    """The server could not start (a model failed to load, or the port is taken)."""
+
+
+def build_server(
+    settings: ServerSettings, repository: ModelRepository, limiter: ConcurrencyLimiter
+) -> tuple[grpc.aio.Server, AsyncHealth]:
+    """The grpc.aio server with every service registered; health starts NOT_SERVING."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # two servers on one port would split traffic silently
+    ]
+    server = grpc.aio.server(options=options)
+    text_generation_pb2_grpc.add_TextGenerationServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        TextGenerationServicer(TextGenerationHandler(repository, limiter)), server
+    )
+    models_pb2_grpc.add_ModelServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        ModelServicer(ModelHandler(repository)), server
+    )
+    health_servicer: AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(SERVICE_NAMES, server)
+    return server, health_servicer
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Load the repository, serve until SIGTERM/SIGINT, then drain within the grace period."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    # One worker thread per concurrent generation (the limiter caps them), plus one for loading
+    # and tokenizing so those never wait behind a long generation.
+    executor = ThreadPoolExecutor(max_workers=settings.max_concurrent_requests + 1, thread_name_prefix="ort")
+    limiter = ConcurrencyLimiter(settings.max_concurrent_requests, settings.max_queued_requests)
+    repository = ModelRepository(
+        settings.model_repository,
+        default_max_new_tokens_limit=settings.max_new_tokens_limit,
+        intra_op_threads=settings.intra_op_threads,
+    )
+    server, health_servicer = build_server(settings, repository, limiter)
+    # The aio servicer starts out SERVING; nothing is loaded yet.
+    await health_servicer.set(OVERALL, NOT_SERVING)
+
+    address = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot bind {address}: {exc}") from None
+    await server.start()
+    logger.info("listening on %s:%d (loading models from %s)", settings.host, port, settings.model_repository)
+
+    try:
+        for model_dir in repository.discover():
+            await health_servicer.set(model_dir.name, NOT_SERVING)
+            await loop.run_in_executor(executor, repository.load_model, model_dir, executor)
+            await health_servicer.set(model_dir.name, SERVING)
+    except ModelLoadError as exc:
+        await server.stop(None)
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise StartupError(f"failed to load {exc}") from None
+    if not repository.models():
+        logger.warning("model repository %s holds no models", settings.model_repository)
+    await health_servicer.set(OVERALL, SERVING)
+    logger.info("serving %d model(s): %s", len(repository.models()), ", ".join(m.name for m in repository.models()))
+
+    await stop.wait()
+    logger.info("shutting down: draining in-flight requests for up to %.1f s", settings.grace_period_s)
+    # Health first, so load balancers stop sending traffic while in-flight requests finish.
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.grace_period_s)
+    executor.shutdown(wait=True, cancel_futures=True)
+    logger.info("stopped")

@@ -1,0 +1,95 @@
+"""Server settings: environment variables (``ATTNSERVE_*``) overridden by command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server can be configured with. Each field is also a CLI flag."""
+
+    model_config = SettingsConfigDict(env_prefix="ATTNSERVE_", extra="forbid", frozen=True)
+
+    model_repository: Path = Field(
+        default=Path("models"),
+        description="Directory holding the model repository (models/<name>/<version>/).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address to bind the gRPC server to (0.0.0.0 for all).")
+    port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    max_message_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest gRPC message accepted or sent, in bytes. Bigger prompts are refused by gRPC.",
+    )
+    grace_period_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled.",
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="ONNX Runtime threads per operator; 0 derives it from the cgroup CPU quota and core count.",
+    )
+    max_new_tokens_limit: int = Field(
+        default=1024,
+        ge=1,
+        description="Cap on a request's max_new_tokens for models whose config.yaml sets none.",
+    )
+    max_concurrent_requests: int = Field(
+        default=4,
+        ge=1,
+        description="Generations that run at the same time; further requests wait in a queue.",
+    )
+    max_queued_requests: int = Field(
+        default=64,
+        ge=0,
+        description="Requests that may wait for a free slot; beyond that requests fail with RESOURCE_EXHAUSTED.",
+    )
+    log_level: LogLevel = Field(default="INFO", description="Logging level.")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one flag per settings field; unset flags leave the env/default value."""
+    parser = argparse.ArgumentParser(
+        prog="attnserve-server",
+        description="Serve a model repository of ONNX models over gRPC. "
+        "Every flag can also be set with an ATTNSERVE_<NAME> environment variable; flags win.",
+    )
+    for name, field in ServerSettings.model_fields.items():
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": field.description, "dest": name}
+        if name == "log_level":
+            kwargs["choices"] = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+            kwargs["type"] = str.upper
+        elif field.annotation in (int, float, Path):
+            kwargs["type"] = field.annotation
+        parser.add_argument(_flag(name), **kwargs)
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None) -> ServerSettings:
+    """Settings from the environment, with any flags in ``argv`` taking precedence."""
+    overrides = vars(build_parser().parse_args(argv))
+    # Passing flags as init kwargs gives them priority over ATTNSERVE_* variables.
+    return ServerSettings(**overrides)
+
+
+def configure_logging(level: str) -> None:
+    """Plain single-line logs on stderr."""
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

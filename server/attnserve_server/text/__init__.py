@@ -1,0 +1,1 @@
+"""Text generation: tokenizer, sampler, incremental detokenizer, stop strings, KV-cache loop, scheduler."""

@@ -1,0 +1,38 @@
+"""A thin typed wrapper over a Hugging Face ``tokenizers`` file (ours or GPT-2's ``tokenizer.json``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+
+class TextTokenizer:
+    """Encodes prompts and decodes generated ids. Never adds special tokens: the model sees the prompt as is."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def from_file(cls, path: Path) -> TextTokenizer:
+        """Load a ``tokenizer.json``."""
+        return cls(Tokenizer.from_file(str(path)))
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, including added (special) tokens."""
+        return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``."""
+        return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``, without special tokens. Incomplete UTF-8 at the end decodes to U+FFFD."""
+        return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a token's text, or ``None`` if it is not in the vocabulary."""
+        found = self._tokenizer.token_to_id(token)
+        return None if found is None else int(found)
