@@ -1,0 +1,209 @@
+"""Per-token decode latency of the GPT models: ONNX Runtime with a KV cache, ONNX Runtime
+recomputing the whole prefix, and PyTorch eager with a KV cache, on the same weights.
+
+For each model and each position p, one token is decoded after a p-token context, repeated
+``--repeats`` times; the median is reported. All three setups use the same thread count.
+Prints one JSON object and writes ``benchmarks/results/text_decode_latency.{json,png}``.
+
+    python benchmarks/text_decode_latency.py                  # both models
+    python benchmarks/text_decode_latency.py --models shakespeare-gpt --repeats 50
+
+The shipped model's PyTorch weights are read back from its ONNX file (the exporter keeps the
+parameters as named initializers); gpt2-small uses random weights, exported once and cached
+under ``benchmarks/.cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from attnserve_export.gpt import GPT, PRESETS, GPTConfig
+from attnserve_export.onnx_export import export_gpt
+from attnserve_export.tokenizer import train_bpe_tokenizer
+from attnserve_server.runtime import RuntimeSession, available_cpus
+from onnx import numpy_helper
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+CACHE = REPO / "benchmarks" / ".cache"
+POSITIONS = (32, 128, 512)
+
+
+def latest_version_dir(model_dir: Path) -> Path:
+    versions = sorted((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    if not versions:
+        raise SystemExit(f"no versions under {model_dir}")
+    return versions[-1]
+
+
+def torch_model_from_onnx(version_dir: Path) -> GPT:
+    """Rebuild the PyTorch GPT of a repository entry from its ONNX initializers."""
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    config = GPTConfig(**metadata["provenance"]["model_config"])
+    model = GPT(config).eval()
+    graph = onnx.load(str(version_dir / metadata["model_file"])).graph
+    weights = {
+        init.name.removeprefix("model."): torch.from_numpy(numpy_helper.to_array(init).copy())
+        for init in graph.initializer
+    }
+    state = model.state_dict()
+    missing = [name for name in state if name not in weights and name != "wte.weight"]
+    if missing:
+        raise SystemExit(f"{version_dir}: ONNX initializers do not name these parameters: {missing[:5]}")
+    weights.setdefault("wte.weight", weights["lm_head.weight"])  # tied
+    model.load_state_dict({name: weights[name] for name in state}, strict=True)
+    return model
+
+
+def gpt2_small_entry() -> Path:
+    """A gpt2-small repository entry with random weights (exported once, then cached)."""
+    version_dir = CACHE / "gpt2-small" / "1"
+    if not (version_dir / "metadata.json").exists():
+        torch.manual_seed(0)
+        tokenizer = train_bpe_tokenizer(["a small corpus: only the model's shape matters here. " * 20], 300)
+        export_gpt(GPT(PRESETS["gpt2-small"]).eval(), tokenizer, version_dir, description="random gpt2-small")
+    return version_dir
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def decode_flops(config: GPTConfig, position: int) -> float:
+    """Multiply-adds x2 to decode one token after ``position`` cached tokens (weights + attention)."""
+    d, layers = config.dim, config.num_layers
+    weights = layers * (4 * d * d + 2 * config.mlp_ratio * d * d) + d * config.vocab_size
+    attention = layers * 2 * (position + 1) * d  # q·K and p·V over the cached keys
+    return 2.0 * (weights + attention)
+
+
+def bench_model(name: str, version_dir: Path, threads: int, repeats: int) -> dict[str, Any]:
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    tg = metadata["text_generation"]
+    session = RuntimeSession(version_dir / metadata["model_file"], intra_op_threads=threads)
+    model = torch_model_from_onnx(version_dir)
+    config = model.config
+    layers = config.num_layers
+    past_names = [tg[f"past_{kind}_template"].format(layer=i) for i in range(layers) for kind in ("key", "value")]
+    present_names = [tg[f"present_{kind}_template"].format(layer=i) for i in range(layers) for kind in ("key", "value")]
+    logits_name = tg["outputs"]["logits"]
+    names = tg["inputs"]
+    rng = np.random.default_rng(0)
+    torch.set_num_threads(threads)
+
+    def ort_run(ids: np.ndarray, past: list[np.ndarray]) -> list[np.ndarray]:
+        past_len = past[0].shape[2]
+        feed = {
+            names["input_ids"]: ids,
+            names["attention_mask"]: np.ones((1, past_len + ids.shape[1]), dtype=np.int64),
+            names["position_ids"]: np.arange(past_len, past_len + ids.shape[1], dtype=np.int64)[None, :],
+            **dict(zip(past_names, past, strict=True)),
+        }
+        return session.run([logits_name, *present_names], feed)
+
+    empty = [np.zeros((1, config.num_heads, 0, config.head_dim), dtype=np.float32) for _ in past_names]
+    rows = []
+    for position in POSITIONS:
+        context = rng.integers(0, tg["vocab_size"], size=(1, position), dtype=np.int64)
+        next_token = rng.integers(0, tg["vocab_size"], size=(1, 1), dtype=np.int64)
+        past = ort_run(context, empty)[1:]
+        full = np.concatenate([context, next_token], axis=1)
+        ort_kv = median_ms(lambda: ort_run(next_token, past), repeats)  # noqa: B023
+        ort_full = median_ms(lambda: ort_run(full, empty), max(5, repeats // 3))  # noqa: B023
+        with torch.inference_mode():
+            _, torch_past = model(torch.from_numpy(context))
+            token = torch.from_numpy(next_token)
+            torch_kv = median_ms(lambda: model(token, past_key_values=torch_past), repeats)  # noqa: B023
+        rows.append(
+            {
+                "position": position,
+                "onnx_kv_ms": round(ort_kv, 3),
+                "onnx_recompute_ms": round(ort_full, 3),
+                "torch_eager_kv_ms": round(torch_kv, 3),
+                "onnx_kv_speedup_vs_torch": round(torch_kv / ort_kv, 2),
+                "onnx_kv_speedup_vs_recompute": round(ort_full / ort_kv, 2),
+            }
+        )
+        print(f"{name} p={position}: {rows[-1]}", file=sys.stderr)
+    by_pos = {r["position"]: r for r in rows}
+    return {
+        "model": name,
+        "version_dir": str(version_dir.relative_to(REPO)),
+        "parameters": model.num_parameters(),
+        "rows": rows,
+        "latency_ratio_512_over_32": round(by_pos[512]["onnx_kv_ms"] / by_pos[32]["onnx_kv_ms"], 3),
+        "flop_ratio_512_over_32": round(decode_flops(config, 512) / decode_flops(config, 32), 3),
+    }
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        positions = [r["position"] for r in result["rows"]]
+        for key, label in (
+            ("onnx_kv_ms", "ONNX Runtime, KV cache"),
+            ("onnx_recompute_ms", "ONNX Runtime, recompute"),
+            ("torch_eager_kv_ms", "PyTorch eager, KV cache"),
+        ):
+            ax.plot(positions, [r[key] for r in result["rows"]], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(positions, [str(p) for p in positions])
+        ax.set_xlabel("position of the decoded token")
+        ax.set_ylabel("ms per token (median, batch 1)")
+        ax.set_title(f"{result['model']} ({result['parameters'] / 1e6:.1f}M params)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="shakespeare-gpt,gpt2-small")
+    parser.add_argument("--repository", type=Path, default=REPO / "models")
+    parser.add_argument("--threads", type=int, default=available_cpus(), help="threads for both ORT and torch")
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+
+    results = []
+    for name in args.models.split(","):
+        version_dir = gpt2_small_entry() if name == "gpt2-small" else latest_version_dir(args.repository / name)
+        results.append(bench_model(name, version_dir, args.threads, args.repeats))
+    report = {
+        "benchmark": "text_decode_latency",
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "results": results,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "text_decode_latency.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, RESULTS / "text_decode_latency.png")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
