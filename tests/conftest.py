@@ -1,0 +1,184 @@
+"""Fixtures shared by every test folder: a tiny real model repository and a real server process.
+
+- ``tiny_repository``: a model repository (session-scoped) with one model, ``tiny-gpt``: the
+  ``tiny`` GPT preset with random weights (``torch.manual_seed(0)``), a byte-level BPE tokenizer
+  trained on a small multilingual corpus, and ``config.yaml`` with ``max_new_tokens_limit: 48``.
+- ``server_address``: ``"127.0.0.1:<port>"`` of a real ``attnserve-server`` process serving
+  ``tiny_repository`` (session-scoped), started on a free loopback port and SERVING.
+- ``export_text_model``: build more models (``(root, name, **config_changes)``).
+- ``server_launcher``: start more servers (``(repository, *extra_flags, env=..., wait=True)``);
+  each is stopped with SIGTERM at the end of the test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+TINY_MODEL = "tiny-gpt"
+TINY_MAX_NEW_TOKENS_LIMIT = 48
+SERVER_START_TIMEOUT_S = 60.0
+
+# A few KB with accents, CJK, Cyrillic and emoji, so byte-level BPE learns merges that end in the
+# middle of a multi-byte character and the server's incremental detokenizer is exercised.
+CORPUS = (
+    "ROMEO.\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
+    "JULIET.\nO Romeo, Romeo, wherefore art thou Romeo?\nDeny thy father and refuse thy name.\n\n"
+    "HAMLET.\nTo be, or not to be, that is the question.\n\n"
+    "Le café est très chaud; la crème brûlée est délicieuse. Où est le théâtre? À bientôt, garçon!\n"
+    "Grüße aus München: Äpfel, Öl und Übermut. Straße, Fußgänger, schön.\n"
+    "日本語のテキストです。東京は大きな都市です。こんにちは、世界。\n"
+    "Привет, мир! Как дела? Спасибо, хорошо.\n"
+    "Emoji: 🙂 🚀 🎭 ❤️ — naïve façade, jalapeño, smörgåsbord, €100, ½ price.\n\n"
+)
+
+
+@dataclass
+class ServerProcess:
+    """A running ``python -m attnserve_server`` child process."""
+
+    address: str
+    process: subprocess.Popen[bytes]
+    stderr_path: Path
+    args: list[str] = field(default_factory=list)
+
+    def stderr(self) -> str:
+        """Everything the server has logged so far."""
+        return self.stderr_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(server: ServerProcess, timeout: float = SERVER_START_TIMEOUT_S) -> None:
+    """Poll grpc.health.v1 until the server reports SERVING; fail with its stderr if it dies."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited with {server.process.returncode} before serving:\n{server.stderr()}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                server.terminate()
+                raise RuntimeError(f"server not SERVING after {timeout:.0f} s:\n{server.stderr()}")
+            time.sleep(0.1)
+
+
+def launch_server(
+    repository: Path, *extra_args: str, env: dict[str, str] | None = None, wait: bool = True
+) -> ServerProcess:
+    """Start a real server on a free loopback port (and, with ``wait``, until it is SERVING)."""
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "attnserve_server",
+        "--model-repository",
+        str(repository),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra_args,
+    ]
+    stderr_fd, stderr_name = tempfile.mkstemp(prefix="attnserve-server-", suffix=".log")
+    process = subprocess.Popen(
+        args, stdout=stderr_fd, stderr=stderr_fd, env={**os.environ, **(env or {})}, start_new_session=True
+    )
+    os.close(stderr_fd)
+    server = ServerProcess(address=f"127.0.0.1:{port}", process=process, stderr_path=Path(stderr_name), args=args)
+    if wait:
+        wait_until_serving(server)
+    return server
+
+
+def export_model(root: Path, name: str, *, max_new_tokens_limit: int | None = None, **changes: Any) -> Path:
+    """Export a random-weight GPT (``tiny`` preset with ``changes``) as ``root/name/1``."""
+    import torch
+    from attnserve_export.gpt import GPT, PRESETS
+    from attnserve_export.onnx_export import export_gpt
+    from attnserve_export.tokenizer import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer([CORPUS * 8], vocab_size=400)
+    config = PRESETS["tiny"].with_(vocab_size=tokenizer.get_vocab_size(with_added_tokens=True), **changes)
+    torch.manual_seed(0)
+    model = GPT(config)
+    model_dir = root / name
+    export_gpt(
+        model, tokenizer, model_dir / "1", description=f"{name}: random weights for tests", provenance={"seed": 0}
+    )
+    if max_new_tokens_limit is not None:
+        (model_dir / "config.yaml").write_text(f"max_new_tokens_limit: {max_new_tokens_limit}\n")
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def export_text_model() -> Callable[..., Path]:
+    """``export_text_model(root, name, max_new_tokens_limit=None, **GPTConfig changes)`` -> model dir."""
+    return export_model
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding ``tiny-gpt`` (see the module docstring)."""
+    root = tmp_path_factory.mktemp("models")
+    export_model(root, TINY_MODEL, max_new_tokens_limit=TINY_MAX_NEW_TOKENS_LIMIT)
+    return root
+
+
+@pytest.fixture(scope="session")
+def server_address(tiny_repository: Path) -> Iterator[str]:
+    """Address of a real server process serving ``tiny_repository``."""
+    server = launch_server(tiny_repository)
+    yield server.address
+    server.terminate()
+
+
+@pytest.fixture
+def server_launcher() -> Iterator[Callable[..., ServerProcess]]:
+    """Start extra servers for one test; they are stopped (SIGTERM) afterwards."""
+    started: list[ServerProcess] = []
+
+    def launch(
+        repository: Path, *extra_args: str, env: dict[str, str] | None = None, wait: bool = True
+    ) -> ServerProcess:
+        server = launch_server(repository, *extra_args, env=env, wait=wait)
+        started.append(server)
+        return server
+
+    yield launch
+    for server in started:
+        server.terminate()
