@@ -6,8 +6,9 @@
 - ``server_address``: ``"127.0.0.1:<port>"`` of a real ``attnserve-server`` process serving
   ``tiny_repository`` (session-scoped), started on a free loopback port and SERVING.
 - ``export_text_model``: build more models (``(root, name, **config_changes)``).
-- ``server_launcher``: start more servers (``(repository, *extra_flags, env=..., wait=True)``);
-  each is stopped with SIGTERM at the end of the test.
+- ``server_launcher`` / ``session_server_launcher``: start more servers
+  (``(repository, *extra_flags, env=..., wait=True)`` -> ``ServerProcess``); each is stopped with
+  SIGTERM at the end of the test (or of the session).
 """
 
 from __future__ import annotations
@@ -167,9 +168,7 @@ def server_address(tiny_repository: Path) -> Iterator[str]:
     server.terminate()
 
 
-@pytest.fixture
-def server_launcher() -> Iterator[Callable[..., ServerProcess]]:
-    """Start extra servers for one test; they are stopped (SIGTERM) afterwards."""
+def _launcher() -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
     def launch(
@@ -182,3 +181,15 @@ def server_launcher() -> Iterator[Callable[..., ServerProcess]]:
     yield launch
     for server in started:
         server.terminate()
+
+
+@pytest.fixture
+def server_launcher() -> Iterator[Callable[..., ServerProcess]]:
+    """Start extra servers for one test; they are stopped (SIGTERM) afterwards."""
+    yield from _launcher()
+
+
+@pytest.fixture(scope="session")
+def session_server_launcher() -> Iterator[Callable[..., ServerProcess]]:
+    """Start extra servers shared by many tests; they are stopped (SIGTERM) at the end of the session."""
+    yield from _launcher()

@@ -279,7 +279,9 @@ def load_version(name: str, version_dir: Path, executor: Executor, *, intra_op_t
     # A one-token forward pass catches shape mismatches now rather than on the first request.
     try:
         logits, present = generator.forward(
-            np.zeros((1, 1), dtype=np.int64), np.ones((1, 1), dtype=np.int64), np.zeros((1, 1), dtype=np.int64),
+            np.zeros((1, 1), dtype=np.int64),
+            np.ones((1, 1), dtype=np.int64),
+            np.zeros((1, 1), dtype=np.int64),
             generator.empty_past(batch=1),
         )
     except Exception as exc:  # ORT's errors carry the useful detail in their message
@@ -319,9 +321,7 @@ class ModelRepository:
         name = model_dir.name
         config = read_config(name, model_dir)
         versions = sorted(
-            (int(p.name), p)
-            for p in model_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and int(p.name) > 0
+            (int(p.name), p) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0
         )
         if not versions:
             raise ModelLoadError(name, f"no version directories (positive integers) in {model_dir}")
@@ -337,7 +337,10 @@ class ModelRepository:
         self._models[name] = model
         logger.info(
             "loaded model %s version %s (%s, context %d)",
-            name, loaded.version, loaded.metadata.task, loaded.text_generation.context_length,
+            name,
+            loaded.version,
+            loaded.metadata.task,
+            loaded.text_generation.context_length,
         )
         return model
 

@@ -156,8 +156,7 @@ def fit_context(params: GenerationParams, prompt_tokens: int, context_length: in
     room = context_length - prompt_tokens
     if room <= 0:
         raise InvalidArgumentError(
-            f"prompt is {prompt_tokens} tokens but the model's context window is {context_length}; "
-            "shorten the prompt"
+            f"prompt is {prompt_tokens} tokens but the model's context window is {context_length}; shorten the prompt"
         )
     if params.max_new_tokens <= room:
         return params.max_new_tokens
