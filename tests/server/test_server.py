@@ -1,0 +1,151 @@
+"""Process-level behaviour: health, reflection, startup failures and graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from attnserve_client.pb import models_pb2, text_generation_pb2, text_generation_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def check(channel: grpc.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+
+
+def test_health_overall_and_per_model(channel: grpc.Channel) -> None:
+    assert check(channel, "") == SERVING
+    assert check(channel, "tiny-gpt") == SERVING
+    with pytest.raises(grpc.RpcError) as info:
+        check(channel, "no-such-model")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_every_service(channel: grpc.Channel) -> None:
+    services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert services >= {
+        "attnserve.v1.TextGenerationService",
+        "attnserve.v1.ModelService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+
+
+def test_reflection_describes_the_contract(channel: grpc.Channel) -> None:
+    database = ProtoReflectionDescriptorDatabase(channel)
+    descriptor = database.FindFileContainingSymbol("attnserve.v1.TextGenerationService")
+    assert descriptor.package == "attnserve.v1"
+    assert models_pb2.DESCRIPTOR.package == "attnserve.v1"
+
+
+def test_model_that_fails_to_load_exits_nonzero_naming_it(
+    tiny_repository: Path, tmp_path: Path, server_launcher: Callable[..., Any]
+) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(tiny_repository, root)
+    shutil.copytree(root / "tiny-gpt", root / "broken-gpt")
+    meta_path = root / "broken-gpt" / "1" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["text_generation"]["vocab_sise"] = 1
+    meta_path.write_text(json.dumps(meta))
+
+    server = server_launcher(root, wait=False)
+    assert server.process.wait(timeout=60) != 0
+    stderr = server.stderr()
+    assert "broken-gpt" in stderr
+    assert "vocab_sise" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_missing_repository_exits_nonzero(tmp_path: Path, server_launcher: Callable[..., Any]) -> None:
+    server = server_launcher(tmp_path / "absent", wait=False)
+    assert server.process.wait(timeout=60) != 0
+    assert "not a directory" in server.stderr()
+
+
+def test_invalid_setting_exits_nonzero(tiny_repository: Path, server_launcher: Callable[..., Any]) -> None:
+    server = server_launcher(tiny_repository, env={"ATTNSERVE_MAX_CONCURRENT_REQUESTS": "0"}, wait=False)
+    assert server.process.wait(timeout=60) == 2
+    assert "max_concurrent_requests" in server.stderr()
+
+
+def long_request(max_new_tokens: int) -> text_generation_pb2.GenerateRequest:
+    # Greedy decoding of this random model runs to max_new_tokens without sampling end-of-text.
+    return text_generation_pb2.GenerateRequest(
+        model="long-gpt",
+        prompt="Hello",
+        parameters=text_generation_pb2.GenerationParameters(max_new_tokens=max_new_tokens, temperature=0.0),
+    )
+
+
+def test_sigterm_drains_in_flight_streams(long_repository: Path, server_launcher: Callable[..., Any]) -> None:
+    grace = 20.0
+    server = server_launcher(long_repository, "--grace-period-s", str(grace))
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+        assert next(watch).status == SERVING
+        statuses: list[int] = []
+
+        def follow() -> None:
+            try:
+                for reply in watch:
+                    statuses.append(reply.status)
+                    if reply.status == NOT_SERVING:
+                        watch.cancel()  # an open Watch would itself hold up the drain
+                        return
+            except grpc.RpcError:
+                pass
+
+        watcher = threading.Thread(target=follow)
+        watcher.start()
+
+        stub = text_generation_pb2_grpc.TextGenerationServiceStub(channel)
+        responses = stub.GenerateStream(long_request(250), timeout=60)
+        first = next(responses)
+        sent = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+
+        rest = list(responses)  # the in-flight stream runs to the end
+        chunks = [first, *rest]
+        assert chunks[-1].finish_reason == text_generation_pb2.FINISH_REASON_LENGTH
+        assert sum(len(c.token_ids) for c in chunks) == 250
+        watcher.join(timeout=10)
+        assert NOT_SERVING in statuses
+
+        # New work is refused while draining or after.
+        with pytest.raises(grpc.RpcError):
+            stub.Generate(long_request(1), timeout=5)
+
+    assert server.process.wait(timeout=grace) == 0
+    assert time.monotonic() - sent < grace
+
+
+def test_sigterm_cancels_what_outlives_the_grace_period(
+    long_repository: Path, server_launcher: Callable[..., Any]
+) -> None:
+    grace = 0.5
+    server = server_launcher(long_repository, "--grace-period-s", str(grace))
+    with grpc.insecure_channel(server.address) as channel:
+        stub = text_generation_pb2_grpc.TextGenerationServiceStub(channel)
+        responses = stub.GenerateStream(long_request(1000), timeout=60)
+        next(responses)
+        sent = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError):
+            list(responses)
+    assert server.process.wait(timeout=15) == 0
+    assert time.monotonic() - sent < grace + 5
