@@ -7,6 +7,7 @@ serving), 2 for bad usage, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,9 @@ HEALTH_TIMEOUT = 3.0
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line ``argv`` (default ``sys.argv[1:]``) and returns the exit status."""
     args = build_parser().parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # Model output can hold any character; never fail on a terminal that cannot show one.
+        sys.stdout.reconfigure(errors="replace")
     try:
         status: int = args.run(args)
     except AttnserveError as error:
@@ -37,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`attnserve generate ... | head`); the stream is already cancelled.
+        # Point stdout at devnull so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return status
 
 
