@@ -1,0 +1,91 @@
+"""A cancelled client or a passed deadline stops decoding within a step or two.
+
+Observed from outside through GetModel's tokens_generated counter, which the server increments
+as each token is decoded. long-gpt takes a few ms per token, so the 1000-token generations here
+would run for seconds if nothing stopped them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from attnserve_client.pb import models_pb2, models_pb2_grpc, text_generation_pb2, text_generation_pb2_grpc
+
+MODEL = "long-gpt"
+FULL_RUN = 1000
+# Tokens that may still be decoded between the client giving up and the server noticing.
+SLACK = 30
+
+
+@pytest.fixture(scope="module")
+def long_channel(long_server_address: str) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(long_server_address) as channel:
+        yield channel
+
+
+def tokens_generated(channel: grpc.Channel) -> int:
+    stub = models_pb2_grpc.ModelServiceStub(channel)
+    return int(stub.GetModel(models_pb2.GetModelRequest(name=MODEL), timeout=5).counters.tokens_generated)
+
+
+def settled_count(channel: grpc.Channel) -> int:
+    """The counter once it has stopped moving."""
+    last = tokens_generated(channel)
+    while True:
+        time.sleep(0.3)
+        now = tokens_generated(channel)
+        if now == last:
+            return now
+        last = now
+
+
+def long_request() -> text_generation_pb2.GenerateRequest:
+    # Greedy decoding of this random model runs all the way without sampling end-of-text.
+    return text_generation_pb2.GenerateRequest(
+        model=MODEL,
+        prompt="Hello",
+        parameters=text_generation_pb2.GenerationParameters(max_new_tokens=FULL_RUN, temperature=0.0),
+    )
+
+
+def test_cancelled_stream_stops_decoding(long_channel: grpc.Channel) -> None:
+    before = settled_count(long_channel)
+    stub = text_generation_pb2_grpc.TextGenerationServiceStub(long_channel)
+    responses = stub.GenerateStream(long_request(), timeout=60)
+    received = sum(len(next(responses).token_ids) for _ in range(5))
+    started = time.monotonic()
+    responses.cancel()
+    after = settled_count(long_channel)
+    assert received <= after - before <= received + SLACK, "decoding went on after the client cancelled"
+    # The counter stopped long before a full run could have finished.
+    assert after - before < FULL_RUN
+    assert time.monotonic() - started < 5
+
+
+def test_deadline_stops_decoding(long_channel: grpc.Channel) -> None:
+    before = settled_count(long_channel)
+    stub = text_generation_pb2_grpc.TextGenerationServiceStub(long_channel)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Generate(long_request(), timeout=0.4)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    after = settled_count(long_channel)
+    generated = after - before
+    elapsed = time.monotonic() - started
+    assert 0 < generated < FULL_RUN / 2, f"{generated} tokens decoded after a 0.4 s deadline"
+    assert elapsed < 5
+
+
+def test_full_run_takes_much_longer_than_the_cancel(long_channel: grpc.Channel) -> None:
+    # The premise of the two tests above: without cancellation the same request runs to the end.
+    stub = text_generation_pb2_grpc.TextGenerationServiceStub(long_channel)
+    request = long_request()
+    request.parameters.max_new_tokens = 200
+    started = time.monotonic()
+    reply = stub.Generate(request, timeout=60)
+    assert reply.usage.completion_tokens == 200
+    assert reply.finish_reason == text_generation_pb2.FINISH_REASON_LENGTH
+    assert time.monotonic() - started > 0.2
