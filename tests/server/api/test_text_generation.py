@@ -235,3 +235,11 @@ def test_multibyte_prompt_and_output_are_valid_text(
     for chunk in chunks:
         chunk.text.encode("utf-8")  # a lone surrogate would raise
     assert sum(len(c.token_ids) for c in chunks) == chunks[-1].usage.completion_tokens
+
+
+def test_prompt_over_the_message_size_is_refused_by_grpc(
+    text_stub: text_generation_pb2_grpc.TextGenerationServiceStub,
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        text_stub.Generate(request(prompt="x" * (17 * 1024 * 1024)), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
