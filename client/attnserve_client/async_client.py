@@ -11,7 +11,13 @@ import grpc
 import grpc.aio
 
 from attnserve_client import convert, methods
-from attnserve_client.client import DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, HEALTH_FALSE_CODES
+from attnserve_client.client import (
+    DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_RETRIES,
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    HEALTH_FALSE_CODES,
+)
 from attnserve_client.errors import InvalidArgumentError, from_rpc_error
 from attnserve_client.health import HEALTH_CHECK_METHOD, ServingStatus, decode_response, encode_request
 from attnserve_client.pb import models_pb2, text_generation_pb2
@@ -178,8 +184,8 @@ class AsyncClient:
             logprobs=logprobs,
             model_version=model_version,
         )
-        deadline = self._deadline(timeout)
-        return self._stream(request, deadline)
+        # The deadline starts with the iteration, when the call is sent.
+        return self._stream(request, self._timeout if timeout is None else check_timeout(timeout))
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The served models, with their versions, settings and live counters."""
@@ -199,7 +205,9 @@ class AsyncClient:
     async def health(self, model: str = "", *, timeout: float | None = None) -> bool:
         """Whether the server (or, with ``model``, that model) is SERVING. See :meth:`Client.health`."""
         try:
-            status = await self._health_check(model, timeout=self._deadline(timeout).remaining())
+            status = await self._health_check(
+                model, timeout=DEFAULT_HEALTH_TIMEOUT if timeout is None else check_timeout(timeout)
+            )
         except grpc.RpcError as error:
             if error.code() in HEALTH_FALSE_CODES:
                 return False
@@ -226,14 +234,15 @@ class AsyncClient:
             try:
                 return await method(request, timeout=deadline.remaining())
             except grpc.RpcError as error:
-                wait = self._retry.delay(error.code(), retry, deadline.remaining())
+                wait = self._retry.delay(error.code(), retry, deadline.left())
                 if wait is None:
                     raise from_rpc_error(error) from error
                 log_retry(name, error, retry, self._retry, wait)
             await asyncio.sleep(wait)
             retry += 1
 
-    async def _stream(self, request: GenerationRequest, deadline: Deadline) -> AsyncGenerator[GenerationChunk, None]:
+    async def _stream(self, request: GenerationRequest, timeout: float) -> AsyncGenerator[GenerationChunk, None]:
+        deadline = Deadline(timeout)
         message = request.to_proto(request.model or await self._only_model(deadline))
         retry = 0
         while True:
@@ -246,7 +255,7 @@ class AsyncClient:
                 return
             except grpc.RpcError as error:
                 # Once a chunk has been yielded, sending the request again would repeat text.
-                wait = None if received else self._retry.delay(error.code(), retry, deadline.remaining())
+                wait = None if received else self._retry.delay(error.code(), retry, deadline.left())
                 if wait is None:
                     raise from_rpc_error(error) from error
                 log_retry(methods.GENERATE_STREAM, error, retry, self._retry, wait)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
-from attnserve_client.client import DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
+from attnserve_client.client import DEFAULT_HEALTH_TIMEOUT, DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
 from attnserve_client.errors import AttnserveError, ServerError
 from attnserve_client.types import FinishReason, GenerationChunk, ModelInfo, Usage
 
@@ -22,7 +22,7 @@ __all__ = ["HEALTH_TIMEOUT", "build_parser", "main"]
 TARGET_ENV = "ATTNSERVE_TARGET"
 # `attnserve health` runs as a container HEALTHCHECK: it must answer quickly, and it does
 # not retry (the orchestrator retries on its own schedule).
-HEALTH_TIMEOUT = 3.0
+HEALTH_TIMEOUT = DEFAULT_HEALTH_TIMEOUT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,8 +203,8 @@ def _table(models: list[ModelInfo]) -> str:
 
 
 def _health(args: argparse.Namespace) -> int:
-    with Client(args.target, timeout=args.timeout or HEALTH_TIMEOUT, retries=0) as client:
-        serving = client.health(args.model)
+    with Client(args.target, retries=0) as client:
+        serving = client.health(args.model, timeout=args.timeout or HEALTH_TIMEOUT)
     _write(sys.stdout, "SERVING\n" if serving else "NOT_SERVING\n")
     return 0 if serving else 1
 

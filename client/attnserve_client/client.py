@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import TypeVar
 
 import grpc
+
 from attnserve_client import convert, methods
 from attnserve_client.errors import InvalidArgumentError, from_rpc_error
 from attnserve_client.health import HEALTH_CHECK_METHOD, ServingStatus, decode_response, encode_request
@@ -16,11 +17,21 @@ from attnserve_client.request import GenerationRequest
 from attnserve_client.retry import Deadline, RetryPolicy, channel_options, check_timeout, log_retry
 from attnserve_client.types import Generation, GenerationChunk, ModelInfo
 
-__all__ = ["DEFAULT_RETRIES", "DEFAULT_TARGET", "DEFAULT_TIMEOUT", "HEALTH_FALSE_CODES", "Client"]
+__all__ = [
+    "DEFAULT_HEALTH_TIMEOUT",
+    "DEFAULT_RETRIES",
+    "DEFAULT_TARGET",
+    "DEFAULT_TIMEOUT",
+    "HEALTH_FALSE_CODES",
+    "Client",
+]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 2
+# A probe must answer quickly whatever the client's default deadline (it runs as a container
+# HEALTHCHECK): a server that cannot say SERVING within this is not healthy.
+DEFAULT_HEALTH_TIMEOUT = 3.0
 # Health answers False (rather than raising) for these: the server is down, too slow to
 # answer, or does not know the model.
 HEALTH_FALSE_CODES = frozenset(
@@ -217,8 +228,8 @@ class Client:
             logprobs=logprobs,
             model_version=model_version,
         )
-        deadline = self._deadline(timeout)
-        return self._stream(request, deadline)
+        # The deadline starts with the iteration, when the call is sent.
+        return self._stream(request, self._timeout if timeout is None else check_timeout(timeout))
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The served models, with their versions, settings and live counters."""
@@ -238,13 +249,16 @@ class Client:
         """Whether the server (or, with ``model``, that model) is SERVING.
 
         One ``grpc.health.v1.Health/Check`` call, never retried: a probe reports the state now.
+        Its deadline is ``timeout``, or DEFAULT_HEALTH_TIMEOUT (3 s), not the client's default.
         Returns True iff the answer is SERVING. Returns False if the answer is NOT_SERVING or
         UNKNOWN, if the server does not know ``model`` (NOT_FOUND), or if the server cannot
         be reached before the deadline (UNAVAILABLE, DEADLINE_EXCEEDED). Other failures,
         such as a server without the health service (UNIMPLEMENTED), raise.
         """
         try:
-            status = self._health_check(model, timeout=self._deadline(timeout).remaining())
+            status = self._health_check(
+                model, timeout=DEFAULT_HEALTH_TIMEOUT if timeout is None else check_timeout(timeout)
+            )
         except grpc.RpcError as error:
             if error.code() in HEALTH_FALSE_CODES:
                 return False
@@ -271,14 +285,15 @@ class Client:
             try:
                 return method(request, timeout=deadline.remaining())
             except grpc.RpcError as error:
-                wait = self._retry.delay(error.code(), retry, deadline.remaining())
+                wait = self._retry.delay(error.code(), retry, deadline.left())
                 if wait is None:
                     raise from_rpc_error(error) from error
                 log_retry(name, error, retry, self._retry, wait)
             time.sleep(wait)
             retry += 1
 
-    def _stream(self, request: GenerationRequest, deadline: Deadline) -> Generator[GenerationChunk, None, None]:
+    def _stream(self, request: GenerationRequest, timeout: float) -> Generator[GenerationChunk, None, None]:
+        deadline = Deadline(timeout)
         message = request.to_proto(request.model or self._only_model(deadline))
         retry = 0
         while True:
@@ -291,7 +306,7 @@ class Client:
                 return
             except grpc.RpcError as error:
                 # Once a chunk has been yielded, sending the request again would repeat text.
-                wait = None if received else self._retry.delay(error.code(), retry, deadline.remaining())
+                wait = None if received else self._retry.delay(error.code(), retry, deadline.left())
                 if wait is None:
                     raise from_rpc_error(error) from error
                 log_retry(methods.GENERATE_STREAM, error, retry, self._retry, wait)

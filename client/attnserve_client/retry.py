@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import grpc
+
 from attnserve_client.errors import DeadlineExceededError
 
 __all__ = ["Deadline", "RetryPolicy", "channel_options", "check_timeout", "log_retry"]
@@ -63,9 +64,13 @@ class Deadline:
     def __init__(self, timeout: float) -> None:
         self._end = time.monotonic() + timeout
 
+    def left(self) -> float:
+        """Seconds left, zero or less once the deadline has passed."""
+        return self._end - time.monotonic()
+
     def remaining(self) -> float:
-        """Seconds left; raises DeadlineExceededError when none are."""
-        left = self._end - time.monotonic()
+        """Seconds left, for the next attempt; raises DeadlineExceededError when none are."""
+        left = self.left()
         if left <= 0:
             raise DeadlineExceededError("the deadline passed before the call could be sent")
         return left

@@ -8,6 +8,7 @@ decoded.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,11 +51,20 @@ async def test_leaving_a_stream_early_stops_the_decoding(
         decoded = _settled_tokens_generated(client) - before
         assert 1 <= decoded < LIMIT // 2
 
-        before = _settled_tokens_generated(client)
+        # The async client stays open while counting: closing its channel would cancel the call too.
         async with AsyncClient(server.address) as aclient:
+            before = _settled_tokens_generated(client)
             stream = aclient.generate_stream(PROMPT, model=MODEL, max_new_tokens=LIMIT, temperature=0)
             async for _ in stream:
                 break
             await stream.aclose()
-        decoded = _settled_tokens_generated(client) - before
-        assert 1 <= decoded < LIMIT // 2
+            decoded = _settled_tokens_generated(client) - before
+            assert 1 <= decoded < LIMIT // 2
+
+            # A bare `break` (no aclose): the event loop closes the dropped generator soon after.
+            before = _settled_tokens_generated(client)
+            async for _ in aclient.generate_stream(PROMPT, model=MODEL, max_new_tokens=LIMIT, temperature=0):
+                break
+            await asyncio.sleep(0.1)
+            decoded = _settled_tokens_generated(client) - before
+            assert 1 <= decoded < LIMIT // 2
