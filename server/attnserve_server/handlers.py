@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,8 @@ from attnserve_server.text.params import (
     resolve_parameters,
 )
 from attnserve_server.text.scheduler import ConcurrencyLimiter
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,14 @@ class TextGenerationHandler:
         prompt_ids = await generator.encode(request.prompt)
         max_new_tokens = fit_context(params, len(prompt_ids), generator.spec.context_length)
         model.counters.requests += 1
+        logger.debug(
+            "generate %s/%s: %d prompt tokens, up to %d new, seed %d",
+            model.name,
+            version.version,
+            len(prompt_ids),
+            max_new_tokens,
+            params.seed,
+        )
         chunks = self._run(model, generator.generate(prompt_ids, params, max_new_tokens, deadline=request.deadline))
         return GenerationStream(
             model=model.name,
@@ -97,8 +108,11 @@ class TextGenerationHandler:
             async with self._limiter.slot():
                 async for chunk in chunks:
                     model.counters.tokens_generated += len(chunk.token_ids)
+                    if chunk.finish_reason is not None:
+                        logger.debug("finished %s: %s, %s", model.name, chunk.finish_reason.value, chunk.usage)
                     yield chunk
         except asyncio.CancelledError:
+            logger.debug("generation for %s cancelled by the client", model.name)
             raise  # the client went away; not a failure of the model
         except Exception:
             model.counters.failures += 1

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
-from attnserve_server.errors import FailedPreconditionError, ModelLoadError, ModelNotFoundError
+from attnserve_server.errors import FailedPreconditionError, ModelLoadError, ModelNotFoundError, UnavailableError
 from attnserve_server.runtime import RuntimeSession
 from attnserve_server.text.generator import TextGenerator, TextModelSpec
 from attnserve_server.text.params import GenerationDefaults
@@ -302,6 +302,8 @@ class ModelRepository:
         self._default_limit = default_max_new_tokens_limit
         self._intra_op_threads = intra_op_threads
         self._models: dict[str, Model] = {}
+        # False while models are loading: an unknown name then means "not yet", not "no such model".
+        self.ready = False
 
     def discover(self) -> list[Path]:
         """Model directories under the root, sorted by name."""
@@ -347,6 +349,8 @@ class ModelRepository:
     def get(self, name: str) -> Model:
         """A loaded model by name; NOT_FOUND otherwise."""
         model = self._models.get(name)
+        if model is None and not self.ready:
+            raise UnavailableError("the server is still loading its models; retry shortly")
         if model is None:
             known = ", ".join(self._models) or "none"
             raise ModelNotFoundError(f"no model named {name!r} (loaded models: {known})")

@@ -108,6 +108,7 @@ async def serve(settings: ServerSettings) -> None:
         await server.stop(None)
         executor.shutdown(wait=False, cancel_futures=True)
         raise StartupError(f"failed to load {exc}") from None
+    repository.ready = True
     if not repository.models():
         logger.warning("model repository %s holds no models", settings.model_repository)
     await health_servicer.set(OVERALL, SERVING)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from attnserve_server.errors import ModelLoadError, ModelNotFoundError
+from attnserve_server.errors import ModelLoadError, ModelNotFoundError, UnavailableError
 from attnserve_server.repository import ModelRepository
 
 NAME = "tiny-gpt"
@@ -38,6 +38,7 @@ def load(root: Path, executor: ThreadPoolExecutor, limit: int = 1024) -> ModelRe
     repository = ModelRepository(root, default_max_new_tokens_limit=limit)
     for model_dir in repository.discover():
         repository.load_model(model_dir, executor)
+    repository.ready = True
     return repository
 
 
@@ -70,6 +71,12 @@ def test_latest_version_is_served(repo_copy: Path, executor: ThreadPoolExecutor)
 def test_unknown_model(repo_copy: Path, executor: ThreadPoolExecutor) -> None:
     with pytest.raises(ModelNotFoundError, match="no model named 'nope'"):
         load(repo_copy, executor).get("nope")
+
+
+def test_unknown_model_while_loading_is_unavailable(repo_copy: Path) -> None:
+    repository = ModelRepository(repo_copy, default_max_new_tokens_limit=10)
+    with pytest.raises(UnavailableError, match="loading"):
+        repository.get(NAME)
 
 
 def _unknown_key(meta: dict[str, Any]) -> None:
