@@ -206,7 +206,7 @@ class AsyncClient:
         """Whether the server (or, with ``model``, that model) is SERVING. See :meth:`Client.health`."""
         try:
             status = await self._health_check(
-                model, timeout=DEFAULT_HEALTH_TIMEOUT if timeout is None else check_timeout(timeout)
+                model, timeout=min(self._timeout, DEFAULT_HEALTH_TIMEOUT) if timeout is None else check_timeout(timeout)
             )
         except grpc.RpcError as error:
             if error.code() in HEALTH_FALSE_CODES:

@@ -249,7 +249,7 @@ class Client:
         """Whether the server (or, with ``model``, that model) is SERVING.
 
         One ``grpc.health.v1.Health/Check`` call, never retried: a probe reports the state now.
-        Its deadline is ``timeout``, or DEFAULT_HEALTH_TIMEOUT (3 s), not the client's default.
+        Its deadline is ``timeout``, else the client's default capped at DEFAULT_HEALTH_TIMEOUT (3 s).
         Returns True iff the answer is SERVING. Returns False if the answer is NOT_SERVING or
         UNKNOWN, if the server does not know ``model`` (NOT_FOUND), or if the server cannot
         be reached before the deadline (UNAVAILABLE, DEADLINE_EXCEEDED). Other failures,
@@ -257,7 +257,7 @@ class Client:
         """
         try:
             status = self._health_check(
-                model, timeout=DEFAULT_HEALTH_TIMEOUT if timeout is None else check_timeout(timeout)
+                model, timeout=min(self._timeout, DEFAULT_HEALTH_TIMEOUT) if timeout is None else check_timeout(timeout)
             )
         except grpc.RpcError as error:
             if error.code() in HEALTH_FALSE_CODES:
