@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from attnserve_server.runtime import RuntimeSession, available_cpus, session_options
+
+
+def test_thread_count_defaults_to_available_cpus() -> None:
+    assert available_cpus() >= 1
+    assert session_options(0).intra_op_num_threads == available_cpus()
+    assert session_options(3).intra_op_num_threads == 3
+
+
+def test_session_runs_the_exported_model(tiny_repository: Path) -> None:
+    version_dir = tiny_repository / "tiny-gpt" / "1"
+    text = json.loads((version_dir / "metadata.json").read_text())["text_generation"]
+    session = RuntimeSession(version_dir / "model.onnx", intra_op_threads=1)
+    assert "input_ids" in session.input_names
+    assert "logits" in session.output_names
+    feed: dict[str, np.ndarray] = {
+        "input_ids": np.array([[1, 2, 3]], dtype=np.int64),
+        "attention_mask": np.ones((1, 3), dtype=np.int64),
+        "position_ids": np.arange(3, dtype=np.int64)[None, :],
+    }
+    for name in session.input_names:
+        if name.startswith("past_key_values"):
+            feed[name] = np.zeros((1, text["num_heads"], 0, text["head_dim"]), dtype=np.float32)
+    (logits,) = session.run(["logits"], feed)
+    assert logits.shape[:2] == (1, 3)
