@@ -1,0 +1,175 @@
+"""The ``attnserve-export`` command line: ``train gpt ...`` and ``onnx ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnserve_export.gpt import GPT, PRESETS
+from attnserve_export.onnx_export import export_gpt, next_version_dir
+from attnserve_export.tokenizer import load_tokenizer
+from attnserve_export.train import TrainConfig, load_trained, train
+
+logger = logging.getLogger("attnserve_export")
+
+MODEL_OVERRIDES = {
+    "vocab_size": int,
+    "context_length": int,
+    "num_layers": int,
+    "num_heads": int,
+    "dim": int,
+    "pos_encoding": str,
+    "dropout": float,
+}
+
+
+def _add_train_gpt(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = TrainConfig()
+    p = sub.add_parser("gpt", help="train a GPT text generator", description="Train a GPT on a text corpus.")
+    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
+    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoint, tokenizer, results)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--corpus", type=Path, nargs="+", default=None, help="your own text files or folders (default: Shakespeare)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help="total optimizer steps (sets the LR schedule)")
+    p.add_argument("--max-minutes", type=float, default=None, help="checkpoint and stop after this long")
+    p.add_argument("--stop-at-step", type=int, default=None, help="checkpoint and stop at this step (resume later)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--min-lr", type=float, default=d.min_lr)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--eval-interval", type=int, default=d.eval_interval)
+    p.add_argument("--checkpoint-interval", type=int, default=d.checkpoint_interval)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    for name, kind in MODEL_OVERRIDES.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"override the preset's {name}")
+    p.set_defaults(func=_run_train_gpt)
+
+
+def _run_train_gpt(args: argparse.Namespace) -> int:
+    overrides = {k: getattr(args, k) for k in MODEL_OVERRIDES if getattr(args, k) is not None}
+    cfg = TrainConfig(
+        preset=args.preset,
+        model_overrides=overrides,
+        seed=args.seed,
+        corpus=[str(p) for p in args.corpus or []],
+        batch_size=args.batch_size,
+        max_steps=args.max_steps,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        eval_interval=args.eval_interval,
+        checkpoint_interval=args.checkpoint_interval,
+        max_minutes=args.max_minutes,
+        stop_at_step=args.stop_at_step,
+        threads=args.threads,
+        command=shlex.join(["attnserve-export", *sys.argv[1:]]),
+    )
+    results = train(cfg, args.out, resume=args.resume)
+    return 0 if results.get("finished") else 3
+
+
+def _add_onnx(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "onnx",
+        help="export a trained run (or a randomly initialised preset) to a model repository",
+        description="Export to <repository>/<name>/<next version>/ with a parity check.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="a run directory written by `train gpt`")
+    src.add_argument("--preset", choices=sorted(PRESETS), help="export this preset with --random-init")
+    p.add_argument("--random-init", action="store_true", help="random weights (benchmarks and tests)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json for --random-init (e.g. GPT-2's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--repository", type=Path, default=Path("models"))
+    p.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
+    p.add_argument("--description", default="")
+    p.set_defaults(func=_run_onnx)
+
+
+def _run_onnx(args: argparse.Namespace) -> int:
+    provenance: dict[str, Any] = {"export_command": shlex.join(["attnserve-export", *sys.argv[1:]])}
+    if args.checkpoint:
+        model, tokenizer, info = load_trained(args.checkpoint)
+        if not info["results"].get("finished"):
+            logger.warning(
+                "%s has not finished training (step %d); exporting its checkpoint", args.checkpoint, info["step"]
+            )
+        provenance |= {
+            "preset": info["train_config"]["preset"],
+            "training": info["results"],
+            "train_config": info["train_config"],
+            "validation_history": info["history"],
+        }
+        description = args.description or "GPT trained with attnserve-export"
+        max_abs, max_rel = None, 1e-4
+    else:
+        if not args.random_init or not args.tokenizer:
+            logger.error("--preset needs --random-init and --tokenizer")
+            return 2
+        tokenizer = load_tokenizer(args.tokenizer)
+        config = PRESETS[args.preset]
+        config = config.with_(vocab_size=max(config.vocab_size, tokenizer.get_vocab_size()))
+        torch.manual_seed(args.seed)
+        model = GPT(config)
+        provenance |= {"preset": args.preset, "random_init": True, "seed": args.seed}
+        description = args.description or f"{args.preset} GPT with random weights (for benchmarks, not for text)"
+        # Random weights give flat logits: judge them absolutely, as for the tiny preset.
+        max_abs, max_rel = 1e-4, None
+    repository: Path = args.repository
+    version_dir = (
+        repository / args.name / str(args.version) if args.version else next_version_dir(repository, args.name)
+    )
+    report = export_gpt(
+        model,
+        tokenizer,
+        version_dir,
+        description=description,
+        provenance=provenance,
+        max_abs_diff=max_abs,
+        max_rel_diff=max_rel,
+    )
+    logger.info("exported %s: %s", version_dir, report.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnserve-export", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a model")
+    train_sub = train.add_subparsers(dest="model", required=True)
+    _add_train_gpt(train_sub)
+    _add_onnx(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # The ONNX tool chain logs every graph rewrite at INFO.
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
