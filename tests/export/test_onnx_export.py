@@ -112,3 +112,16 @@ def test_next_version_dir(tmp_path: Path) -> None:
     assert next_version_dir(tmp_path, "m") == tmp_path / "m" / "8"
     with pytest.raises(ValueError):
         next_version_dir(tmp_path, "bad/name")
+
+
+def test_cli_random_init_preset(tiny_tokenizer: Tokenizer, tmp_path: Path) -> None:
+    from attnserve_export.__main__ import main
+
+    tokenizer_path = tmp_path / "tokenizer.json"
+    tiny_tokenizer.save(str(tokenizer_path))
+    repo = tmp_path / "models"
+    args = ["onnx", "--preset", "tiny", "--random-init", "--tokenizer", str(tokenizer_path), "--name", "rand"]
+    assert main([*args, "--repository", str(repo)]) == 0
+    meta = json.loads((repo / "rand" / "1" / "metadata.json").read_text())
+    assert meta["provenance"]["random_init"] is True
+    assert meta["text_generation"]["vocab_size"] == PRESETS["tiny"].vocab_size
