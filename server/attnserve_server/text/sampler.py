@@ -14,6 +14,7 @@ import numpy.typing as npt
 from attnserve_server.text.params import SamplingParams
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
 
 
 def log_softmax(logits: npt.NDArray[np.floating]) -> FloatArray:
@@ -37,28 +38,71 @@ def apply_repetition_penalty(logits: FloatArray, seen: npt.NDArray[np.bool_], pe
     return out
 
 
-def top_k_filter(logits: FloatArray, k: int) -> FloatArray:
-    """Keep the ``k`` largest logits (ties at the boundary are kept); ``k == 0`` keeps all."""
+def top_k_indices(logits: FloatArray, k: int) -> IntArray:
+    """Indices of the ``k`` largest logits, most likely first; every index (in id order) when ``k`` is 0 or >= vocab."""
     if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = np.partition(logits, -k)[-k]
-    return np.where(logits < kth, -np.inf, logits)
+        return np.arange(logits.shape[-1])
+    # argpartition is O(vocab); only the k survivors get sorted.
+    top = np.argpartition(logits, -k)[-k:]
+    ordered: IntArray = top[np.argsort(-logits[top], kind="stable")]
+    return ordered
+
+
+def _logsumexp(x: FloatArray) -> float:
+    peak = float(np.max(x))
+    return peak + float(np.log(np.sum(np.exp(x - peak))))
+
+
+def nucleus(logits: FloatArray, ordered: IntArray, p: float, log_total: float) -> IntArray:
+    """The prefix of ``ordered`` (indices, most likely first) whose probability first reaches ``p``.
+
+    Probabilities are ``exp(logits - log_total)``: ``log_total`` is the log of the whole
+    distribution's mass, which may include tokens not listed in ``ordered``.
+    """
+    probs = np.exp(logits[ordered] - log_total)
+    # A token is kept while the mass *before* it is still below p, so the token that crosses p stays.
+    keep = (np.cumsum(probs) - probs) < p
+    keep[0] = True
+    kept: IntArray = ordered[keep]
+    return kept
 
 
 def top_p_filter(logits: FloatArray, p: float) -> FloatArray:
     """Keep the smallest set of most likely tokens whose probability reaches ``p`` (at least one)."""
     if p >= 1.0:
         return logits
-    order = np.argsort(-logits, kind="stable")
-    probs = np.exp(log_softmax(logits[order]))
-    cumulative = np.cumsum(probs)
-    # A token is kept while the mass *before* it is still below p, so the token that crosses p stays.
-    keep_sorted = (cumulative - probs) < p
-    keep_sorted[0] = True
+    finite = np.flatnonzero(np.isfinite(logits))
+    ordered = finite[np.argsort(-logits[finite], kind="stable")]
+    kept = nucleus(logits, ordered, p, _logsumexp(logits[finite]))
     out = np.full_like(logits, -np.inf)
-    kept = order[keep_sorted]
     out[kept] = logits[kept]
     return out
+
+
+# With more tokens than this in play, top-p first tries the best few instead of sorting them all.
+_NUCLEUS_PROBE = 1024
+
+
+def _candidates(scaled: FloatArray, top_k: int, top_p: float) -> IntArray:
+    """Token ids left after top-k then top-p (top-p renormalises over the top-k survivors, as in HF).
+
+    Sorting a 50k vocabulary costs milliseconds per token. The nucleus is a prefix of the sorted
+    order, so when the best ``_NUCLEUS_PROBE`` tokens already hold mass ``top_p`` it lies among
+    them and the rest need no sorting.
+    """
+    vocab = scaled.shape[-1]
+    top_k = top_k if 0 < top_k < vocab else 0
+    if top_p >= 1.0:
+        return top_k_indices(scaled, top_k)  # order does not matter to the draw
+    if top_k:
+        ordered = top_k_indices(scaled, top_k)
+        return nucleus(scaled, ordered, top_p, _logsumexp(scaled[ordered]))
+    log_total = _logsumexp(scaled)
+    if vocab > _NUCLEUS_PROBE:
+        probe = top_k_indices(scaled, _NUCLEUS_PROBE)
+        if np.exp(_logsumexp(scaled[probe]) - log_total) >= top_p:
+            return nucleus(scaled, probe, top_p, log_total)
+    return nucleus(scaled, np.argsort(-scaled, kind="stable"), top_p, log_total)
 
 
 class Sampler:
@@ -83,12 +127,17 @@ class Sampler:
         if p.temperature == 0.0:
             token = int(np.argmax(scores))
         else:
-            scores = top_k_filter(scores / p.temperature, p.top_k)
-            scores = top_p_filter(scores, p.top_p)
-            probs = np.exp(log_softmax(scores))
-            cumulative = np.cumsum(probs)
+            # Filters shrink the candidate set first, so the draw touches only the survivors.
+            scaled = scores / p.temperature
+            candidates = _candidates(scaled, p.top_k, p.top_p)
+            cumulative = np.cumsum(np.exp(scaled[candidates] - _logsumexp(scaled[candidates])))
             # Inverse-CDF draw: one uniform number per token keeps the stream reproducible.
-            token = int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right"))
-            token = min(token, raw.shape[-1] - 1)
+            pick = int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right"))
+            token = int(candidates[min(pick, len(candidates) - 1)])
         self._seen[token] = True
-        return token, float(log_softmax(raw)[token])
+        return token, _log_prob(raw, token)
+
+
+def _log_prob(logits: FloatArray, token: int) -> float:
+    """``log_softmax(logits)[token]`` without materialising the whole vector."""
+    return float(logits[token]) - _logsumexp(logits)

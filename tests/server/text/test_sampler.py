@@ -7,7 +7,7 @@ from attnserve_server.text.sampler import (
     Sampler,
     apply_repetition_penalty,
     log_softmax,
-    top_k_filter,
+    top_k_indices,
     top_p_filter,
 )
 
@@ -33,14 +33,13 @@ def test_same_seed_same_tokens_different_seed_different_tokens() -> None:
 
 def test_top_k_keeps_only_k_most_likely() -> None:
     assert set(draw(SamplingParams(temperature=1.0, top_k=2), seed=0)) == {1, 5}
-    filtered = top_k_filter(LOGITS.astype(np.float64), 3)
-    assert np.isfinite(filtered).sum() == 3
+    assert top_k_indices(LOGITS.astype(np.float64), 3).tolist() == [1, 5, 2]  # most likely first
 
 
 def test_top_k_zero_or_larger_than_vocab_keeps_all() -> None:
     logits = LOGITS.astype(np.float64)
-    assert np.array_equal(top_k_filter(logits, 0), logits)
-    assert np.array_equal(top_k_filter(logits, 100), logits)
+    assert top_k_indices(logits, 0).tolist() == list(range(VOCAB))
+    assert top_k_indices(logits, 100).tolist() == list(range(VOCAB))
 
 
 def test_top_p_keeps_smallest_set_reaching_p() -> None:
@@ -98,3 +97,22 @@ def test_low_temperature_approaches_greedy_and_high_temperature_spreads() -> Non
     hot = draw(SamplingParams(temperature=100.0), seed=3)
     assert set(cold) == {1}
     assert len(set(hot)) >= 6
+
+
+@pytest.mark.parametrize("top_k", [0, 3000])
+def test_top_p_over_a_large_vocabulary_matches_the_full_sort(top_k: int) -> None:
+    rng = np.random.default_rng(0)
+    vocab = 5000
+    peaked = rng.standard_normal(vocab)
+    peaked[:5] = [9.0, 8.5, 8.0, 7.5, 7.0]  # the nucleus is among the best few
+    flat = rng.standard_normal(vocab) * 0.01  # the nucleus spans most of the vocabulary
+    for logits, p in ((peaked, 0.6), (flat, 0.9)):
+        filtered = top_k_indices(logits, top_k) if top_k else np.arange(vocab)
+        restricted = np.full(vocab, -np.inf)
+        restricted[filtered] = logits[filtered]
+        nucleus = set(np.flatnonzero(np.isfinite(top_p_filter(restricted, p))).tolist())
+        sampler = Sampler(SamplingParams(temperature=1.0, top_k=top_k, top_p=p), seed=0, vocab_size=vocab)
+        drawn = {sampler.sample(logits)[0] for _ in range(300)}
+        assert drawn <= nucleus
+        if len(nucleus) < 10:
+            assert drawn == nucleus
