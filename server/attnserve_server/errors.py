@@ -72,6 +72,12 @@ class ModelLoadError(AttnserveError):
         self.reason = reason
 
 
+class RepositoryError(AttnserveError):
+    """The model repository itself is unusable (missing directory, bad model directory name)."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+
 _GENERIC_INTERNAL = "internal server error (see the server log)"
 
 F = TypeVar("F", bound=Callable[..., Any])

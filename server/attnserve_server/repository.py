@@ -20,7 +20,13 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
-from attnserve_server.errors import FailedPreconditionError, ModelLoadError, ModelNotFoundError, UnavailableError
+from attnserve_server.errors import (
+    FailedPreconditionError,
+    ModelLoadError,
+    ModelNotFoundError,
+    RepositoryError,
+    UnavailableError,
+)
 from attnserve_server.runtime import RuntimeSession
 from attnserve_server.text.generator import TextGenerator, TextModelSpec
 from attnserve_server.text.params import GenerationDefaults
@@ -308,13 +314,15 @@ class ModelRepository:
     def discover(self) -> list[Path]:
         """Model directories under the root, sorted by name."""
         if not self.root.is_dir():
-            raise ModelLoadError("(repository)", f"model repository {self.root} is not a directory")
+            raise RepositoryError(f"model repository {self.root} is not a directory")
         found = []
         for path in sorted(self.root.iterdir()):
             if not path.is_dir() or path.name.startswith("."):
                 continue
             if not MODEL_NAME.match(path.name):
-                raise ModelLoadError(path.name, "model names may only use letters, digits, '_', '.' and '-'")
+                raise RepositoryError(
+                    f"{path}: model names may only use letters, digits, '_', '.' and '-' (rename the directory)"
+                )
             found.append(path)
         return found
 

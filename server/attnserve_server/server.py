@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from attnserve_server.api.models import ModelServicer
 from attnserve_server.api.text_generation import TextGenerationServicer
-from attnserve_server.errors import ModelLoadError
+from attnserve_server.errors import ModelLoadError, RepositoryError
 from attnserve_server.handlers import ModelHandler, TextGenerationHandler
 from attnserve_server.repository import ModelRepository
 from attnserve_server.settings import ServerSettings
@@ -87,6 +87,10 @@ async def serve(settings: ServerSettings) -> None:
         default_max_new_tokens_limit=settings.max_new_tokens_limit,
         intra_op_threads=settings.intra_op_threads,
     )
+    try:
+        model_dirs = repository.discover()
+    except RepositoryError as exc:
+        raise StartupError(str(exc)) from None
     server, health_servicer = build_server(settings, repository, limiter)
     # The aio servicer starts out SERVING; nothing is loaded yet.
     await health_servicer.set(OVERALL, NOT_SERVING)
@@ -100,7 +104,7 @@ async def serve(settings: ServerSettings) -> None:
     logger.info("listening on %s:%d (loading models from %s)", settings.host, port, settings.model_repository)
 
     try:
-        for model_dir in repository.discover():
+        for model_dir in model_dirs:
             await health_servicer.set(model_dir.name, NOT_SERVING)
             await loop.run_in_executor(executor, repository.load_model, model_dir, executor)
             await health_servicer.set(model_dir.name, SERVING)

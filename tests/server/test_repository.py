@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from attnserve_server.errors import ModelLoadError, ModelNotFoundError, UnavailableError
+from attnserve_server.errors import ModelLoadError, ModelNotFoundError, RepositoryError, UnavailableError
 from attnserve_server.repository import ModelRepository
 
 NAME = "tiny-gpt"
@@ -172,10 +172,10 @@ def test_no_versions(repo_copy: Path, executor: ThreadPoolExecutor) -> None:
 
 def test_bad_model_name(repo_copy: Path, executor: ThreadPoolExecutor) -> None:
     (repo_copy / "bad name").mkdir()
-    with pytest.raises(ModelLoadError, match="bad name"):
+    with pytest.raises(RepositoryError, match="bad name"):
         load(repo_copy, executor)
 
 
 def test_missing_repository(tmp_path: Path, executor: ThreadPoolExecutor) -> None:
-    with pytest.raises(ModelLoadError, match="not a directory"):
+    with pytest.raises(RepositoryError, match="not a directory"):
         load(tmp_path / "absent", executor)
