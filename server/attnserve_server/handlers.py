@@ -112,8 +112,8 @@ class TextGenerationHandler:
                         logger.debug("finished %s: %s, %s", model.name, chunk.finish_reason.value, chunk.usage)
                     yield chunk
         except asyncio.CancelledError:
-            logger.debug("generation for %s cancelled by the client", model.name)
-            raise  # the client went away; not a failure of the model
+            logger.debug("generation for %s cancelled (the client left or its deadline passed)", model.name)
+            raise  # not a failure of the model
         except Exception:
             model.counters.failures += 1
             raise
