@@ -1,8 +1,9 @@
 """Domain errors and the ONE place where they become gRPC status codes.
 
-Handlers raise subclasses of :class:`AttnserveError`; :func:`grpc_errors` wraps every RPC method and
-turns them into the matching ``grpc.StatusCode``. Anything else is a bug: it is logged with its
-traceback and reaches the client as INTERNAL with a generic message.
+Handlers raise subclasses of :class:`AttnserveError`, which know nothing of gRPC; :data:`STATUS_CODES`
+maps them to ``grpc.StatusCode`` and :func:`grpc_errors` wraps every RPC method to apply it.
+Anything else is a bug: it is logged with its traceback and reaches the client as INTERNAL with a
+generic message.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -22,49 +23,33 @@ logger = logging.getLogger(__name__)
 class AttnserveError(Exception):
     """Base of every error the server raises on purpose."""
 
-    status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-
 
 class InvalidArgumentError(AttnserveError):
     """The request is malformed or out of range; the message says what to fix."""
-
-    status_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class ModelNotFoundError(AttnserveError):
     """No loaded model (or model version) has that name."""
 
-    status_code = grpc.StatusCode.NOT_FOUND
-
 
 class ResourceExhaustedError(AttnserveError):
     """The server is at capacity; retry later."""
-
-    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class DeadlineExceededError(AttnserveError):
     """The request's deadline passed before it finished."""
 
-    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
-
 
 class UnavailableError(AttnserveError):
     """The server cannot serve right now (starting up or shutting down)."""
-
-    status_code = grpc.StatusCode.UNAVAILABLE
 
 
 class FailedPreconditionError(AttnserveError):
     """The request is valid but does not fit the model (e.g. wrong task)."""
 
-    status_code = grpc.StatusCode.FAILED_PRECONDITION
-
 
 class ModelLoadError(AttnserveError):
     """A model in the repository could not be loaded. Raised at startup, never from an RPC."""
-
-    status_code = grpc.StatusCode.UNAVAILABLE
 
     def __init__(self, model: str, reason: str) -> None:
         super().__init__(f"model {model!r}: {reason}")
@@ -75,17 +60,38 @@ class ModelLoadError(AttnserveError):
 class RepositoryError(AttnserveError):
     """The model repository itself is unusable (missing directory, bad model directory name)."""
 
-    status_code = grpc.StatusCode.UNAVAILABLE
 
+# The one mapping from domain errors to gRPC. Subclasses inherit their parent's code.
+STATUS_CODES: Mapping[type[AttnserveError], grpc.StatusCode] = {
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    ModelLoadError: grpc.StatusCode.UNAVAILABLE,
+    RepositoryError: grpc.StatusCode.UNAVAILABLE,
+}
 
 _GENERIC_INTERNAL = "internal server error (see the server log)"
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status for an exception: its (nearest mapped) class's code, INTERNAL for anything else."""
+    for cls in type(exc).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    if isinstance(exc, AttnserveError):
-        await context.abort(exc.status_code, str(exc))
+    code = status_code(exc)
+    if code is not grpc.StatusCode.INTERNAL:
+        await context.abort(code, str(exc))
     logger.error("unexpected error in RPC", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, _GENERIC_INTERNAL)
 

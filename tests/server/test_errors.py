@@ -118,3 +118,26 @@ async def test_success_passes_through(stub: text_generation_pb2_grpc.TextGenerat
 def test_wrapper_keeps_the_method_name() -> None:
     assert FailingServicer.Generate.__name__ == "Generate"
     assert FailingServicer.GenerateStream.__name__ == "GenerateStream"
+
+
+def test_every_domain_error_has_a_status_code() -> None:
+    from attnserve_server import errors
+
+    domain = [
+        cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.AttnserveError) and cls is not errors.AttnserveError
+    ]
+    assert domain
+    for cls in domain:
+        assert cls in errors.STATUS_CODES, f"{cls.__name__} has no gRPC status code"
+
+
+def test_subclasses_inherit_their_parents_code() -> None:
+    from attnserve_server.errors import status_code
+
+    class PromptTooLongError(InvalidArgumentError):
+        pass
+
+    assert status_code(PromptTooLongError("x")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_code(ValueError("x")) == grpc.StatusCode.INTERNAL
