@@ -1,0 +1,95 @@
+"""The KV-cache loop against a full recompute, for each positional encoding the exporter offers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from attnserve_server.repository import load_version
+from attnserve_server.text.generator import TextGenerator
+from attnserve_server.text.params import FinishReason, GenerationParams, SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield pool
+
+
+@pytest.fixture(scope="module", params=["learned", "rotary"])
+def generator(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    export_text_model: Callable[..., Path],
+    executor: ThreadPoolExecutor,
+) -> TextGenerator:
+    root = tmp_path_factory.mktemp(f"gen-{request.param}")
+    model_dir = export_text_model(root, "gpt", pos_encoding=request.param)
+    return load_version("gpt", model_dir / "1", executor).generator
+
+
+def params(max_new_tokens: int) -> GenerationParams:
+    return GenerationParams(
+        max_new_tokens=max_new_tokens,
+        sampling=GREEDY,
+        stop=(),
+        seed=0,
+        logprobs=True,
+        max_new_tokens_explicit=True,
+    )
+
+
+def recompute_greedy(generator: TextGenerator, prompt: list[int], steps: int) -> list[int]:
+    """Greedy decoding that runs the whole sequence every step, with no cache."""
+    ids = list(prompt)
+    for _ in range(steps):
+        n = len(ids)
+        logits, _ = generator.forward(
+            np.asarray([ids], dtype=np.int64),
+            np.ones((1, n), dtype=np.int64),
+            np.arange(n, dtype=np.int64)[None, :],
+            generator.empty_past(batch=1),
+        )
+        ids.append(int(np.argmax(logits[0])))
+    return ids[len(prompt) :]
+
+
+async def collect(generator: TextGenerator, prompt: list[int], p: GenerationParams) -> list[int]:
+    tokens: list[int] = []
+    async for chunk in generator.generate(prompt, p, p.max_new_tokens):
+        tokens.extend(chunk.token_ids)
+    return tokens
+
+
+async def test_kv_cache_matches_full_recompute(generator: TextGenerator) -> None:
+    prompt = generator.tokenizer.encode("ROMEO. But soft")
+    steps = 20
+    cached = await collect(generator, prompt, params(steps))
+    expected = recompute_greedy(generator, prompt, steps)
+    # A random model may sample end-of-text early; compare what was generated.
+    assert cached
+    assert cached == expected[: len(cached)]
+
+
+async def test_chunks_carry_one_token_and_the_last_one_finishes(generator: TextGenerator) -> None:
+    prompt = generator.tokenizer.encode("Grüße")
+    chunks = [c async for c in generator.generate(prompt, params(10), 10)]
+    assert all(len(c.token_ids) == 1 and len(c.logprobs) == 1 for c in chunks)
+    assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.finish_reason in (FinishReason.LENGTH, FinishReason.END_OF_TEXT)
+    assert last.usage is not None
+    assert last.usage.prompt_tokens == len(prompt)
+    assert last.usage.completion_tokens == len(chunks)
+
+
+async def test_generation_fills_the_context_window_exactly(generator: TextGenerator) -> None:
+    context = generator.spec.context_length
+    prompt = generator.tokenizer.encode("abc " * 100)[: context - 5]
+    tokens = await collect(generator, prompt, params(5))
+    assert len(tokens) <= 5
