@@ -26,11 +26,14 @@ def generator(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     export_text_model: Callable[..., Path],
+    tiny_repository: Path,
     executor: ThreadPoolExecutor,
 ) -> TextGenerator:
-    root = tmp_path_factory.mktemp(f"gen-{request.param}")
-    model_dir = export_text_model(root, "gpt", pos_encoding=request.param)
-    return load_version("gpt", model_dir / "1", executor).generator
+    if request.param == "learned":  # the tiny preset's own encoding: reuse the shared model
+        model_dir = tiny_repository / "tiny-gpt"
+    else:
+        model_dir = export_text_model(tmp_path_factory.mktemp("rotary"), "gpt", pos_encoding=request.param)
+    return load_version(model_dir.name, model_dir / "1", executor).generator
 
 
 def params(max_new_tokens: int) -> GenerationParams:
@@ -88,7 +91,7 @@ async def test_chunks_carry_one_token_and_the_last_one_finishes(generator: TextG
     assert last.usage.completion_tokens == len(chunks)
 
 
-async def test_generation_fills_the_context_window_exactly(generator: TextGenerator) -> None:
+async def test_generation_runs_up_to_the_last_position_of_the_context(generator: TextGenerator) -> None:
     context = generator.spec.context_length
     prompt = generator.tokenizer.encode("abc " * 100)[: context - 5]
     tokens = await collect(generator, prompt, params(5))
