@@ -209,6 +209,11 @@ def export_onnx(model: GPT, path: Path) -> None:
             input_names=input_names,
             output_names=output_names,
             opset_version=OPSET,
+            # Keep every parameter as an initializer named after it (no constant folding into
+            # anonymous transposed copies): the file then documents its own weights, and tools
+            # such as benchmarks/text_decode_latency.py can rebuild the PyTorch model from it.
+            # ONNX Runtime folds the transposes when it loads the session, so serving is as fast.
+            optimize=False,
             verbose=False,
         )
     if program is None:
