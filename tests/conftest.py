@@ -71,6 +71,11 @@ class ServerProcess:
                 self.process.wait()
         return self.process.returncode
 
+    def close(self) -> None:
+        """Terminate and delete the log."""
+        self.terminate()
+        self.stderr_path.unlink(missing_ok=True)
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -116,9 +121,8 @@ def launch_server(
         *extra_args,
     ]
     stderr_fd, stderr_name = tempfile.mkstemp(prefix="attnserve-server-", suffix=".log")
-    process = subprocess.Popen(
-        args, stdout=stderr_fd, stderr=stderr_fd, env={**os.environ, **(env or {})}, start_new_session=True
-    )
+    # Same process group as pytest, so a Ctrl-C reaches the servers too.
+    process = subprocess.Popen(args, stdout=stderr_fd, stderr=stderr_fd, env={**os.environ, **(env or {})})
     os.close(stderr_fd)
     server = ServerProcess(address=f"127.0.0.1:{port}", process=process, stderr_path=Path(stderr_name), args=args)
     if wait:
@@ -165,7 +169,7 @@ def server_address(tiny_repository: Path) -> Iterator[str]:
     """Address of a real server process serving ``tiny_repository``."""
     server = launch_server(tiny_repository)
     yield server.address
-    server.terminate()
+    server.close()
 
 
 def _launcher() -> Iterator[Callable[..., ServerProcess]]:
@@ -180,7 +184,7 @@ def _launcher() -> Iterator[Callable[..., ServerProcess]]:
 
     yield launch
     for server in started:
-        server.terminate()
+        server.close()
 
 
 @pytest.fixture
