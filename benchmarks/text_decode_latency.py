@@ -145,7 +145,7 @@ def bench_model(name: str, version_dir: Path, threads: int, repeats: int) -> dic
     by_pos = {r["position"]: r for r in rows}
     return {
         "model": name,
-        "version_dir": str(version_dir.relative_to(REPO)),
+        "version_dir": str(version_dir),
         "parameters": model.num_parameters(),
         "rows": rows,
         "latency_ratio_512_over_32": round(by_pos[512]["onnx_kv_ms"] / by_pos[32]["onnx_kv_ms"], 3),
