@@ -105,6 +105,8 @@ async def serve(settings: ServerSettings) -> None:
 
     try:
         for model_dir in model_dirs:
+            if stop.is_set():  # SIGTERM while loading: don't make the operator wait for the rest
+                break
             await health_servicer.set(model_dir.name, NOT_SERVING)
             await loop.run_in_executor(executor, repository.load_model, model_dir, executor)
             await health_servicer.set(model_dir.name, SERVING)
@@ -112,11 +114,13 @@ async def serve(settings: ServerSettings) -> None:
         await server.stop(None)
         executor.shutdown(wait=False, cancel_futures=True)
         raise StartupError(f"failed to load {exc}") from None
-    repository.ready = True
-    if not repository.models():
-        logger.warning("model repository %s holds no models", settings.model_repository)
-    await health_servicer.set(OVERALL, SERVING)
-    logger.info("serving %d model(s): %s", len(repository.models()), ", ".join(m.name for m in repository.models()))
+    if not stop.is_set():
+        repository.ready = True
+        if not repository.models():
+            logger.warning("model repository %s holds no models", settings.model_repository)
+        await health_servicer.set(OVERALL, SERVING)
+        names = ", ".join(m.name for m in repository.models())
+        logger.info("serving %d model(s): %s", len(repository.models()), names)
 
     await stop.wait()
     logger.info("shutting down: draining in-flight requests for up to %.1f s", settings.grace_period_s)
