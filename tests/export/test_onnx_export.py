@@ -88,6 +88,7 @@ def test_ort_runs_prefill_then_decode(exported) -> None:
     feed |= dict.fromkeys(past_names, empty)
     outputs = session.run(None, feed)
     assert outputs[0].shape == (3, 6, tg["vocab_size"])
+    assert np.isfinite(outputs[0]).all()  # padding rows too: no NaN that could leak into real rows
     for step in range(3):
         mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.int64)], dim=1)
         positions = positions[:, -1:] + 1
