@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from attnserve_export.gpt import GPT, PRESETS
-from attnserve_export.onnx_export import export_gpt, next_version_dir
+from attnserve_export.onnx_export import DEFAULT_GENERATION, export_gpt, next_version_dir
 from attnserve_export.tokenizer import load_tokenizer
 from attnserve_export.train import TrainConfig, load_trained, train
 
@@ -98,6 +98,17 @@ def _add_onnx(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--repository", type=Path, default=Path("models"))
     p.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
     p.add_argument("--description", default="")
+    g = p.add_argument_group("generation defaults (metadata.json; what unset request fields take)")
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"default: {DEFAULT_GENERATION['max_new_tokens']} or half the context, whichever is smaller",
+    )
+    g.add_argument("--temperature", type=float, default=DEFAULT_GENERATION["temperature"])
+    g.add_argument("--top-k", type=int, default=DEFAULT_GENERATION["top_k"])
+    g.add_argument("--top-p", type=float, default=DEFAULT_GENERATION["top_p"])
+    g.add_argument("--repetition-penalty", type=float, default=DEFAULT_GENERATION["repetition_penalty"])
     p.set_defaults(func=_run_onnx)
 
 
@@ -134,11 +145,26 @@ def _run_onnx(args: argparse.Namespace) -> int:
     version_dir = (
         repository / args.name / str(args.version) if args.version else next_version_dir(repository, args.name)
     )
+    # Half the context by default: a default completion must leave room for a prompt.
+    max_new_tokens = args.max_new_tokens or min(
+        int(DEFAULT_GENERATION["max_new_tokens"]), model.config.context_length // 2
+    )
+    defaults: dict[str, float | int] = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+    }
+    if defaults["max_new_tokens"] >= model.config.context_length:
+        logger.error("--max-new-tokens must be below the context length (%d)", model.config.context_length)
+        return 2
     report = export_gpt(
         model,
         tokenizer,
         version_dir,
         description=description,
+        defaults=defaults,
         provenance=provenance,
         max_abs_diff=max_abs,
         max_rel_diff=max_rel,

@@ -126,3 +126,4 @@ def test_cli_random_init_preset(tiny_tokenizer: Tokenizer, tmp_path: Path) -> No
     meta = json.loads((repo / "rand" / "1" / "metadata.json").read_text())
     assert meta["provenance"]["random_init"] is True
     assert meta["text_generation"]["vocab_size"] == PRESETS["tiny"].vocab_size
+    assert meta["text_generation"]["defaults"]["max_new_tokens"] == PRESETS["tiny"].context_length // 2
