@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -61,6 +62,14 @@ class RepositoryError(AttnserveError):
     """The model repository itself is unusable (missing directory, bad model directory name)."""
 
 
+@dataclass(frozen=True)
+class MalformedRequest:
+    """Stands in for a request message that could not be parsed (see ``api.registration``)."""
+
+    message_type: str
+    reason: str
+
+
 # The one mapping from domain errors to gRPC. Subclasses inherit their parent's code.
 STATUS_CODES: Mapping[type[AttnserveError], grpc.StatusCode] = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -88,6 +97,11 @@ def status_code(exc: BaseException) -> grpc.StatusCode:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _check_parsed(request: Any) -> None:
+    if isinstance(request, MalformedRequest):
+        raise InvalidArgumentError(f"request is not a valid {request.message_type}: {request.reason}")
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
     code = status_code(exc)
     if code is not grpc.StatusCode.INTERNAL:
@@ -107,6 +121,7 @@ def grpc_errors(method: F) -> F:
         @functools.wraps(method)
         async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
             try:
+                _check_parsed(request)
                 async for item in method(self, request, context):
                     yield item
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -121,6 +136,7 @@ def grpc_errors(method: F) -> F:
     @functools.wraps(method)
     async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
         try:
+            _check_parsed(request)
             return await unary(self, request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise

@@ -9,11 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import grpc
-from attnserve_client.pb import models_pb2, models_pb2_grpc, text_generation_pb2, text_generation_pb2_grpc
+from attnserve_client.pb import models_pb2, text_generation_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from attnserve_server.api.models import ModelServicer
+from attnserve_server.api.registration import add_servicer
 from attnserve_server.api.text_generation import TextGenerationServicer
 from attnserve_server.errors import ModelLoadError, RepositoryError
 from attnserve_server.handlers import ModelHandler, TextGenerationHandler
@@ -27,9 +28,11 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 OVERALL = ""  # grpc.health.v1's name for the server as a whole
 
+TEXT_GENERATION_SERVICE = text_generation_pb2.DESCRIPTOR.services_by_name["TextGenerationService"]
+MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
 SERVICE_NAMES = (
-    text_generation_pb2.DESCRIPTOR.services_by_name["TextGenerationService"].full_name,
-    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    TEXT_GENERATION_SERVICE.full_name,
+    MODEL_SERVICE.full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
 )
@@ -59,12 +62,8 @@ def build_server(
         ("grpc.so_reuseport", 0),  # two servers on one port would split traffic silently
     ]
     server = grpc.aio.server(options=options)
-    text_generation_pb2_grpc.add_TextGenerationServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        TextGenerationServicer(TextGenerationHandler(repository, limiter)), server
-    )
-    models_pb2_grpc.add_ModelServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        ModelServicer(ModelHandler(repository)), server
-    )
+    add_servicer(server, TextGenerationServicer(TextGenerationHandler(repository, limiter)), TEXT_GENERATION_SERVICE)
+    add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
     health_servicer: AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)

@@ -249,3 +249,26 @@ def test_prompt_over_the_message_size_is_refused_by_grpc(
     with pytest.raises(grpc.RpcError) as info:
         text_stub.Generate(request(prompt="x" * (17 * 1024 * 1024)), timeout=TIMEOUT)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x0a\x08tiny-gpt" + b"\x12\x02\xff\xfe",  # model "tiny-gpt", prompt with invalid UTF-8
+        b"\xff\xff\xff",  # not a protobuf message at all
+    ],
+    ids=["bad-utf8", "corrupt"],
+)
+@pytest.mark.parametrize("method", ["Generate", "GenerateStream"])
+def test_unparseable_request_is_invalid_argument(channel: grpc.Channel, raw: bytes, method: str) -> None:
+    # Other languages' clients can send bytes that Python's protobuf refuses to parse.
+    path = f"/attnserve.v1.TextGenerationService/{method}"
+    with pytest.raises(grpc.RpcError) as info:
+        if method == "Generate":
+            channel.unary_unary(path, request_serializer=bytes, response_deserializer=bytes)(raw, timeout=TIMEOUT)
+        else:
+            list(
+                channel.unary_stream(path, request_serializer=bytes, response_deserializer=bytes)(raw, timeout=TIMEOUT)
+            )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "attnserve.v1.GenerateRequest" in (info.value.details() or "")
