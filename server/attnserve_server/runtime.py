@@ -19,13 +19,24 @@ PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 Feed = Mapping[str, npt.NDArray[np.generic]]
 
 
-def _cgroup_cpu_quota(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
-    """CPUs allowed by a cgroup v2 quota (``cpu.max`` is ``"<quota> <period>"`` or ``"max <period>"``)."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs allowed by the container's cgroup quota, or None when there is no quota.
+
+    cgroup v2 has ``cpu.max`` (``"<quota> <period>"`` or ``"max <period>"``); v1 has
+    ``cpu/cpu.cfs_quota_us`` (-1: none) and ``cpu/cpu.cfs_period_us``.
+    """
     try:
-        quota, period = cpu_max.read_text().split()[:2]
+        quota, period = (root / "cpu.max").read_text().split()[:2]
     except (OSError, ValueError):
-        return None
-    if quota == "max":
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
         return None
     try:
         return int(quota) / int(period)
@@ -39,7 +50,7 @@ def available_cpus() -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
+    quota = cgroup_cpu_limit()
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return max(1, cpus)

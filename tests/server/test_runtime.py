@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from attnserve_server.runtime import RuntimeSession, available_cpus, session_options
+from attnserve_server.runtime import RuntimeSession, available_cpus, cgroup_cpu_limit, session_options
 
 
 def test_thread_count_defaults_to_available_cpus() -> None:
@@ -29,3 +29,23 @@ def test_session_runs_the_exported_model(tiny_repository: Path) -> None:
             feed[name] = np.zeros((1, text["num_heads"], 0, text["head_dim"]), dtype=np.float32)
     (logits,) = session.run(["logits"], feed)
     assert logits.shape[:2] == (1, 3)
+
+
+def test_cgroup_v2_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_cgroup_v1_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 2.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_no_cgroup(tmp_path: Path) -> None:
+    assert cgroup_cpu_limit(tmp_path) is None
