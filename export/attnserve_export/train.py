@@ -49,8 +49,9 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     corpus: list[str] = field(default_factory=list)  # empty: the Shakespeare corpus
-    batch_size: int = 16
-    max_steps: int = 2000
+    # Defaults: the settings that trained the shipped models/shakespeare-gpt.
+    batch_size: int = 12
+    max_steps: int = 1800
     lr: float = 2e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -58,8 +59,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    eval_interval: int = 250
-    checkpoint_interval: int = 250
+    eval_interval: int = 300
+    checkpoint_interval: int = 100
     eval_stride_fraction: float = 0.5
     # Not part of the result: when this invocation stops (resume goes on) and on how many threads.
     max_minutes: float | None = None
