@@ -73,7 +73,7 @@ def test_the_shipped_model_is_small_and_meets_its_quality_target() -> None:
     assert size <= 25 * 1024 * 1024, f"{version_dir} is {size / 2**20:.1f} MiB"
     metadata = json.loads((version_dir / "metadata.json").read_text())
     assert metadata["task"] == "text-generation"
-    assert metadata["provenance"]["test_bpc"] <= 2.3
+    assert metadata["provenance"]["training"]["test_bpc"] <= 2.3
 
 
 def test_cli_health_and_models(shipped_server: str) -> None:
