@@ -32,6 +32,7 @@ from attnserve_server.text.tokenizer import TextTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
+ROUNDS = 5
 PROMPT = "ROMEO.\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n"
 
 
@@ -125,12 +126,16 @@ def main() -> None:
             for _ in range(5):  # warm-up: connections, ORT arenas, tokenizer caches
                 first_token_ms()
                 in_process_prefill()
-            # Interleave the two so that machine noise hits both alike.
-            for _ in range(args.repeats):
-                server_ms.append(first_token_ms())
-                start = time.perf_counter()
-                in_process_prefill()
-                local_ms.append((time.perf_counter() - start) * 1e3)
+            # Alternate in blocks, so that slow drifts in machine noise hit both alike. Not one by
+            # one: the server's copy of the weights and this process's copy would then evict each
+            # other from the shared L3 cache, and both would always run cold.
+            for _ in range(ROUNDS):
+                for _ in range(args.repeats // ROUNDS):
+                    server_ms.append(first_token_ms())
+                for _ in range(args.repeats // ROUNDS):
+                    start = time.perf_counter()
+                    in_process_prefill()
+                    local_ms.append((time.perf_counter() - start) * 1e3)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)

@@ -75,15 +75,28 @@ def gpt2_small_entry() -> Path:
     return version_dir
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
+def timed_ms(fn: Callable[[], object], repeats: int) -> list[float]:
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return samples
+
+
+def interleaved_medians(setups: dict[str, Callable[[], object]], repeats: int, rounds: int = 5) -> dict[str, float]:
+    """Median ms of each setup, measured in alternating rounds.
+
+    This machine's speed drifts over seconds; timing the setups one after another in a few rounds,
+    instead of each in one block, lets the drift hit all of them alike.
+    """
+    for fn in setups.values():  # warm-up: arenas, caches, lazy initialisation
+        timed_ms(fn, 3)
+    samples: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, fn in setups.items():
+            samples[name] += timed_ms(fn, max(1, repeats // rounds))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def decode_flops(config: GPTConfig, position: int) -> float:
@@ -125,12 +138,19 @@ def bench_model(name: str, version_dir: Path, threads: int, repeats: int) -> dic
         next_token = rng.integers(0, tg["vocab_size"], size=(1, 1), dtype=np.int64)
         past = ort_run(context, empty)[1:]
         full = np.concatenate([context, next_token], axis=1)
-        ort_kv = median_ms(lambda: ort_run(next_token, past), repeats)  # noqa: B023
-        ort_full = median_ms(lambda: ort_run(full, empty), max(5, repeats // 3))  # noqa: B023
         with torch.inference_mode():
             _, torch_past = model(torch.from_numpy(context))
             token = torch.from_numpy(next_token)
-            torch_kv = median_ms(lambda: model(token, past_key_values=torch_past), repeats)  # noqa: B023
+            medians = interleaved_medians(
+                {
+                    "onnx_kv": lambda: ort_run(next_token, past),  # noqa: B023
+                    "torch_kv": lambda: model(token, past_key_values=torch_past),  # noqa: B023
+                },
+                repeats,
+            )
+            # The recompute is far slower and is only the reference; fewer samples do.
+            medians |= interleaved_medians({"onnx_full": lambda: ort_run(full, empty)}, max(5, repeats // 3))  # noqa: B023
+        ort_kv, torch_kv, ort_full = medians["onnx_kv"], medians["torch_kv"], medians["onnx_full"]
         rows.append(
             {
                 "position": position,
