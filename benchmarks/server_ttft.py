@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from attnserve_client import Client
 from attnserve_server.runtime import RuntimeSession, available_cpus
 from attnserve_server.text.tokenizer import TextTokenizer

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
+
 from attnserve_export.gpt import GPT, PRESETS, GPTConfig
 from attnserve_export.onnx_export import export_gpt
 from attnserve_export.tokenizer import train_bpe_tokenizer
 from attnserve_server.runtime import RuntimeSession, available_cpus
-from onnx import numpy_helper
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"

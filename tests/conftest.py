@@ -133,6 +133,7 @@ def launch_server(
 def export_model(root: Path, name: str, *, max_new_tokens_limit: int | None = None, **changes: Any) -> Path:
     """Export a random-weight GPT (``tiny`` preset with ``changes``) as ``root/name/1``."""
     import torch
+
     from attnserve_export.gpt import GPT, PRESETS
     from attnserve_export.onnx_export import export_gpt
     from attnserve_export.tokenizer import train_bpe_tokenizer

@@ -6,8 +6,9 @@ the generated ``*_grpc`` stubs, which are untyped: this keeps every call typed e
 
 from __future__ import annotations
 
-from attnserve_client.pb import models_pb2, text_generation_pb2
 from google.protobuf.descriptor import FileDescriptor
+
+from attnserve_client.pb import models_pb2, text_generation_pb2
 
 __all__ = ["GENERATE", "GENERATE_STREAM", "GET_MODEL", "LIST_MODELS"]
 

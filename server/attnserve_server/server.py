@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import grpc
-from attnserve_client.pb import models_pb2, text_generation_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from attnserve_client.pb import models_pb2, text_generation_pb2
 from attnserve_server.api.models import ModelServicer
 from attnserve_server.api.registration import add_servicer
 from attnserve_server.api.text_generation import TextGenerationServicer

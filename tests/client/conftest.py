@@ -19,8 +19,9 @@ from typing import Any
 
 import grpc
 import pytest
-from attnserve_client.pb import models_pb2, text_generation_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from attnserve_client.pb import models_pb2, text_generation_pb2
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from attnserve_client import AsyncClient, Client, FinishReason
 
 MODEL = "long-gpt"

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+
 from attnserve_client.cli import main
 
 

@@ -9,6 +9,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+
 from attnserve_client import Client
 
 MODEL = "tiny-gpt"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from grpc_health.v1 import health_pb2
+
 from attnserve_client import AsyncClient, Client
 from attnserve_client.health import ServingStatus, decode_response, encode_request
-from grpc_health.v1 import health_pb2
 
 
 @pytest.mark.parametrize("service", ["", "tiny-gpt", "ü" * 100, "x" * 300])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from attnserve_client import AsyncClient, Client, InvalidArgumentError, ModelInfo, ModelNotFoundError
 from attnserve_client.pb import models_pb2
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
+
 from attnserve_client import (
     AsyncClient,
     Client,

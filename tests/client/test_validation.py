@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from attnserve_client import AsyncClient, Client, InvalidArgumentError
 
 INVALID: list[tuple[dict[str, Any], str]] = [

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from attnserve_client import Client, FinishReason
 
 REPO = Path(__file__).resolve().parents[2]

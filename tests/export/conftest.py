@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from attnserve_export.tokenizer import train_bpe_tokenizer
 from tokenizers import Tokenizer
+
+from attnserve_export.tokenizer import train_bpe_tokenizer
 
 CORPUS = (
     "ROMEO.\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"

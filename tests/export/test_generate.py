@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from attnserve_export.generate import generate, sample_next
 from attnserve_export.gpt import GPT, PRESETS
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from attnserve_export.gpt import GPT, PRESETS, GPTConfig, left_pad
 
 ENCODINGS = ["learned", "sinusoidal", "rotary"]

@@ -10,9 +10,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from tokenizers import Tokenizer
+
 from attnserve_export.gpt import GPT, PRESETS, left_pad
 from attnserve_export.onnx_export import export_gpt, next_version_dir
-from tokenizers import Tokenizer
 
 METADATA_KEYS = {"format_version", "task", "description", "model_file", "text_generation", "provenance"}
 TEXT_KEYS = {

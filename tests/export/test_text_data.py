@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from attnserve_export.text_data import shakespeare_splits, strip_gutenberg, user_splits
 
 HEADER = (

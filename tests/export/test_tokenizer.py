@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from attnserve_export.tokenizer import EOS_TOKEN, load_tokenizer, train_bpe_tokenizer
 from tokenizers import Tokenizer
+
+from attnserve_export.tokenizer import EOS_TOKEN, load_tokenizer, train_bpe_tokenizer
 
 
 @pytest.mark.parametrize(

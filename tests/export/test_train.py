@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
+
 from attnserve_export.__main__ import main
 from attnserve_export.train import TrainConfig, train
-from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 

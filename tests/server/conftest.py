@@ -8,9 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from attnserve_client.pb import models_pb2_grpc, text_generation_pb2_grpc
 from attnserve_server.text.tokenizer import TextTokenizer
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 TEXT = ("The café serves crème brûlée. Grüße aus München! 日本語のテキストです。Привет, мир! 🙂🚀 naïve façade.\n") * 30
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+
 from attnserve_client.pb import models_pb2, models_pb2_grpc, text_generation_pb2, text_generation_pb2_grpc
 
 MODEL = "long-gpt"

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from attnserve_client.pb import text_generation_pb2, text_generation_pb2_grpc
 from attnserve_server.errors import (
     DeadlineExceededError,

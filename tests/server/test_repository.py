@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from attnserve_server.errors import ModelLoadError, ModelNotFoundError, RepositoryError, UnavailableError
 from attnserve_server.repository import ModelRepository
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from attnserve_server.runtime import RuntimeSession, available_cpus, cgroup_cpu_limit, session_options
 
 

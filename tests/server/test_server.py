@@ -13,9 +13,10 @@ from typing import Any
 
 import grpc
 import pytest
-from attnserve_client.pb import models_pb2, text_generation_pb2, text_generation_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from attnserve_client.pb import models_pb2, text_generation_pb2, text_generation_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

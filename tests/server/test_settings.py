@@ -3,8 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from attnserve_server.settings import ServerSettings, build_parser, load_settings
 from pydantic import ValidationError
+
+from attnserve_server.settings import ServerSettings, build_parser, load_settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

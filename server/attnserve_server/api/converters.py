@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from attnserve_client.pb import models_pb2, text_generation_pb2
-
 from attnserve_server.handlers import GenerationRequest, GenerationResult, GenerationStream
 from attnserve_server.repository import Model
 from attnserve_server.text.params import FinishReason, GenerationChunk, RequestedParameters, Usage

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from attnserve_client.pb import models_pb2, models_pb2_grpc
 
+from attnserve_client.pb import models_pb2, models_pb2_grpc
 from attnserve_server.api import converters
 from attnserve_server.errors import grpc_errors
 from attnserve_server.handlers import ModelHandler

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from attnserve_client.pb import text_generation_pb2, text_generation_pb2_grpc
 
+from attnserve_client.pb import text_generation_pb2, text_generation_pb2_grpc
 from attnserve_server.api import converters
 from attnserve_server.errors import grpc_errors
 from attnserve_server.handlers import TextGenerationHandler, deadline_from_timeout

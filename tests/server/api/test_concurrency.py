@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+
 from attnserve_client.pb import text_generation_pb2, text_generation_pb2_grpc
 
 

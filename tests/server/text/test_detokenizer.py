@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from attnserve_server.text.detokenizer import IncrementalDetokenizer
 from attnserve_server.text.tokenizer import TextTokenizer
 

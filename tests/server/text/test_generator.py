@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from attnserve_server.repository import load_version
 from attnserve_server.text.generator import TextGenerator
 from attnserve_server.text.params import FinishReason, GenerationParams, SamplingParams

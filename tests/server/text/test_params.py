@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from attnserve_server.errors import InvalidArgumentError
 from attnserve_server.text.params import (
     GenerationDefaults,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from attnserve_server.text.params import SamplingParams
 from attnserve_server.text.sampler import (
     Sampler,

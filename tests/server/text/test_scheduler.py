@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from attnserve_server.errors import ResourceExhaustedError
 from attnserve_server.text.scheduler import ConcurrencyLimiter
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from attnserve_server.text.tokenizer import TextTokenizer
 
 
