@@ -60,8 +60,36 @@ class ModelCounters(_message.Message):
     failures: int
     def __init__(self, requests: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., failures: _Optional[int] = ...) -> None: ...
 
+class ImageInputSpec(_message.Message):
+    __slots__ = ("channels", "height", "width", "resample", "resize_policy", "mean", "std")
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    RESAMPLE_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    channels: int
+    height: int
+    width: int
+    resample: str
+    resize_policy: str
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., resample: _Optional[str] = ..., resize_policy: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ImageClassificationInfo(_message.Message):
+    __slots__ = ("labels", "input", "max_images_per_request")
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    input: ImageInputSpec
+    max_images_per_request: int
+    def __init__(self, labels: _Optional[_Iterable[str]] = ..., input: _Optional[_Union[ImageInputSpec, _Mapping]] = ..., max_images_per_request: _Optional[int] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "versions", "default_version", "description", "counters", "text_generation")
+    __slots__ = ("name", "task", "versions", "default_version", "description", "counters", "text_generation", "image_classification")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +97,7 @@ class ModelInfo(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     TEXT_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     versions: _containers.RepeatedScalarFieldContainer[str]
@@ -76,4 +105,5 @@ class ModelInfo(_message.Message):
     description: str
     counters: ModelCounters
     text_generation: TextGenerationInfo
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., default_version: _Optional[str] = ..., description: _Optional[str] = ..., counters: _Optional[_Union[ModelCounters, _Mapping]] = ..., text_generation: _Optional[_Union[TextGenerationInfo, _Mapping]] = ...) -> None: ...
+    image_classification: ImageClassificationInfo
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., default_version: _Optional[str] = ..., description: _Optional[str] = ..., counters: _Optional[_Union[ModelCounters, _Mapping]] = ..., text_generation: _Optional[_Union[TextGenerationInfo, _Mapping]] = ..., image_classification: _Optional[_Union[ImageClassificationInfo, _Mapping]] = ...) -> None: ...
