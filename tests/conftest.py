@@ -5,6 +5,9 @@
   trained on a small multilingual corpus, and ``config.yaml`` with ``max_new_tokens_limit: 48``.
 - ``server_address``: ``"127.0.0.1:<port>"`` of a real ``attnserve-server`` process serving
   ``tiny_repository`` (session-scoped), started on a free loopback port and SERVING.
+- ``image_repository``: a model repository (session-scoped) with one image-classification model,
+  ``tiny-digits`` (see :func:`export_image_model`), and ``image_server_address``: a real server
+  serving it.
 - ``export_text_model``: build more models (``(root, name, **config_changes)``).
 - ``server_launcher`` / ``session_server_launcher``: start more servers
   (``(repository, *extra_flags, env=..., wait=True)`` -> ``ServerProcess``); each is stopped with
@@ -30,6 +33,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 TINY_MODEL = "tiny-gpt"
+IMAGE_MODEL = "tiny-digits"
+IMAGE_LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+IMAGE_SIZE = 16
 TINY_MAX_NEW_TOKENS_LIMIT = 48
 SERVER_START_TIMEOUT_S = 60.0
 
@@ -149,6 +155,77 @@ def export_model(root: Path, name: str, *, max_new_tokens_limit: int | None = No
     if max_new_tokens_limit is not None:
         (model_dir / "config.yaml").write_text(f"max_new_tokens_limit: {max_new_tokens_limit}\n")
     return model_dir
+
+
+def export_image_model(
+    root: Path, name: str, *, channels: int = 1, size: int = IMAGE_SIZE, labels: tuple[str, ...] = IMAGE_LABELS
+) -> Path:
+    """Export a tiny random-weight image classifier as ``root/name/1``, in the repository format.
+
+    The network is deliberately trivial (flatten → linear, ``torch.manual_seed(0)``): it is a real
+    ONNX model, exported by ``torch.onnx.export`` with a dynamic batch and served by the real server,
+    but it does not depend on the ViT/Swin definitions of ``attnserve_export``, which these serving
+    tests do not exercise. ``metadata.json`` and ``labels.json`` are written as
+    docs/model-repository.md describes (``resize`` policy, bicubic, mean 0.5 / std 0.5).
+    """
+    import json
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, len(labels))).eval()
+    version_dir = root / name / "1"
+    version_dir.mkdir(parents=True)
+    torch.onnx.export(
+        model,
+        (torch.zeros(2, channels, size, size),),
+        str(version_dir / "model.onnx"),
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+    (version_dir / "labels.json").write_text(json.dumps(list(labels)))
+    metadata = {
+        "format_version": 1,
+        "task": "image-classification",
+        "description": f"{name}: random flatten-linear classifier for tests",
+        "model_file": "model.onnx",
+        "image_classification": {
+            "labels_file": "labels.json",
+            "num_classes": len(labels),
+            "input_name": "pixel_values",
+            "output_name": "logits",
+            "channels": channels,
+            "height": size,
+            "width": size,
+            "resample": "bicubic",
+            "resize_policy": "resize",
+            "mean": [0.5] * channels,
+            "std": [0.5] * channels,
+        },
+        "provenance": {"seed": 0, "made_by": "tests/conftest.py"},
+    }
+    (version_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    return root / name
+
+
+@pytest.fixture(scope="session")
+def image_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding ``tiny-digits`` (see :func:`export_image_model`)."""
+    root = tmp_path_factory.mktemp("image-models")
+    export_image_model(root, IMAGE_MODEL)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_server_address(image_repository: Path, tiny_repository: Path) -> Iterator[str]:
+    """A real server serving ``tiny-digits`` and ``tiny-gpt`` (a link to it), so task mix-ups can be tested."""
+    (image_repository / TINY_MODEL).symlink_to(tiny_repository / TINY_MODEL, target_is_directory=True)
+    server = launch_server(image_repository)
+    yield server.address
+    server.close()
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from attnserve_server.text.params import (
     resolve_parameters,
 )
 from attnserve_server.text.scheduler import ConcurrencyLimiter
+from attnserve_server.vision.classifier import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class TextGenerationHandler:
             max_new_tokens_limit=model.max_new_tokens_limit,
             seed=secrets.randbits(63),
         )
-        generator = version.generator
+        generator = version.text_generator
         prompt_ids = await generator.encode(request.prompt)
         max_new_tokens = fit_context(params, len(prompt_ids), generator.spec.context_length)
         model.counters.requests += 1
@@ -142,6 +143,69 @@ class TextGenerationHandler:
             finish_reason=last.finish_reason,
             usage=last.usage,
         )
+
+
+DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class ClassificationRequest:
+    """A request to classify encoded images."""
+
+    model: str
+    images: tuple[bytes, ...]
+    top_k: int | None = None
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    """One list of predictions (best first) per request image, in order."""
+
+    model: str
+    model_version: str
+    classifications: list[list[Prediction]]
+
+
+class ImageClassificationHandler:
+    """Validates classification requests, runs them under the server's concurrency limit, keeps counters."""
+
+    def __init__(self, repository: ModelRepository, limiter: ConcurrencyLimiter, *, max_image_pixels: int) -> None:
+        self._repository = repository
+        self._limiter = limiter
+        self._max_image_pixels = max_image_pixels
+
+    async def classify(self, request: ClassificationRequest) -> ClassificationResult:
+        """Check the request, then decode, preprocess and classify every image in one model call."""
+        model = self._repository.get_image_model(request.model)
+        version = model.version(request.model_version)
+        classifier = version.image_classifier
+        count = len(request.images)
+        if count == 0:
+            raise InvalidArgumentError("images is empty; send at least one encoded image")
+        if count > model.max_images_per_request:
+            raise InvalidArgumentError(
+                f"the request holds {count} images, more than the limit of {model.max_images_per_request} per "
+                "request; split it into several requests"
+            )
+        classes = classifier.spec.num_classes
+        k = min(DEFAULT_TOP_K, classes) if request.top_k is None else request.top_k
+        if not 1 <= k <= classes:
+            raise InvalidArgumentError(f"top_k must be in [1, {classes}] (the model's number of classes), got {k}")
+        model.counters.requests += 1
+        try:
+            async with self._limiter.slot():
+                predictions = await classifier.classify(request.images, k, max_pixels=self._max_image_pixels)
+        except InvalidArgumentError:
+            raise  # the client's images, not a failure of the model
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            model.counters.failures += 1
+            raise
+        model.counters.images += count
+        logger.debug("classified %d image(s) with %s/%s", count, model.name, version.version)
+        return ClassificationResult(model=model.name, model_version=version.version, classifications=predictions)
 
 
 class ModelHandler:

@@ -18,7 +18,16 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from attnserve_server.errors import (
     FailedPreconditionError,
@@ -27,15 +36,18 @@ from attnserve_server.errors import (
     RepositoryError,
     UnavailableError,
 )
-from attnserve_server.runtime import RuntimeSession
+from attnserve_server.runtime import RuntimeSession, Shape
 from attnserve_server.text.generator import TextGenerator, TextModelSpec
 from attnserve_server.text.params import GenerationDefaults
 from attnserve_server.text.tokenizer import TextTokenizer
+from attnserve_server.vision.classifier import ImageClassifier, ImageModelSpec
+from attnserve_server.vision.preprocess import InputSpec, ResampleName, ResizePolicy
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 TEXT_GENERATION = "text-generation"
+IMAGE_CLASSIFICATION = "image-classification"
 
 
 class _Strict(BaseModel):
@@ -88,20 +100,69 @@ class TextGenerationMetadata(_Strict):
     defaults: DefaultsMetadata = DefaultsMetadata()
 
 
+class ImageClassificationMetadata(_Strict):
+    """The ``image_classification`` section of ``metadata.json``."""
+
+    labels_file: str
+    num_classes: PositiveInt
+    input_name: str
+    output_name: str
+    channels: Literal[1, 3]
+    height: PositiveInt
+    width: PositiveInt
+    resample: ResampleName
+    resize_policy: ResizePolicy
+    crop_ratio: PositiveFloat | None = Field(default=None, le=1)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImageClassificationMetadata:
+        if self.resize_policy == "resize_center_crop" and self.crop_ratio is None:
+            raise ValueError("resize_policy resize_center_crop needs crop_ratio")
+        if self.resize_policy == "resize" and self.crop_ratio is not None:
+            raise ValueError("crop_ratio is only meaningful with resize_policy resize_center_crop")
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != self.channels:
+                raise ValueError(f"{key} needs one value per channel ({self.channels})")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(
+            channels=self.channels,
+            height=self.height,
+            width=self.width,
+            resample=self.resample,
+            resize_policy=self.resize_policy,
+            crop_ratio=self.crop_ratio,
+            mean=self.mean,
+            std=self.std,
+        )
+
+
 class ModelMetadata(_Strict):
     """``metadata.json``: written by attnserve-export, read here."""
 
     format_version: Literal[1]
-    task: Literal["text-generation"]
+    task: Literal["text-generation", "image-classification"]
     description: str = ""
     model_file: str
     text_generation: TextGenerationMetadata | None = None
+    image_classification: ImageClassificationMetadata | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _task_section_present(self) -> ModelMetadata:
-        if self.task == TEXT_GENERATION and self.text_generation is None:
-            raise ValueError("task is text-generation but the text_generation section is missing")
+        # Exactly the section of the task: the other one would be silently ignored.
+        sections = {TEXT_GENERATION: self.text_generation, IMAGE_CLASSIFICATION: self.image_classification}
+        for task, section in sections.items():
+            key = task.replace("-", "_")
+            if task == self.task and section is None:
+                raise ValueError(f"task is {task} but the {key} section is missing")
+            if task != self.task and section is not None:
+                raise ValueError(f"task is {self.task} but metadata has a {key} section")
         return self
 
 
@@ -118,22 +179,45 @@ class ModelCounters:
     requests: int = 0
     tokens_generated: int = 0
     failures: int = 0
+    # Images classified (not reported over gRPC: ModelCounters has no field for it).
+    images: int = 0
 
 
 @dataclass
 class ModelVersion:
-    """One loaded version of a model."""
+    """One loaded version of a model: a text generator or an image classifier, by its task."""
 
     version: str
     path: Path
     metadata: ModelMetadata
-    generator: TextGenerator
+    generator: TextGenerator | None = None
+    classifier: ImageClassifier | None = None
 
     @property
     def text_generation(self) -> TextGenerationMetadata:
-        """The text section (present, since text generation is the only task so far)."""
-        assert self.metadata.text_generation is not None  # guaranteed by ModelMetadata's validator
+        """The text section; only call it on a text-generation version."""
+        if self.metadata.text_generation is None:
+            raise TypeError(f"version {self.version} is a {self.metadata.task} model")
         return self.metadata.text_generation
+
+    @property
+    def image_classification(self) -> ImageClassificationMetadata:
+        """The image section; only call it on an image-classification version."""
+        if self.metadata.image_classification is None:
+            raise TypeError(f"version {self.version} is a {self.metadata.task} model")
+        return self.metadata.image_classification
+
+    @property
+    def text_generator(self) -> TextGenerator:
+        if self.generator is None:
+            raise TypeError(f"version {self.version} is a {self.metadata.task} model")
+        return self.generator
+
+    @property
+    def image_classifier(self) -> ImageClassifier:
+        if self.classifier is None:
+            raise TypeError(f"version {self.version} is a {self.metadata.task} model")
+        return self.classifier
 
 
 @dataclass
@@ -145,6 +229,7 @@ class Model:
     versions: dict[str, ModelVersion]
     default_version: str
     max_new_tokens_limit: int
+    max_images_per_request: int = 64
     counters: ModelCounters = field(default_factory=ModelCounters)
 
     @property
@@ -260,11 +345,109 @@ def _check_graph(name: str, spec: TextModelSpec, session: RuntimeSession) -> Non
         raise ModelLoadError(name, f"model.onnx lacks outputs named in metadata.json: {', '.join(missing)}")
 
 
+def _session(name: str, model_path: Path, intra_op_threads: int) -> RuntimeSession:
+    try:
+        return RuntimeSession(model_path, intra_op_threads=intra_op_threads)
+    except RuntimeError as exc:
+        raise ModelLoadError(name, str(exc)) from None
+
+
+def read_labels(name: str, path: Path) -> tuple[str, ...]:
+    """``labels.json``: a JSON list of class names, by output index."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(name, f"cannot read {path}: {exc}") from None
+    if not isinstance(raw, list) or not all(isinstance(label, str) for label in raw):
+        raise ModelLoadError(name, f"{path} must hold a JSON list of strings (class names by output index)")
+    return tuple(raw)
+
+
+def _fixed(dim: int | str | None) -> int | None:
+    return dim if isinstance(dim, int) else None
+
+
+def _check_image_graph(name: str, meta: ImageClassificationMetadata, session: RuntimeSession) -> None:
+    """The graph must take float32 (batch, C, H, W) and give float32 (batch, num_classes) as metadata says."""
+    if meta.input_name not in session.input_names:
+        raise ModelLoadError(
+            name, f"model.onnx has no input {meta.input_name!r} (it has {', '.join(session.input_names)})"
+        )
+    if meta.output_name not in session.output_names:
+        raise ModelLoadError(
+            name, f"model.onnx has no output {meta.output_name!r} (it has {', '.join(session.output_names)})"
+        )
+    extra = sorted(set(session.input_names) - {meta.input_name})
+    if extra:
+        raise ModelLoadError(name, f"model.onnx has inputs metadata.json does not describe: {', '.join(extra)}")
+    for kind, tensor, dtype, shape, expected in (
+        (
+            "input",
+            meta.input_name,
+            session.input_types[meta.input_name],
+            session.input_shapes[meta.input_name],
+            (None, meta.channels, meta.height, meta.width),
+        ),
+        (
+            "output",
+            meta.output_name,
+            session.output_types[meta.output_name],
+            session.output_shapes[meta.output_name],
+            (None, meta.num_classes),
+        ),
+    ):
+        if dtype != "tensor(float)":
+            raise ModelLoadError(name, f"{kind} {tensor!r} is {dtype}, expected tensor(float) (float32)")
+        mismatch = len(shape) != len(expected) or any(
+            want is not None and _fixed(got) is not None and got != want
+            for got, want in zip(shape, expected, strict=True)
+        )
+        if mismatch:
+            raise ModelLoadError(
+                name, f"{kind} {tensor!r} has shape {_show(shape)}, metadata.json implies {_show(expected)}"
+            )
+    if _fixed(session.input_shapes[meta.input_name][0]) is not None:
+        raise ModelLoadError(name, f"input {meta.input_name!r} has a fixed batch size; export it with a dynamic batch")
+
+
+def _show(shape: Shape) -> str:
+    return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + ")"
+
+
+def _load_image_version(
+    name: str, version_dir: Path, metadata: ModelMetadata, executor: Executor, intra_op_threads: int
+) -> ModelVersion:
+    meta = metadata.image_classification
+    assert meta is not None  # guaranteed by ModelMetadata's validator
+    model_path = _inside(version_dir, metadata.model_file, "model_file", name)
+    labels = read_labels(name, _inside(version_dir, meta.labels_file, "labels_file", name))
+    if len(labels) != meta.num_classes:
+        raise ModelLoadError(name, f"{meta.labels_file} has {len(labels)} labels but num_classes is {meta.num_classes}")
+    session = _session(name, model_path, intra_op_threads)
+    _check_image_graph(name, meta, session)
+    spec = ImageModelSpec(
+        input_name=meta.input_name, output_name=meta.output_name, labels=labels, input=meta.input_spec()
+    )
+    classifier = ImageClassifier(spec, session, executor)
+    # A batch of two catches a fixed batch size or a shape mismatch now rather than on the first request.
+    try:
+        logits = classifier.forward(np.zeros((2, meta.channels, meta.height, meta.width), dtype=np.float32))
+    except Exception as exc:  # ORT's errors carry the useful detail in their message
+        raise ModelLoadError(name, f"test run of model.onnx failed: {exc}") from None
+    if logits.shape != (2, meta.num_classes):
+        raise ModelLoadError(
+            name, f"logits of a batch of 2 have shape {logits.shape}, metadata implies (2, {meta.num_classes})"
+        )
+    return ModelVersion(version=version_dir.name, path=version_dir, metadata=metadata, classifier=classifier)
+
+
 def load_version(name: str, version_dir: Path, executor: Executor, *, intra_op_threads: int = 0) -> ModelVersion:
-    """Load one version directory: metadata, tokenizer, ONNX session; check they agree."""
+    """Load one version directory: metadata, tokenizer or labels, ONNX session; check they agree."""
     metadata = read_metadata(name, version_dir)
+    if metadata.task == IMAGE_CLASSIFICATION:
+        return _load_image_version(name, version_dir, metadata, executor, intra_op_threads)
     text = metadata.text_generation
-    assert text is not None  # the only task so far, and the validator requires its section
+    assert text is not None  # guaranteed by ModelMetadata's validator
     model_path = _inside(version_dir, metadata.model_file, "model_file", name)
     tokenizer_path = _inside(version_dir, text.tokenizer_file, "tokenizer_file", name)
     try:
@@ -276,10 +459,7 @@ def load_version(name: str, version_dir: Path, executor: Executor, *, intra_op_t
             name, f"tokenizer has {tokenizer.vocab_size} tokens but metadata vocab_size is {text.vocab_size}"
         )
     spec = _spec(name, text, tokenizer)
-    try:
-        session = RuntimeSession(model_path, intra_op_threads=intra_op_threads)
-    except RuntimeError as exc:
-        raise ModelLoadError(name, str(exc)) from None
+    session = _session(name, model_path, intra_op_threads)
     _check_graph(name, spec, session)
     generator = TextGenerator(spec, session, tokenizer, executor)
     # A one-token forward pass catches shape mismatches now rather than on the first request.
@@ -303,9 +483,17 @@ def load_version(name: str, version_dir: Path, executor: Executor, *, intra_op_t
 class ModelRepository:
     """The models being served, by name."""
 
-    def __init__(self, root: Path, *, default_max_new_tokens_limit: int, intra_op_threads: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        default_max_new_tokens_limit: int,
+        intra_op_threads: int = 0,
+        max_images_per_request: int = 64,
+    ) -> None:
         self.root = root
         self._default_limit = default_max_new_tokens_limit
+        self._max_images = max_images_per_request
         self._intra_op_threads = intra_op_threads
         self._models: dict[str, Model] = {}
         # False while models are loading: an unknown name then means "not yet", not "no such model".
@@ -343,15 +531,15 @@ class ModelRepository:
             versions={loaded.version: loaded},
             default_version=loaded.version,
             max_new_tokens_limit=config.max_new_tokens_limit or self._default_limit,
+            max_images_per_request=self._max_images,
         )
         self._models[name] = model
-        logger.info(
-            "loaded model %s version %s (%s, context %d)",
-            name,
-            loaded.version,
-            loaded.metadata.task,
-            loaded.text_generation.context_length,
-        )
+        if loaded.metadata.image_classification is not None:
+            ic = loaded.metadata.image_classification
+            shape = f"input {ic.channels}x{ic.height}x{ic.width}, {ic.num_classes} classes"
+        else:
+            shape = f"context {loaded.text_generation.context_length}"
+        logger.info("loaded model %s version %s (%s, %s)", name, loaded.version, loaded.metadata.task, shape)
         return model
 
     def get(self, name: str) -> Model:
@@ -369,6 +557,13 @@ class ModelRepository:
         model = self.get(name)
         if model.task != TEXT_GENERATION:
             raise FailedPreconditionError(f"model {name!r} is a {model.task} model, not text-generation")
+        return model
+
+    def get_image_model(self, name: str) -> Model:
+        """A loaded image-classification model by name."""
+        model = self.get(name)
+        if model.task != IMAGE_CLASSIFICATION:
+            raise FailedPreconditionError(f"model {name!r} is a {model.task} model, not image-classification")
         return model
 
     def models(self) -> list[Model]:

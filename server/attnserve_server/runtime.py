@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 
 Feed = Mapping[str, npt.NDArray[np.generic]]
+# A tensor's declared shape: an int for a fixed dimension, a name (or None) for a dynamic one.
+Shape = tuple[int | str | None, ...]
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -86,6 +88,11 @@ class RuntimeSession:
             raise RuntimeError(f"ONNX Runtime cannot load {model_path.name}: {exc}") from exc
         self.input_names: tuple[str, ...] = tuple(i.name for i in self._session.get_inputs())
         self.output_names: tuple[str, ...] = tuple(o.name for o in self._session.get_outputs())
+        self.input_shapes: dict[str, Shape] = {i.name: tuple(i.shape) for i in self._session.get_inputs()}
+        self.output_shapes: dict[str, Shape] = {o.name: tuple(o.shape) for o in self._session.get_outputs()}
+        # ORT's type strings, e.g. "tensor(float)".
+        self.input_types: dict[str, str] = {i.name: i.type for i in self._session.get_inputs()}
+        self.output_types: dict[str, str] = {o.name: o.type for o in self._session.get_outputs()}
 
     def run(self, output_names: Sequence[str], feed: Feed) -> list[npt.NDArray[np.float32]]:
         """Run the model and return the requested outputs, in order."""

@@ -12,12 +12,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from attnserve_client.pb import models_pb2, text_generation_pb2
+from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
+from attnserve_server.api.image_classification import ImageClassificationServicer
 from attnserve_server.api.models import ModelServicer
 from attnserve_server.api.registration import add_servicer
 from attnserve_server.api.text_generation import TextGenerationServicer
 from attnserve_server.errors import ModelLoadError, RepositoryError
-from attnserve_server.handlers import ModelHandler, TextGenerationHandler
+from attnserve_server.handlers import ImageClassificationHandler, ModelHandler, TextGenerationHandler
 from attnserve_server.repository import ModelRepository
 from attnserve_server.settings import ServerSettings
 from attnserve_server.text.scheduler import ConcurrencyLimiter
@@ -29,9 +30,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 OVERALL = ""  # grpc.health.v1's name for the server as a whole
 
 TEXT_GENERATION_SERVICE = text_generation_pb2.DESCRIPTOR.services_by_name["TextGenerationService"]
+IMAGE_CLASSIFICATION_SERVICE = image_classification_pb2.DESCRIPTOR.services_by_name["ImageClassificationService"]
 MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
 SERVICE_NAMES = (
     TEXT_GENERATION_SERVICE.full_name,
+    IMAGE_CLASSIFICATION_SERVICE.full_name,
     MODEL_SERVICE.full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
@@ -63,6 +66,8 @@ def build_server(
     ]
     server = grpc.aio.server(options=options)
     add_servicer(server, TextGenerationServicer(TextGenerationHandler(repository, limiter)), TEXT_GENERATION_SERVICE)
+    classify = ImageClassificationHandler(repository, limiter, max_image_pixels=settings.max_image_pixels)
+    add_servicer(server, ImageClassificationServicer(classify), IMAGE_CLASSIFICATION_SERVICE)
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
     health_servicer: AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -77,7 +82,7 @@ async def serve(settings: ServerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    # One worker thread per concurrent generation (the limiter caps them), plus one for loading
+    # One worker thread per concurrent generation or classification (the limiter caps them), plus one for loading
     # and tokenizing so those never wait behind a long generation.
     executor = ThreadPoolExecutor(max_workers=settings.max_concurrent_requests + 1, thread_name_prefix="ort")
     limiter = ConcurrencyLimiter(settings.max_concurrent_requests, settings.max_queued_requests)
@@ -85,6 +90,7 @@ async def serve(settings: ServerSettings) -> None:
         settings.model_repository,
         default_max_new_tokens_limit=settings.max_new_tokens_limit,
         intra_op_threads=settings.intra_op_threads,
+        max_images_per_request=settings.max_images_per_request,
     )
     try:
         model_dirs = repository.discover()

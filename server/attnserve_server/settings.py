@@ -26,9 +26,25 @@ class ServerSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address to bind the gRPC server to (0.0.0.0 for all).")
     port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
     max_message_bytes: int = Field(
-        default=16 * 1024 * 1024,
+        # 64 images (max_images_per_request) of up to 2 MiB each (a high-quality JPEG of ~8 MP, or a
+        # 1-MP PNG) plus framing: a full request of typical images must fit.
+        default=130 * 1024 * 1024,
         ge=1024,
-        description="Largest gRPC message accepted or sent, in bytes. Bigger prompts are refused by gRPC.",
+        description="Largest gRPC message accepted or sent, in bytes (default 130 MiB: 64 images of 2 MiB). "
+        "Bigger requests are refused by gRPC with RESOURCE_EXHAUSTED.",
+    )
+    max_image_pixels: int = Field(
+        # 40 MP covers the photos phones and cameras commonly write (12-24 MP, up to ~40 MP) and is
+        # well below Pillow's own 89 MP bomb warning; one decoded RGBA image is then at most 160 MB.
+        default=40_000_000,
+        ge=1,
+        description="Largest image (width x height, read from the header before decoding) that Classify "
+        "accepts; larger ones get INVALID_ARGUMENT.",
+    )
+    max_images_per_request: int = Field(
+        default=64,
+        ge=1,
+        description="Most images one Classify request may carry; more get INVALID_ARGUMENT.",
     )
     grace_period_s: float = Field(
         default=10.0,
@@ -48,7 +64,7 @@ class ServerSettings(BaseSettings):
     max_concurrent_requests: int = Field(
         default=4,
         ge=1,
-        description="Generations that run at the same time; further requests wait in a queue.",
+        description="Generations or classifications that run at the same time; further requests wait in a queue.",
     )
     max_queued_requests: int = Field(
         default=64,

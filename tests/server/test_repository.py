@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -180,3 +181,78 @@ def test_bad_model_name(repo_copy: Path, executor: ThreadPoolExecutor) -> None:
 def test_missing_repository(tmp_path: Path, executor: ThreadPoolExecutor) -> None:
     with pytest.raises(RepositoryError, match="not a directory"):
         load(tmp_path / "absent", executor)
+
+
+IMAGE = "tiny-digits"
+
+
+@pytest.fixture
+def image_repo_copy(image_repository: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "image-models"
+    root.mkdir()
+    shutil.copytree(image_repository / IMAGE, root / IMAGE)
+    return root
+
+
+def edit_image_metadata(root: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    path = root / IMAGE / "1" / "metadata.json"
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+def test_loads_an_image_classification_model(image_repo_copy: Path, executor: ThreadPoolExecutor) -> None:
+    model = load(image_repo_copy, executor).get(IMAGE)
+    assert model.task == "image-classification"
+    version = model.version()
+    assert version.image_classification.num_classes == 10
+    assert version.image_classifier.spec.labels[0] == "zero"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["image_classification"].update(colour="grey"), "colour: Extra inputs are not permitted"),
+        (lambda m: m.pop("image_classification"), "image_classification section is missing"),
+        (lambda m: m.update(text_generation={}), "text_generation"),
+        (lambda m: m["image_classification"].update(channels=2), "channels"),
+        (lambda m: m["image_classification"].update(resample="fancy"), "resample"),
+        (lambda m: m["image_classification"].update(resize_policy="resize_center_crop"), "needs crop_ratio"),
+        (lambda m: m["image_classification"].update(mean=[0.5, 0.5, 0.5]), "mean needs one value per channel"),
+        (lambda m: m["image_classification"].update(std=[0.0]), "std values must be positive"),
+        (lambda m: m["image_classification"].update(num_classes=11), "has 10 labels but num_classes is 11"),
+        (lambda m: m["image_classification"].update(labels_file="nope.json"), "labels_file 'nope.json' not found"),
+        (lambda m: m["image_classification"].update(input_name="image"), "no input 'image'"),
+        (lambda m: m["image_classification"].update(output_name="probs"), "no output 'probs'"),
+        (lambda m: m["image_classification"].update(height=32), "has shape (batch, 1, 16, 16)"),
+        (lambda m: m["image_classification"].update(channels=3, mean=[0, 0, 0], std=[1, 1, 1]), "implies (batch, 3"),
+    ],
+    ids=[
+        "unknown-key",
+        "missing-section",
+        "other-section",
+        "channels",
+        "resample",
+        "crop-ratio",
+        "mean-length",
+        "std-zero",
+        "num-classes",
+        "labels-file",
+        "input-name",
+        "output-name",
+        "height",
+        "channels-vs-graph",
+    ],
+)
+def test_bad_image_metadata_fails_loudly(
+    image_repo_copy: Path, executor: ThreadPoolExecutor, change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    edit_image_metadata(image_repo_copy, change)
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        load(image_repo_copy, executor)
+
+
+def test_labels_must_be_a_list_of_strings(image_repo_copy: Path, executor: ThreadPoolExecutor) -> None:
+    (image_repo_copy / IMAGE / "1" / "labels.json").write_text('{"0": "zero"}')
+    with pytest.raises(ModelLoadError, match="JSON list of strings"):
+        load(image_repo_copy, executor)

@@ -55,3 +55,17 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_flag_type_exits(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         load_settings(["--port", "abc"])
+
+
+def test_image_limits_have_flags_and_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ServerSettings.model_fields:
+        monkeypatch.delenv(f"ATTNSERVE_{name.upper()}", raising=False)
+    defaults = load_settings([])
+    assert defaults.max_image_pixels == 40_000_000  # well below Pillow's 89 MP bomb warning
+    assert defaults.max_images_per_request == 64
+    # A full request of typical images (2 MiB each) fits in one message.
+    assert defaults.max_message_bytes >= defaults.max_images_per_request * 2 * 1024 * 1024
+    monkeypatch.setenv("ATTNSERVE_MAX_IMAGE_PIXELS", "1000")
+    monkeypatch.setenv("ATTNSERVE_MAX_IMAGES_PER_REQUEST", "3")
+    settings = load_settings(["--max-images-per-request", "5"])
+    assert (settings.max_image_pixels, settings.max_images_per_request) == (1000, 5)

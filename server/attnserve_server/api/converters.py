@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from attnserve_client.pb import models_pb2, text_generation_pb2
-from attnserve_server.handlers import GenerationRequest, GenerationResult, GenerationStream
+from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
+from attnserve_server.handlers import (
+    ClassificationRequest,
+    ClassificationResult,
+    GenerationRequest,
+    GenerationResult,
+    GenerationStream,
+)
 from attnserve_server.repository import Model
 from attnserve_server.text.params import FinishReason, GenerationChunk, RequestedParameters, Usage
 
@@ -94,6 +100,9 @@ def model_info(model: Model) -> models_pb2.ModelInfo:
             failures=model.counters.failures,
         ),
     )
+    if default.metadata.image_classification is not None:
+        info.image_classification.CopyFrom(_image_classification_info(model))
+        return info
     text = default.text_generation
     d = model.defaults()
     info.text_generation.CopyFrom(
@@ -112,3 +121,47 @@ def model_info(model: Model) -> models_pb2.ModelInfo:
         )
     )
     return info
+
+
+def _image_classification_info(model: Model) -> models_pb2.ImageClassificationInfo:
+    version = model.version()
+    meta = version.image_classification
+    return models_pb2.ImageClassificationInfo(
+        labels=version.image_classifier.spec.labels,
+        input=models_pb2.ImageInputSpec(
+            channels=meta.channels,
+            height=meta.height,
+            width=meta.width,
+            resample=meta.resample,
+            resize_policy=meta.resize_policy,
+            mean=meta.mean,
+            std=meta.std,
+        ),
+        max_images_per_request=model.max_images_per_request,
+    )
+
+
+def classification_request_from_proto(request: image_classification_pb2.ClassifyRequest) -> ClassificationRequest:
+    """A domain request from the wire request; an unset top_k stays None (the default)."""
+    return ClassificationRequest(
+        model=request.model,
+        images=tuple(request.images),
+        top_k=request.top_k if request.HasField("top_k") else None,
+        model_version=request.model_version,
+    )
+
+
+def classify_response(result: ClassificationResult) -> image_classification_pb2.ClassifyResponse:
+    """The wire response: one Classification per image, predictions best first."""
+    return image_classification_pb2.ClassifyResponse(
+        model=result.model,
+        model_version=result.model_version,
+        classifications=[
+            image_classification_pb2.Classification(
+                predictions=[
+                    image_classification_pb2.Prediction(label=p.label, index=p.index, score=p.score) for p in row
+                ]
+            )
+            for row in result.classifications
+        ],
+    )

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from attnserve_client.pb import models_pb2, models_pb2_grpc, text_generation_pb2, text_generation_pb2_grpc
+from attnserve_server.settings import ServerSettings
 
 MODEL = "tiny-gpt"
 TIMEOUT = 30.0
@@ -247,8 +248,9 @@ def test_multibyte_prompt_and_output_are_valid_text(
 def test_prompt_over_the_message_size_is_refused_by_grpc(
     text_stub: text_generation_pb2_grpc.TextGenerationServiceStub,
 ) -> None:
+    over_the_limit = ServerSettings.model_fields["max_message_bytes"].default + 1024
     with pytest.raises(grpc.RpcError) as info:
-        text_stub.Generate(request(prompt="x" * (17 * 1024 * 1024)), timeout=TIMEOUT)
+        text_stub.Generate(request(prompt="x" * over_the_limit), timeout=TIMEOUT)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 

@@ -1,0 +1,28 @@
+"""attnserve.v1.ImageClassificationService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from attnserve_client.pb import image_classification_pb2, image_classification_pb2_grpc
+from attnserve_server.api import converters
+from attnserve_server.errors import grpc_errors
+from attnserve_server.handlers import ImageClassificationHandler
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ImageClassificationServicer(image_classification_pb2_grpc.ImageClassificationServiceServicer):
+    """Classify."""
+
+    def __init__(self, handler: ImageClassificationHandler) -> None:
+        self._handler = handler
+
+    @grpc_errors
+    async def Classify(  # noqa: N802 (gRPC method name)
+        self, request: image_classification_pb2.ClassifyRequest, context: Context
+    ) -> image_classification_pb2.ClassifyResponse:
+        result = await self._handler.classify(converters.classification_request_from_proto(request))
+        return converters.classify_response(result)

@@ -1,0 +1,1 @@
+"""Image classification: decode (Pillow), preprocess (per the model's metadata), classify (ONNX Runtime)."""

@@ -1,0 +1,90 @@
+"""The image classifier engine: decode and preprocess a request's images, one batched ORT call, softmax, top-k."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from attnserve_server.runtime import RuntimeSession
+from attnserve_server.vision.decode import decode_image
+from attnserve_server.vision.preprocess import InputSpec, preprocess
+
+
+@dataclass(frozen=True)
+class ImageModelSpec:
+    """Everything the classifier needs to know about one model version."""
+
+    input_name: str
+    output_name: str
+    labels: tuple[str, ...]
+    input: InputSpec
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One class of one image: its label, output index and softmax probability."""
+
+    label: str
+    index: int
+    score: float
+
+
+def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Row-wise softmax of ``(batch, classes)`` logits, computed in float64 so the rows sum to 1."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)  # stable: the largest exponent is 0
+    e = np.exp(z)
+    probs: npt.NDArray[np.float64] = e / e.sum(axis=-1, keepdims=True)
+    return probs
+
+
+def top_k(probs: npt.NDArray[np.float64], k: int, labels: Sequence[str]) -> list[list[Prediction]]:
+    """The ``k`` most probable classes of each row, best first (ties: lower index first)."""
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]  # (batch, k)
+    return [
+        [Prediction(labels[int(i)], int(i), float(row[i])) for i in idx] for row, idx in zip(probs, order, strict=True)
+    ]
+
+
+class ImageClassifier:
+    """A loaded image-classification model version."""
+
+    def __init__(self, spec: ImageModelSpec, session: RuntimeSession, executor: Executor) -> None:
+        self.spec = spec
+        self._session = session
+        self._executor = executor
+
+    def forward(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Logits ``(batch, num_classes)`` of a preprocessed ``(batch, C, H, W)`` array (blocking)."""
+        (logits,) = self._session.run([self.spec.output_name], {self.spec.input_name: batch})
+        return logits
+
+    def prepare(self, images: Sequence[bytes], max_pixels: int) -> npt.NDArray[np.float32]:
+        """Decode and preprocess every image into one ``(batch, C, H, W)`` array (blocking).
+
+        Raises InvalidArgumentError naming the first bad image. Images are decoded one at a time
+        and dropped once resized, so at most one full-size image is in memory per request.
+        """
+        arrays = []
+        for index, data in enumerate(images):
+            with decode_image(data, index=index, max_pixels=max_pixels) as image:
+                arrays.append(preprocess(image, self.spec.input))
+        return np.stack(arrays)  # (B, C, H, W)
+
+    def _classify(self, images: Sequence[bytes], k: int, max_pixels: int) -> list[list[Prediction]]:
+        logits = self.forward(self.prepare(images, max_pixels))
+        return top_k(softmax(logits), k, self.spec.labels)
+
+    async def classify(self, images: Sequence[bytes], k: int, *, max_pixels: int) -> list[list[Prediction]]:
+        """The top ``k`` predictions of each image; decoding and the model call run in the executor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._classify, images, k, max_pixels)

@@ -1,0 +1,233 @@
+"""ImageClassificationService.Classify and ModelService against a real server serving ``tiny-digits``.
+
+Every bad request must come back INVALID_ARGUMENT (or NOT_FOUND / FAILED_PRECONDITION) with a
+message, and the server must still be SERVING afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from attnserve_client.pb import (
+    image_classification_pb2,
+    image_classification_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    text_generation_pb2,
+    text_generation_pb2_grpc,
+)
+
+MODEL = "tiny-digits"
+TEXT_MODEL = "tiny-gpt"
+CLASSES = 10
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def image_channel(image_server_address: str) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(image_server_address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="module")
+def stub(image_channel: grpc.Channel) -> image_classification_pb2_grpc.ImageClassificationServiceStub:
+    return image_classification_pb2_grpc.ImageClassificationServiceStub(image_channel)
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def digit(seed: int = 0, size: int = 64, mode: str = "L") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 4×4 PNG whose IHDR claims ``width`` × ``height`` (CRC fixed), i.e. a bomb-sized header."""
+    data = bytearray(encode(Image.new("L", (4, 4)), "PNG"))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def classify(
+    stub: image_classification_pb2_grpc.ImageClassificationServiceStub,
+    images: list[bytes],
+    *,
+    model: str = MODEL,
+    **fields: object,
+) -> image_classification_pb2.ClassifyResponse:
+    request = image_classification_pb2.ClassifyRequest(model=model, images=images, **fields)
+    response: image_classification_pb2.ClassifyResponse = stub.Classify(request, timeout=TIMEOUT)
+    return response
+
+
+def assert_serving(channel: grpc.Channel) -> None:
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP"])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_each_format_is_classified(
+    stub: image_classification_pb2_grpc.ImageClassificationServiceStub, fmt: str, mode: str
+) -> None:
+    response = classify(stub, [encode(digit(mode=mode), fmt)], top_k=3)
+    assert (response.model, response.model_version) == (MODEL, "1")
+    (classification,) = response.classifications
+    scores = [p.score for p in classification.predictions]
+    assert len(scores) == 3
+    assert scores == sorted(scores, reverse=True)
+    assert 0 < sum(scores) <= 1 + 1e-6
+    for p in classification.predictions:
+        assert 0 <= p.index < CLASSES
+        assert p.label == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][p.index]
+
+
+def test_a_batch_gives_one_classification_per_image_in_order(
+    stub: image_classification_pb2_grpc.ImageClassificationServiceStub,
+) -> None:
+    images = [encode(digit(seed), "PNG") for seed in range(5)]
+    batch = classify(stub, images, top_k=CLASSES)
+    singles = [classify(stub, [image], top_k=CLASSES).classifications[0] for image in images]
+    assert len(batch.classifications) == 5
+    for together, alone in zip(batch.classifications, singles, strict=True):
+        assert [p.index for p in together.predictions] == [p.index for p in alone.predictions]
+        np.testing.assert_allclose(
+            [p.score for p in together.predictions], [p.score for p in alone.predictions], rtol=1e-4
+        )
+        assert sum(p.score for p in together.predictions) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_top_k_defaults_to_five(stub: image_classification_pb2_grpc.ImageClassificationServiceStub) -> None:
+    assert len(classify(stub, [encode(digit(), "PNG")]).classifications[0].predictions) == 5
+    assert len(classify(stub, [encode(digit(), "PNG")], top_k=1).classifications[0].predictions) == 1
+
+
+def test_the_same_pixels_give_the_same_answer_in_lossless_formats(
+    stub: image_classification_pb2_grpc.ImageClassificationServiceStub,
+) -> None:
+    image = digit(3)
+    answers = [classify(stub, [encode(image, fmt)], top_k=CLASSES).classifications[0] for fmt in ("PNG", "BMP")]
+    assert answers[0] == answers[1]
+
+
+BAD_INPUTS = {
+    "not-an-image": ([b"certainly not an image"], {}, "image 0 is not a PNG, JPEG, WebP or BMP image"),
+    "truncated": ([encode(digit(), "PNG"), encode(digit(), "PNG")[:-40]], {}, "image 1 is truncated"),
+    "unsupported-gif": ([encode(digit(), "GIF")], {}, "image 0 is a GIF file, an unsupported format"),
+    "zero-size": (
+        [b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 0, 0, 1, 24, 0, 0, 0, 0, 0, 0)],
+        {},
+        "image 0 is 0×0 pixels",
+    ),
+    "over-pixel-limit": (
+        [png_claiming(8000, 8000)],
+        {},
+        "image 0 is larger than the server's limit of 40000000 pixels",
+    ),
+    "bomb-header": ([png_claiming(100_000, 100_000)], {}, "larger than the server's limit"),
+    "no-images": ([], {}, "images is empty"),
+    "too-many-images": ([encode(digit(), "PNG")] * 65, {}, "65 images, more than the limit of 64"),
+    "top-k-zero": ([encode(digit(), "PNG")], {"top_k": 0}, r"top_k must be in \[1, 10\]"),
+    "top-k-negative": ([encode(digit(), "PNG")], {"top_k": -3}, r"top_k must be in \[1, 10\]"),
+    "top-k-over-classes": ([encode(digit(), "PNG")], {"top_k": 11}, r"top_k must be in \[1, 10\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(
+    stub: image_classification_pb2_grpc.ImageClassificationServiceStub, image_channel: grpc.Channel, case: str
+) -> None:
+    images, fields, message = BAD_INPUTS[case]
+    with pytest.raises(grpc.RpcError) as info:
+        classify(stub, images, **fields)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert info.value.details() is not None
+    assert re.search(message, info.value.details()), info.value.details()
+    assert_serving(image_channel)
+    assert classify(stub, [encode(digit(), "PNG")], top_k=1).classifications  # still answers
+
+
+def test_a_large_but_cheap_real_image_is_refused_before_decoding(
+    stub: image_classification_pb2_grpc.ImageClassificationServiceStub, image_channel: grpc.Channel
+) -> None:
+    # A genuine 1-bit 7000 × 7000 PNG (49 MP, a few KB): over the 40 MP default limit.
+    data = encode(Image.new("1", (7000, 7000)), "PNG")
+    assert len(data) < 100_000
+    with pytest.raises(grpc.RpcError) as info:
+        classify(stub, [data])
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "7000×7000 = 49000000 pixels" in (info.value.details() or "")
+    assert_serving(image_channel)
+
+
+def test_unknown_model_is_not_found(stub: image_classification_pb2_grpc.ImageClassificationServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        classify(stub, [encode(digit(), "PNG")], model="no-such-model")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_unknown_version_is_not_found(stub: image_classification_pb2_grpc.ImageClassificationServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        classify(stub, [encode(digit(), "PNG")], model_version="7")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_text_model_cannot_classify_nor_an_image_model_generate(
+    stub: image_classification_pb2_grpc.ImageClassificationServiceStub, image_channel: grpc.Channel
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        classify(stub, [encode(digit(), "PNG")], model=TEXT_MODEL)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not image-classification" in (info.value.details() or "")
+    text = text_generation_pb2_grpc.TextGenerationServiceStub(image_channel)
+    with pytest.raises(grpc.RpcError) as info:
+        text.Generate(text_generation_pb2.GenerateRequest(model=MODEL, prompt="hi"), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not text-generation" in (info.value.details() or "")
+    assert_serving(image_channel)
+
+
+def test_model_service_reports_task_labels_and_input(
+    stub: image_classification_pb2_grpc.ImageClassificationServiceStub, image_channel: grpc.Channel
+) -> None:
+    models = models_pb2_grpc.ModelServiceStub(image_channel)
+    before = models.GetModel(models_pb2.GetModelRequest(name=MODEL), timeout=TIMEOUT)
+    classify(stub, [encode(digit(), "PNG")] * 3)
+    info = models.GetModel(models_pb2.GetModelRequest(name=MODEL), timeout=TIMEOUT)
+    assert info.task == "image-classification"
+    assert info.WhichOneof("task_info") == "image_classification"
+    ic = info.image_classification
+    assert list(ic.labels) == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    assert (ic.input.channels, ic.input.height, ic.input.width) == (1, 16, 16)
+    assert (ic.input.resample, ic.input.resize_policy) == ("bicubic", "resize")
+    assert list(ic.input.mean) == [0.5] and list(ic.input.std) == [0.5]
+    assert ic.max_images_per_request == 64
+    assert info.counters.requests == before.counters.requests + 1
+    assert info.counters.tokens_generated == 0
+    listed = models.ListModels(models_pb2.ListModelsRequest(), timeout=TIMEOUT).models
+    assert {m.name: m.task for m in listed} == {MODEL: "image-classification", TEXT_MODEL: "text-generation"}
+
+
+def test_unparseable_classify_request_is_invalid_argument(image_channel: grpc.Channel) -> None:
+    call = image_channel.unary_unary(
+        "/attnserve.v1.ImageClassificationService/Classify", request_serializer=bytes, response_deserializer=bytes
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"\xff\xff\xff", timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
