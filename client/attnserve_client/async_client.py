@@ -20,10 +20,11 @@ from attnserve_client.client import (
 )
 from attnserve_client.errors import InvalidArgumentError, from_rpc_error
 from attnserve_client.health import HEALTH_CHECK_METHOD, ServingStatus, decode_response, encode_request
-from attnserve_client.pb import models_pb2, text_generation_pb2
-from attnserve_client.request import GenerationRequest
+from attnserve_client.images import ImageInput
+from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
+from attnserve_client.request import ClassificationRequest, GenerationRequest
 from attnserve_client.retry import Deadline, RetryPolicy, channel_options, check_timeout, log_retry
-from attnserve_client.types import Generation, GenerationChunk, ModelInfo
+from attnserve_client.types import Generation, GenerationChunk, ModelInfo, Prediction
 
 __all__ = ["AsyncClient"]
 
@@ -87,6 +88,13 @@ class AsyncClient:
                 request_serializer=models_pb2.GetModelRequest.SerializeToString,
                 response_deserializer=models_pb2.ModelInfo.FromString,
             )
+        )
+        self._classify: grpc.aio.UnaryUnaryMultiCallable[
+            image_classification_pb2.ClassifyRequest, image_classification_pb2.ClassifyResponse
+        ] = self._channel.unary_unary(
+            methods.CLASSIFY,
+            request_serializer=image_classification_pb2.ClassifyRequest.SerializeToString,
+            response_deserializer=image_classification_pb2.ClassifyResponse.FromString,
         )
         self._health_check: grpc.aio.UnaryUnaryMultiCallable[str, ServingStatus] = self._channel.unary_unary(
             HEALTH_CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response
@@ -187,6 +195,37 @@ class AsyncClient:
         # The deadline starts with the iteration, when the call is sent.
         return self._stream(request, self._timeout if timeout is None else check_timeout(timeout))
 
+    async def classify(
+        self,
+        image: ImageInput,
+        *,
+        model: str | None = None,
+        top_k: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Prediction]:
+        """Classifies one image; returns its predictions, best first. See :meth:`Client.classify`."""
+        results = await self.classify_batch(
+            [image], model=model, top_k=top_k, model_version=model_version, timeout=timeout
+        )
+        return results[0]
+
+    async def classify_batch(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        top_k: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> list[list[Prediction]]:
+        """Classifies several images in one request. See :meth:`Client.classify_batch`."""
+        request = ClassificationRequest.create(images, model=model, top_k=top_k, model_version=model_version)
+        deadline = self._deadline(timeout)
+        name = request.model or await self._only_model(deadline, task=convert.IMAGE_CLASSIFICATION)
+        response = await self._call(self._classify, request.to_proto(name), deadline, methods.CLASSIFY)
+        return convert.to_predictions(response, images=len(request.images))
+
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The served models, with their versions, settings and live counters."""
         response = await self._call(
@@ -217,9 +256,9 @@ class AsyncClient:
     def _deadline(self, timeout: float | None) -> Deadline:
         return Deadline(self._timeout if timeout is None else check_timeout(timeout))
 
-    async def _only_model(self, deadline: Deadline) -> str:
+    async def _only_model(self, deadline: Deadline, task: str = convert.TEXT_GENERATION) -> str:
         response = await self._call(self._list_models, models_pb2.ListModelsRequest(), deadline, methods.LIST_MODELS)
-        return convert.choose_model([convert.to_model_info(info) for info in response.models])
+        return convert.choose_model([convert.to_model_info(info) for info in response.models], task)
 
     async def _call(
         self,

@@ -1,4 +1,4 @@
-"""The ``attnserve`` command: generate text, list models, probe health.
+"""The ``attnserve`` command: generate text, classify images, list models, probe health.
 
 Exit status: 0 on success, 1 when a call fails (or ``health`` finds the server not
 serving), 2 for bad usage, 130 when interrupted.
@@ -15,7 +15,7 @@ from typing import TextIO
 
 from attnserve_client.client import DEFAULT_HEALTH_TIMEOUT, DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
 from attnserve_client.errors import AttnserveError, ServerError
-from attnserve_client.types import FinishReason, GenerationChunk, ModelInfo, Usage
+from attnserve_client.types import FinishReason, GenerationChunk, ModelInfo, Prediction, Usage
 
 __all__ = ["HEALTH_TIMEOUT", "build_parser", "main"]
 
@@ -86,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-stream", dest="stream", action="store_false", help="print the text at the end instead of streaming it"
     )
     generate.set_defaults(run=_generate)
+
+    classify = commands.add_parser(
+        "classify",
+        parents=[common],
+        help="classify image files",
+        description="Classify image files (PNG, JPEG, WebP or BMP) in one request and print the top predictions.",
+    )
+    classify.add_argument("images", nargs="+", metavar="IMAGE", help="image file to classify")
+    classify.add_argument("--model", help="model name (default: the only image-classification model served)")
+    classify.add_argument("--model-version", help="model version (default: the model's default version)")
+    classify.add_argument("--top-k", type=int, help="predictions per image (default: 5, or fewer if fewer classes)")
+    classify.set_defaults(run=_classify)
 
     models = commands.add_parser(
         "models", parents=[common], help="list the served models", description="List the served models."
@@ -171,6 +183,35 @@ def _summary(
     sys.stderr.write(" ".join(parts) + "\n")
 
 
+def _classify(args: argparse.Namespace) -> int:
+    with Client(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES) as client:
+        results = client.classify_batch(
+            args.images, model=args.model, model_version=args.model_version, top_k=args.top_k
+        )
+    _write(sys.stdout, _predictions_table(args.images, results))
+    return 0
+
+
+def _predictions_table(images: Sequence[str], results: list[list[Prediction]]) -> str:
+    rows = [("IMAGE", "RANK", "LABEL", "INDEX", "SCORE")]
+    for image, predictions in zip(images, results, strict=True):
+        for rank, p in enumerate(predictions, start=1):
+            rows.append((image, str(rank), p.label, str(p.index), f"{p.score:.4f}"))
+    return _columns(rows, right=(1, 3, 4))
+
+
+def _columns(rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _models(args: argparse.Namespace) -> int:
     with Client(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES) as client:
         models = client.models()
@@ -179,17 +220,16 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _table(models: list[ModelInfo]) -> str:
-    header = ("NAME", "TASK", "VERSIONS", "DEFAULT", "CONTEXT", "REQUESTS", "FAILURES", "DESCRIPTION")
+    header = ("NAME", "TASK", "VERSIONS", "DEFAULT", "INPUT", "REQUESTS", "FAILURES", "DESCRIPTION")
     rows = [header]
     for model in sorted(models, key=lambda m: m.name):
-        context = str(model.text_generation.context_length) if model.text_generation else "-"
         rows.append(
             (
                 model.name,
                 model.task,
                 ",".join(model.versions),
                 model.default_version,
-                context,
+                _input(model),
                 str(model.counters.requests),
                 str(model.counters.failures),
                 model.description.splitlines()[0] if model.description else "",
@@ -200,6 +240,16 @@ def _table(models: list[ModelInfo]) -> str:
     if not models:
         lines.append("(no models)")
     return "\n".join(lines) + "\n"
+
+
+def _input(model: ModelInfo) -> str:
+    """What the model takes: its context length, or its image size and number of classes."""
+    if model.text_generation is not None:
+        return f"{model.text_generation.context_length} tokens"
+    if model.image_classification is not None:
+        ic = model.image_classification
+        return f"{ic.input.channels}x{ic.input.height}x{ic.input.width}, {len(ic.labels)} classes"
+    return "-"
 
 
 def _health(args: argparse.Namespace) -> int:

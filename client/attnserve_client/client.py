@@ -13,10 +13,11 @@ import grpc.experimental
 from attnserve_client import convert, methods
 from attnserve_client.errors import InvalidArgumentError, from_rpc_error
 from attnserve_client.health import HEALTH_CHECK_METHOD, ServingStatus, decode_response, encode_request
-from attnserve_client.pb import models_pb2, text_generation_pb2
-from attnserve_client.request import GenerationRequest
+from attnserve_client.images import ImageInput
+from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
+from attnserve_client.request import ClassificationRequest, GenerationRequest
 from attnserve_client.retry import Deadline, RetryPolicy, channel_options, check_timeout, log_retry
-from attnserve_client.types import Generation, GenerationChunk, ModelInfo
+from attnserve_client.types import Generation, GenerationChunk, ModelInfo, Prediction
 
 __all__ = [
     "DEFAULT_HEALTH_TIMEOUT",
@@ -111,6 +112,13 @@ class Client:
                 request_serializer=models_pb2.GetModelRequest.SerializeToString,
                 response_deserializer=models_pb2.ModelInfo.FromString,
             )
+        )
+        self._classify: grpc.UnaryUnaryMultiCallable[
+            image_classification_pb2.ClassifyRequest, image_classification_pb2.ClassifyResponse
+        ] = self._channel.unary_unary(
+            methods.CLASSIFY,
+            request_serializer=image_classification_pb2.ClassifyRequest.SerializeToString,
+            response_deserializer=image_classification_pb2.ClassifyResponse.FromString,
         )
         self._health_check: grpc.UnaryUnaryMultiCallable[str, ServingStatus] = self._channel.unary_unary(
             HEALTH_CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response
@@ -237,6 +245,58 @@ class Client:
         # The deadline starts with the iteration, when the call is sent.
         return self._stream(request, self._timeout if timeout is None else check_timeout(timeout))
 
+    def classify(
+        self,
+        image: ImageInput,
+        *,
+        model: str | None = None,
+        top_k: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Prediction]:
+        """Classifies one image and returns its predictions, best first.
+
+        Args:
+            image: a path (the file is sent as it is), encoded bytes (PNG, JPEG, WebP or BMP),
+                a PIL image, or a numpy uint8 array of shape H×W or H×W×3. PIL images and arrays
+                are encoded as PNG, which needs the extra ``attnserve-client[images]``.
+            model: the model's name. None picks the only image-classification model the server
+                serves (one extra ListModels call); it is an error if there are several.
+            top_k: how many predictions to return, in [1, number of classes]; None: 5, or the
+                number of classes if smaller.
+            model_version: a version directory name; None for the model's default version.
+            timeout: this call's deadline in seconds, instead of the client's default.
+
+        Raises:
+            InvalidArgumentError: a bad argument (checked locally) or an image the server cannot
+                use (not an image, truncated, unsupported format, too many pixels).
+            ModelNotFoundError: no such model or version.
+            ImportError: a PIL image or numpy array was passed and Pillow is not installed.
+        """
+        results = self.classify_batch([image], model=model, top_k=top_k, model_version=model_version, timeout=timeout)
+        return results[0]
+
+    def classify_batch(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        model: str | None = None,
+        top_k: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> list[list[Prediction]]:
+        """Classifies several images in one request (one batched model call on the server).
+
+        Takes the arguments of :meth:`classify`, with a sequence of images; returns one list of
+        predictions (best first) per image, in order. The server caps how many images one request
+        may carry (``get_model(name).image_classification.max_images_per_request``).
+        """
+        request = ClassificationRequest.create(images, model=model, top_k=top_k, model_version=model_version)
+        deadline = self._deadline(timeout)
+        name = request.model or self._only_model(deadline, task=convert.IMAGE_CLASSIFICATION)
+        response = self._call(self._classify, request.to_proto(name), deadline, methods.CLASSIFY)
+        return convert.to_predictions(response, images=len(request.images))
+
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The served models, with their versions, settings and live counters."""
         response = self._call(
@@ -274,9 +334,9 @@ class Client:
     def _deadline(self, timeout: float | None) -> Deadline:
         return Deadline(self._timeout if timeout is None else check_timeout(timeout))
 
-    def _only_model(self, deadline: Deadline) -> str:
+    def _only_model(self, deadline: Deadline, task: str = convert.TEXT_GENERATION) -> str:
         response = self._call(self._list_models, models_pb2.ListModelsRequest(), deadline, methods.LIST_MODELS)
-        return convert.choose_model([convert.to_model_info(info) for info in response.models])
+        return convert.choose_model([convert.to_model_info(info) for info in response.models], task)
 
     def _call(
         self,

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 from attnserve_client.errors import InvalidArgumentError, ModelNotFoundError, ServerError
-from attnserve_client.pb import models_pb2, text_generation_pb2
+from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
 from attnserve_client.types import (
     FinishReason,
     Generation,
     GenerationChunk,
     GenerationDefaults,
+    ImageClassificationInfo,
+    ImageInputSpec,
     ModelCounters,
     ModelInfo,
+    Prediction,
     TextGenerationInfo,
     Usage,
 )
 
-__all__ = ["TEXT_GENERATION", "choose_model", "to_chunk", "to_generation", "to_model_info"]
+__all__ = [
+    "IMAGE_CLASSIFICATION",
+    "TEXT_GENERATION",
+    "choose_model",
+    "to_chunk",
+    "to_generation",
+    "to_model_info",
+    "to_predictions",
+]
 
 TEXT_GENERATION = "text-generation"
+IMAGE_CLASSIFICATION = "image-classification"
 
 _FINISH_REASONS = {
     text_generation_pb2.FINISH_REASON_LENGTH: FinishReason.LENGTH,
@@ -77,6 +89,22 @@ def to_model_info(info: models_pb2.ModelInfo) -> ModelInfo:
             max_new_tokens_limit=tg.max_new_tokens_limit,
             eos_token=tg.eos_token or None,
         )
+    image_classification = None
+    if info.WhichOneof("task_info") == "image_classification":
+        ic = info.image_classification
+        image_classification = ImageClassificationInfo(
+            labels=tuple(ic.labels),
+            input=ImageInputSpec(
+                channels=ic.input.channels,
+                height=ic.input.height,
+                width=ic.input.width,
+                resample=ic.input.resample,
+                resize_policy=ic.input.resize_policy,
+                mean=tuple(ic.input.mean),
+                std=tuple(ic.input.std),
+            ),
+            max_images_per_request=ic.max_images_per_request,
+        )
     return ModelInfo(
         name=info.name,
         task=info.task,
@@ -89,21 +117,32 @@ def to_model_info(info: models_pb2.ModelInfo) -> ModelInfo:
             failures=info.counters.failures,
         ),
         text_generation=text_generation,
+        image_classification=image_classification,
     )
 
 
-def choose_model(models: list[ModelInfo]) -> str:
-    """The model to use when the caller names none: the only text-generation model served.
+def to_predictions(response: image_classification_pb2.ClassifyResponse, *, images: int) -> list[list[Prediction]]:
+    """One list of predictions (best first) per image of the request, which held ``images`` images."""
+    if len(response.classifications) != images:
+        raise ServerError(f"the server returned {len(response.classifications)} classifications for {images} images")
+    return [
+        [Prediction(label=p.label, index=p.index, score=p.score) for p in c.predictions]
+        for c in response.classifications
+    ]
+
+
+def choose_model(models: list[ModelInfo], task: str = TEXT_GENERATION) -> str:
+    """The model to use when the caller names none: the only model of ``task`` served.
 
     Raises:
-        ModelNotFoundError: the server serves no text-generation model.
+        ModelNotFoundError: the server serves no model of that task.
         InvalidArgumentError: it serves several, so the caller must choose one.
     """
-    names = sorted(m.name for m in models if m.task == TEXT_GENERATION)
+    names = sorted(m.name for m in models if m.task == task)
     if not names:
-        raise ModelNotFoundError("the server serves no text-generation model")
+        raise ModelNotFoundError(f"the server serves no {task} model")
     if len(names) > 1:
-        raise InvalidArgumentError(f"the server serves several text-generation models, pass model= one of: {names}")
+        raise InvalidArgumentError(f"the server serves several {task} models, pass model= one of: {names}")
     return names[0]
 
 

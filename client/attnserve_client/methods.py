@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import FileDescriptor
 
-from attnserve_client.pb import models_pb2, text_generation_pb2
+from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
 
-__all__ = ["GENERATE", "GENERATE_STREAM", "GET_MODEL", "LIST_MODELS"]
+__all__ = ["CLASSIFY", "GENERATE", "GENERATE_STREAM", "GET_MODEL", "LIST_MODELS"]
 
 
 def _path(file: FileDescriptor, service: str, method: str) -> str:
@@ -22,3 +22,4 @@ GENERATE = _path(text_generation_pb2.DESCRIPTOR, "TextGenerationService", "Gener
 GENERATE_STREAM = _path(text_generation_pb2.DESCRIPTOR, "TextGenerationService", "GenerateStream")
 LIST_MODELS = _path(models_pb2.DESCRIPTOR, "ModelService", "ListModels")
 GET_MODEL = _path(models_pb2.DESCRIPTOR, "ModelService", "GetModel")
+CLASSIFY = _path(image_classification_pb2.DESCRIPTOR, "ImageClassificationService", "Classify")

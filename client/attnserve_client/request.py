@@ -1,4 +1,4 @@
-"""A validated generation request, checked before anything is sent (like TGI's client).
+"""Validated generation and classification requests, checked before anything is sent (like TGI's client).
 
 The checks here are the server's rules that don't need the model. The ones that do (a prompt
 longer than the context window, ``max_new_tokens`` above the model's cap) are left to the
@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attnserve_client.errors import InvalidArgumentError
-from attnserve_client.pb import text_generation_pb2
+from attnserve_client.images import encode_image
+from attnserve_client.pb import image_classification_pb2, text_generation_pb2
 
-__all__ = ["MAX_STOP_SEQUENCES", "GenerationRequest"]
+__all__ = ["MAX_STOP_SEQUENCES", "ClassificationRequest", "GenerationRequest"]
 
 MAX_STOP_SEQUENCES = 4
 _INT32_MAX = 2**31 - 1
@@ -123,6 +124,48 @@ class GenerationRequest:
             parameters=parameters,
             model_version=self.model_version or "",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ClassificationRequest:
+    """The arguments of ``classify_batch``, validated and with every image encoded.
+
+    The limits that need the model (``top_k`` up to its number of classes, the number of images
+    per request) are the server's to check; it answers INVALID_ARGUMENT.
+    """
+
+    images: tuple[bytes, ...]
+    model: str | None = None
+    top_k: int | None = None
+    model_version: str | None = None
+
+    @classmethod
+    def create(
+        cls, images: Sequence[object], *, model: str | None, top_k: int | None, model_version: str | None
+    ) -> ClassificationRequest:
+        """Validates the arguments and encodes each image (see :func:`attnserve_client.images.encode_image`)."""
+        if isinstance(images, (str, bytes, bytearray, memoryview)) or not isinstance(images, Sequence):
+            raise InvalidArgumentError(
+                "images must be a list of images; to classify a single image use classify(image)"
+            )
+        if not images:
+            raise InvalidArgumentError("images must hold at least one image")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise InvalidArgumentError("model must be a non-empty string, or None to use the only served model")
+        if model_version is not None and not isinstance(model_version, str):
+            raise InvalidArgumentError("model_version must be a string (a version directory name) or None")
+        _check_int("top_k", top_k, low=1, high=_INT32_MAX, hint="the number of predictions per image")
+        encoded = tuple(encode_image(image, index) for index, image in enumerate(images))
+        return cls(images=encoded, model=model, top_k=top_k, model_version=model_version)
+
+    def to_proto(self, model: str) -> image_classification_pb2.ClassifyRequest:
+        """The protobuf for ``model``; an unset top_k stays absent (the server's default applies)."""
+        message = image_classification_pb2.ClassifyRequest(
+            model=model, images=self.images, model_version=self.model_version or ""
+        )
+        if self.top_k is not None:
+            message.top_k = self.top_k
+        return message
 
 
 def _check_int(name: str, value: int | None, *, low: int, high: int, hint: str = "") -> None:

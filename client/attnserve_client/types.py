@@ -10,8 +10,11 @@ __all__ = [
     "Generation",
     "GenerationChunk",
     "GenerationDefaults",
+    "ImageClassificationInfo",
+    "ImageInputSpec",
     "ModelCounters",
     "ModelInfo",
+    "Prediction",
     "TextGenerationInfo",
     "Usage",
 ]
@@ -131,8 +134,64 @@ class TextGenerationInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Prediction:
+    """One class of one classified image (:meth:`Client.classify`).
+
+    Attributes:
+        label: the class name.
+        index: the class's index in the model's output.
+        score: its softmax probability, in [0, 1].
+    """
+
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInputSpec:
+    """How the server turns an encoded image into the model's input.
+
+    Attributes:
+        channels: 1 (the image is converted to grey) or 3 (RGB).
+        height: the model's input height in pixels.
+        width: the model's input width in pixels.
+        resample: the Pillow filter used to resize, e.g. ``"bicubic"``.
+        resize_policy: ``"resize"`` (stretch) or ``"resize_center_crop"``.
+        mean: per-channel mean subtracted from pixel values scaled to [0, 1].
+        std: per-channel standard deviation they are divided by.
+    """
+
+    channels: int
+    height: int
+    width: int
+    resample: str
+    resize_policy: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageClassificationInfo:
+    """What an image-classification model accepts and returns.
+
+    Attributes:
+        labels: the class names, by output index.
+        input: how images are preprocessed for the model.
+        max_images_per_request: the most images one ``classify_batch`` call may carry.
+    """
+
+    labels: tuple[str, ...]
+    input: ImageInputSpec
+    max_images_per_request: int
+
+
+@dataclass(frozen=True, slots=True)
 class ModelCounters:
-    """Live counters since the server started, over all versions of a model."""
+    """Live counters since the server started, over all versions of a model.
+
+    ``tokens_generated`` stays 0 for image-classification models.
+    """
 
     requests: int
     tokens_generated: int
@@ -151,6 +210,7 @@ class ModelInfo:
         description: free-form description from the model's metadata.
         counters: live request and token counters.
         text_generation: details of a text-generation model, None for other tasks.
+        image_classification: details of an image-classification model, None for other tasks.
     """
 
     name: str
@@ -160,3 +220,4 @@ class ModelInfo:
     description: str
     counters: ModelCounters
     text_generation: TextGenerationInfo | None
+    image_classification: ImageClassificationInfo | None = None

@@ -63,3 +63,47 @@ def test_an_error_is_one_line_without_a_traceback(server_address: str) -> None:
     err = result.stderr.decode()
     assert err.startswith("attnserve: error: ") and "(NOT_FOUND)" in err
     assert len(err.splitlines()) == 1
+
+
+IMAGE_MODEL = "tiny-digits"
+
+
+def test_classify_prints_a_table_of_the_clients_predictions(image_server_address: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    paths = []
+    for i, fmt in enumerate(("png", "jpg")):
+        path = tmp_path / f"digit{i}.{fmt}"
+        Image.new("L", (32, 32), 40 * (i + 1)).save(path)
+        paths.append(path)
+    with Client(image_server_address) as client:
+        expected = client.classify_batch(paths, model=IMAGE_MODEL, top_k=3)
+    args = ["classify", *map(str, paths), "--model", IMAGE_MODEL, "--top-k", "3"]
+    result = run(*args, target=image_server_address, console_script=True)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.decode().splitlines()
+    assert header.split() == ["IMAGE", "RANK", "LABEL", "INDEX", "SCORE"]
+    assert len(rows) == 6
+    for row, (path, rank, p) in zip(
+        rows, [(path, r, p) for path, ps in zip(paths, expected, strict=True) for r, p in enumerate(ps, 1)], strict=True
+    ):
+        assert row.split() == [str(path), str(rank), p.label, str(p.index), f"{p.score:.4f}"]
+
+
+def test_classify_errors_are_one_line(image_server_address: str, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    result = run("classify", str(bad), "--model", IMAGE_MODEL, target=image_server_address)
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert err.startswith("attnserve: error: image 0 is not a PNG") and "(INVALID_ARGUMENT)" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_models_shows_image_models_too(image_server_address: str) -> None:
+    result = run("models", target=image_server_address)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.decode().splitlines()[1:]}
+    assert "image-classification" in rows[IMAGE_MODEL]
+    assert "1x16x16, 10 classes" in rows[IMAGE_MODEL]
+    assert "text-generation" in rows[MODEL]
