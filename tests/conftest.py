@@ -158,7 +158,13 @@ def export_model(root: Path, name: str, *, max_new_tokens_limit: int | None = No
 
 
 def export_image_model(
-    root: Path, name: str, *, channels: int = 1, size: int = IMAGE_SIZE, labels: tuple[str, ...] = IMAGE_LABELS
+    root: Path,
+    name: str,
+    *,
+    channels: int = 1,
+    size: int = IMAGE_SIZE,
+    labels: tuple[str, ...] = IMAGE_LABELS,
+    **preprocessing: Any,
 ) -> Path:
     """Export a tiny random-weight image classifier as ``root/name/1``, in the repository format.
 
@@ -166,7 +172,8 @@ def export_image_model(
     ONNX model, exported by ``torch.onnx.export`` with a dynamic batch and served by the real server,
     but it does not depend on the ViT/Swin definitions of ``attnserve_export``, which these serving
     tests do not exercise. ``metadata.json`` and ``labels.json`` are written as
-    docs/model-repository.md describes (``resize`` policy, bicubic, mean 0.5 / std 0.5).
+    docs/model-repository.md describes (by default ``resize`` policy, bicubic, mean 0.5 / std 0.5;
+    ``preprocessing`` overrides those keys of the ``image_classification`` section).
     """
     import json
 
@@ -204,11 +211,18 @@ def export_image_model(
             "resize_policy": "resize",
             "mean": [0.5] * channels,
             "std": [0.5] * channels,
+            **preprocessing,
         },
         "provenance": {"seed": 0, "made_by": "tests/conftest.py"},
     }
     (version_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return root / name
+
+
+@pytest.fixture(scope="session")
+def export_image_classifier() -> Callable[..., Path]:
+    """``export_image_classifier(root, name, channels=1, size=16, labels=..., **metadata changes)`` -> model dir."""
+    return export_image_model
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from attnserve_server.errors import InvalidArgumentError
 from attnserve_server.runtime import RuntimeSession
 from attnserve_server.vision.decode import decode_image
 from attnserve_server.vision.preprocess import InputSpec, preprocess
@@ -77,7 +78,13 @@ class ImageClassifier:
         arrays = []
         for index, data in enumerate(images):
             with decode_image(data, index=index, max_pixels=max_pixels) as image:
-                arrays.append(preprocess(image, self.spec.input))
+                try:
+                    arrays.append(preprocess(image, self.spec.input))
+                except (OSError, ValueError) as exc:  # a pixel mode Pillow cannot convert, say
+                    raise InvalidArgumentError(
+                        f"image {index} ({image.format}, mode {image.mode}) cannot be converted to the model's "
+                        f"input: {exc}"
+                    ) from None
         return np.stack(arrays)  # (B, C, H, W)
 
     def _classify(self, images: Sequence[bytes], k: int, max_pixels: int) -> list[list[Prediction]]:

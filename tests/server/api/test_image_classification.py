@@ -10,7 +10,9 @@ import io
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -231,3 +233,61 @@ def test_unparseable_classify_request_is_invalid_argument(image_channel: grpc.Ch
     with pytest.raises(grpc.RpcError) as info:
         call(b"\xff\xff\xff", timeout=TIMEOUT)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def reference_probabilities(model_dir: Path, image: Image.Image) -> np.ndarray:
+    """What the metadata promises, computed here independently of the server: RGB, timm-style
+    resize (shorter side to floor(12 / 0.875) = 13) and centre crop, /255, normalise, CHW, ORT, softmax."""
+    import onnxruntime as ort
+
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    scale = 13 / min(w, h)
+    resized = rgb.resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR)
+    left, top = round((resized.width - 12) / 2), round((resized.height - 12) / 2)
+    cropped = np.asarray(resized.crop((left, top, left + 12, top + 12)), dtype=np.float32) / 255
+    x = ((cropped - np.float32([0.4, 0.5, 0.6])) / np.float32([0.2, 0.25, 0.3])).transpose(2, 0, 1)[None]
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"pixel_values": x.astype(np.float32)})
+    e = np.exp(logits[0] - logits[0].max())
+    return np.asarray(e / e.sum())
+
+
+def test_rgb_center_crop_model_and_limits_from_flags_and_environment(
+    tmp_path: Path, server_launcher: Callable[..., Any], export_image_classifier: Callable[..., Path]
+) -> None:
+    model_dir = export_image_classifier(
+        tmp_path,
+        "tiny-colour",
+        channels=3,
+        size=12,
+        labels=("red", "green", "blue"),
+        resample="bilinear",
+        resize_policy="resize_center_crop",
+        crop_ratio=0.875,
+        mean=[0.4, 0.5, 0.6],
+        std=[0.2, 0.25, 0.3],
+    )
+    server = server_launcher(tmp_path, "--max-images-per-request", "2", env={"ATTNSERVE_MAX_IMAGE_PIXELS": "4000"})
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))  # landscape: the crop matters
+    with grpc.insecure_channel(server.address) as channel:
+        colour = image_classification_pb2_grpc.ImageClassificationServiceStub(channel)
+        response = classify(colour, [encode(image, "PNG")], model="tiny-colour", top_k=3)
+        got = {p.index: p.score for p in response.classifications[0].predictions}
+        expected = reference_probabilities(model_dir, image)
+        np.testing.assert_allclose([got[i] for i in range(3)], expected, rtol=1e-5, atol=1e-6)
+        assert response.classifications[0].predictions[0].label == ("red", "green", "blue")[int(expected.argmax())]
+
+        with pytest.raises(grpc.RpcError) as info:
+            classify(colour, [encode(image, "PNG")] * 3, model="tiny-colour")
+        assert "more than the limit of 2" in (info.value.details() or "")
+        with pytest.raises(grpc.RpcError) as info:
+            classify(colour, [encode(Image.new("RGB", (80, 60)), "PNG")], model="tiny-colour")  # 4800 pixels
+        assert "limit of 4000 pixels" in (info.value.details() or "")
+        info_reply = models_pb2_grpc.ModelServiceStub(channel).GetModel(
+            models_pb2.GetModelRequest(name="tiny-colour"), timeout=TIMEOUT
+        )
+        assert info_reply.image_classification.max_images_per_request == 2
+        assert info_reply.image_classification.input.resize_policy == "resize_center_crop"
+        assert_serving(channel)
