@@ -1,0 +1,369 @@
+"""A Swin Transformer (Liu et al. 2021), written from scratch in the timm style.
+
+Patch partition + linear embedding, then stages of Swin blocks that alternate window
+attention (W-MSA over M×M windows, with a learned relative position bias) and shifted
+window attention (SW-MSA: a cyclic shift by M/2 plus a mask that keeps tokens from
+unrelated regions apart), with patch merging between stages and a mean-pooled head.
+
+Export notes: every shape that decides control flow (feature-map size, padding, the
+masks) comes from the config, never from tensor values, so ``torch.export`` sees one
+static graph in which only the batch dimension is symbolic. The masks and position
+indices are precomputed buffers.
+"""
+
+# Shape letters (B, H, W, C, M, N) as in the paper and timm: clearer than lowercase here.
+# ruff: noqa: N806
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnserve_export.vit import DropPath, Mlp
+
+MASK_VALUE = -100.0  # as in the paper's code: exp(-100) is 0 in float32 once added to O(1) scores
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """Hyperparameters of a :class:`Swin`."""
+
+    image_size: int = 224
+    patch_size: int = 4
+    in_channels: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    drop_path: float = 0.2
+
+    def __post_init__(self) -> None:
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError("depths and num_heads need one entry per stage")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        for i, heads in enumerate(self.num_heads):
+            if (self.embed_dim * 2**i) % heads:
+                raise ValueError(f"stage {i}: dim {self.embed_dim * 2**i} is not divisible by {heads} heads")
+
+    @property
+    def num_features(self) -> int:
+        return int(self.embed_dim * 2 ** (len(self.depths) - 1))
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def with_(self, **changes: object) -> SwinConfig:
+        for key in ("depths", "num_heads"):
+            value = changes.get(key)
+            if isinstance(value, list):
+                changes[key] = tuple(value)
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+PRESETS: dict[str, SwinConfig] = {
+    # Tiny, for tests: 20 px / 2 = 10×10 tokens with 4×4 windows (padding), then 5×5 (padding again).
+    "tiny": SwinConfig(
+        image_size=20,
+        patch_size=2,
+        in_channels=1,
+        num_classes=10,
+        embed_dim=16,
+        depths=(2, 2),
+        num_heads=(2, 4),
+        window_size=4,
+        drop_path=0.0,
+    ),
+    # The shipped digits model: 32×32 grey input → 16×16 tokens, 4×4 windows, stages at 16², 8², 4².
+    "digits": SwinConfig(
+        image_size=32,
+        patch_size=2,
+        in_channels=1,
+        num_classes=10,
+        embed_dim=32,
+        depths=(2, 2, 2),
+        num_heads=(2, 4, 8),
+        window_size=4,
+        mlp_ratio=2.0,
+        drop_path=0.1,
+    ),
+    # Swin-T at 224 px with a 1000-class head: 28.3M parameters.
+    "swin-t": SwinConfig(),
+}
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Cut ``(B, H, W, C)`` (H, W multiples of M) into windows: ``(B * nW, M, M, C)``, row-major per image."""
+    B, H, W, C = x.shape
+    M = window_size
+    x = x.view(B, H // M, M, W // M, M, C)  # (B, H/M, M, W/M, M, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, M, M, C)  # (B * nW, M, M, C)
+
+
+def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``(B * nW, M, M, C)`` → ``(B, H, W, C)``."""
+    M = window_size
+    C = windows.shape[-1]
+    x = windows.view(-1, height // M, width // M, M, M, C)  # (B, H/M, W/M, M, M, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, C)  # (B, H, W, C)
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """For each (query, key) pair of a window, its row in the bias table: ``(M², M²)`` int64.
+
+    The offset (dy, dx) ∈ [-(M-1), M-1]² maps to ``(dy + M - 1) * (2M - 1) + (dx + M - 1)``.
+    """
+    M = window_size
+    ys, xs = torch.meshgrid(torch.arange(M), torch.arange(M), indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()])  # (2, M²)
+    rel = coords[:, :, None] - coords[:, None, :]  # (2, M², M²)
+    return (rel[0] + M - 1) * (2 * M - 1) + (rel[1] + M - 1)  # (M², M²)
+
+
+def _region_ids(size: int, padded: int, window_size: int, shift: int) -> torch.Tensor:
+    """Per position of the shifted-then-padded axis: which true region it belongs to (-1: padding).
+
+    Position p < size holds original index (p + shift) mod size. Tokens are in the same region
+    iff they are in the same shifted window of the original axis, i.e. the same
+    ``(i + M - shift) // M``; the rolled window grid then splits regions that wrapped around.
+    """
+    p = torch.arange(padded)
+    original = (p + shift) % size
+    ids = (original + window_size - shift) // window_size if shift else original // window_size
+    return torch.where(p < size, ids, torch.full_like(ids, -1))
+
+
+def attention_mask(height: int, width: int, window_size: int, shift: int) -> torch.Tensor:
+    """Additive mask for (S)W-MSA on a ``height × width`` map: ``(nW, M², M²)``, 0 or ``MASK_VALUE``.
+
+    The map is cyclically shifted by ``shift`` first, then padded up to multiples of M (the
+    order of :class:`SwinBlock`). A query may attend to a key iff both come from the same
+    true window of the original map and the key is not padding. A padding query sees
+    only masked keys, so its (discarded) output stays finite.
+    """
+    M = window_size
+    Hp, Wp = math.ceil(height / M) * M, math.ceil(width / M) * M
+    rows = _region_ids(height, Hp, M, shift)  # (Hp,)
+    cols = _region_ids(width, Wp, M, shift)  # (Wp,)
+    region = rows[:, None] * (Wp + 1) + cols[None, :]  # (Hp, Wp): unique per (row region, col region)
+    pad = (rows[:, None] < 0) | (cols[None, :] < 0)  # (Hp, Wp)
+    region = torch.where(pad, torch.full_like(region, -1), region)
+    windows = window_partition(region[None, :, :, None], M).reshape(-1, M * M)  # (nW, M²)
+    allowed = (windows[:, :, None] == windows[:, None, :]) & (windows[:, None, :] >= 0)  # (nW, M², M²)
+    return torch.where(allowed, 0.0, MASK_VALUE)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside each M×M window, with a relative position bias."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.window_size = window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.relative_position_index: torch.Tensor
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def position_bias(self) -> torch.Tensor:
+        """``(nH, M², M²)``: the table looked up by the relative position of each pair."""
+        N = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # (N*N, nH)
+        return bias.view(N, N, self.num_heads).permute(2, 0, 1)  # (nH, N, N)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``x``: ``(B * nW, N, C)`` window tokens; ``mask``: ``(nW, N, N)`` additive or None."""
+        Bw, N, C = x.shape
+        qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, self.head_dim)  # (B*nW, N, 3, nH, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B*nW, nH, N, hd)
+        attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B*nW, nH, N, N)
+        attn = attn + self.position_bias().unsqueeze(0)
+        if mask is not None:
+            nW = mask.shape[0]
+            attn = attn.view(-1, nW, self.num_heads, N, N) + mask[None, :, None]  # (B, nW, nH, N, N)
+            attn = attn.view(-1, self.num_heads, N, N)  # (B*nW, nH, N, N)
+        attn = attn.softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(Bw, N, C)  # (B*nW, N, C)
+        out = self.proj(out)
+        return self.drop(out)  # type: ignore[no-any-return]
+
+
+class SwinBlock(nn.Module):
+    """One Swin block on a fixed ``resolution``: (S)W-MSA then MLP, both pre-LN with residuals."""
+
+    def __init__(  # noqa: PLR0917
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        num_heads: int,
+        window_size: int,
+        shift: bool,
+        mlp_ratio: float,
+        dropout: float,
+        drop_path: float,
+    ) -> None:
+        super().__init__()
+        self.height, self.width = resolution
+        # A map no larger than one window: one window covers it and shifting would change nothing.
+        if min(resolution) <= window_size:
+            window_size, shift = min(resolution), False
+        self.window_size = window_size
+        self.shift_size = window_size // 2 if shift else 0
+        self.pad_h = (-self.height) % window_size
+        self.pad_w = (-self.width) % window_size
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window_size, dropout)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.attn_mask: torch.Tensor | None
+        if self.shift_size or self.pad_h or self.pad_w:
+            mask = attention_mask(self.height, self.width, window_size, self.shift_size)
+            self.register_buffer("attn_mask", mask, persistent=False)  # (nW, M², M²)
+        else:
+            self.attn_mask = None
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` → ``(B, H, W, C)`` through (shifted) window attention."""
+        H, W, M, s = self.height, self.width, self.window_size, self.shift_size
+        C = x.shape[-1]
+        # 1. cyclic shift: the windows of this block straddle the previous block's window borders.
+        if s:
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))  # (B, H, W, C)
+        # 2. pad to multiples of M (the mask keeps the padding out of every real token's attention).
+        if self.pad_h or self.pad_w:
+            x = F.pad(x, (0, 0, 0, self.pad_w, 0, self.pad_h))  # (B, Hp, Wp, C)
+        Hp, Wp = H + self.pad_h, W + self.pad_w
+        # 3. partition into windows.
+        windows = window_partition(x, M).view(-1, M * M, C)  # (B*nW, M², C)
+        # 4. attention inside each window.
+        windows = self.attn(windows, self.attn_mask)  # (B*nW, M², C)
+        # 5. merge the windows back into a map and drop the padding.
+        x = window_reverse(windows.view(-1, M, M, C), M, Hp, Wp)  # (B, Hp, Wp, C)
+        x = x[:, :H, :W, :]  # (B, H, W, C)
+        # 6. reverse the cyclic shift.
+        if s:
+            x = torch.roll(x, shifts=(s, s), dims=(1, 2))  # (B, H, W, C)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, H*W, C)`` tokens in row-major order."""
+        B, L, C = x.shape
+        h = self.norm1(x).view(B, self.height, self.width, C)  # (B, H, W, C)
+        h = self._attention(h).reshape(B, L, C)  # (B, H*W, C)
+        x = x + self.drop_path(h)
+        out: torch.Tensor = x + self.drop_path(self.mlp(self.norm2(x)))
+        return out
+
+
+class PatchMerging(nn.Module):
+    """2×2 neighbouring tokens → one: ``(B, H*W, C)`` → ``(B, ⌈H/2⌉*⌈W/2⌉, 2C)`` (odd sizes are padded)."""
+
+    def __init__(self, dim: int, resolution: tuple[int, int]) -> None:
+        super().__init__()
+        self.height, self.width = resolution
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    @property
+    def out_resolution(self) -> tuple[int, int]:
+        return (self.height + 1) // 2, (self.width + 1) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, C = x.shape
+        x = x.view(B, self.height, self.width, C)  # (B, H, W, C)
+        if self.height % 2 or self.width % 2:
+            x = F.pad(x, (0, 0, 0, self.width % 2, 0, self.height % 2))  # (B, H', W', C), even
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        x = x.reshape(B, -1, 4 * C)  # (B, H/2 * W/2, 4C)
+        out: torch.Tensor = self.reduction(self.norm(x))  # (B, H/2 * W/2, 2C)
+        return out
+
+
+class SwinStage(nn.Module):
+    """``depth`` blocks alternating W-MSA and SW-MSA, then (except the last stage) patch merging."""
+
+    def __init__(
+        self, cfg: SwinConfig, index: int, resolution: tuple[int, int], drop_paths: list[float], merge: bool
+    ) -> None:
+        super().__init__()
+        dim = cfg.embed_dim * 2**index
+        self.blocks = nn.ModuleList(
+            SwinBlock(
+                dim,
+                resolution,
+                cfg.num_heads[index],
+                cfg.window_size,
+                shift=i % 2 == 1,
+                mlp_ratio=cfg.mlp_ratio,
+                dropout=cfg.dropout,
+                drop_path=drop_paths[i],
+            )
+            for i in range(cfg.depths[index])
+        )
+        self.downsample = PatchMerging(dim, resolution) if merge else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class Swin(nn.Module):
+    """Images ``(B, C, H, W)`` → logits ``(B, num_classes)``."""
+
+    def __init__(self, config: SwinConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.patch_norm = nn.LayerNorm(cfg.embed_dim)
+        self.pos_drop = nn.Dropout(cfg.dropout)
+        total = sum(cfg.depths)
+        rates = [cfg.drop_path * i / max(1, total - 1) for i in range(total)]
+        side = cfg.image_size // cfg.patch_size
+        resolution = (side, side)
+        stages = []
+        for i, depth in enumerate(cfg.depths):
+            first = sum(cfg.depths[:i])
+            merge = i < len(cfg.depths) - 1
+            stage = SwinStage(cfg, i, resolution, rates[first : first + depth], merge)
+            stages.append(stage)
+            if stage.downsample is not None:
+                resolution = stage.downsample.out_resolution
+        self.stages = nn.ModuleList(stages)
+        self.norm = nn.LayerNorm(cfg.num_features)
+        self.head = nn.Linear(cfg.num_features, cfg.num_classes)
+        self.apply(_init_weights)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # (B, D, H/P, W/P): patch partition + linear embedding
+        x = self.patch_norm(x.flatten(2).transpose(1, 2))  # (B, N, D)
+        x = self.pos_drop(x)
+        for stage in self.stages:
+            x = stage(x)
+        x = self.norm(x).mean(dim=1)  # (B, D_last): average pool over tokens
+        logits: torch.Tensor = self.head(x)  # (B, num_classes)
+        return logits
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
