@@ -13,9 +13,23 @@ from typing import Any
 import torch
 
 from attnserve_export.gpt import GPT, PRESETS
+from attnserve_export.image_data import to_batch
+from attnserve_export.image_export import export_classifier
+from attnserve_export.image_train import (
+    LABELS_FILE,
+    ImageTrainConfig,
+    build_model,
+    image_spec_for,
+    load_splits,
+    load_trained_classifier,
+    model_config,
+    train_image,
+)
 from attnserve_export.onnx_export import DEFAULT_GENERATION, export_gpt, next_version_dir
+from attnserve_export.swin import PRESETS as SWIN_PRESETS
 from attnserve_export.tokenizer import load_tokenizer
 from attnserve_export.train import TrainConfig, load_trained, train
+from attnserve_export.vit import PRESETS as VIT_PRESETS
 
 logger = logging.getLogger("attnserve_export")
 
@@ -82,6 +96,55 @@ def _run_train_gpt(args: argparse.Namespace) -> int:
     return 0 if results.get("finished") else 3
 
 
+def _add_train_image(sub: argparse._SubParsersAction[argparse.ArgumentParser], family: str) -> None:
+    d = ImageTrainConfig()
+    presets = sorted(VIT_PRESETS if family == "vit" else SWIN_PRESETS)
+    p = sub.add_parser(
+        family,
+        help=f"train a {family.upper()} image classifier",
+        description=f"Train a {family.upper()} on scikit-learn's digits or an ImageFolder directory.",
+    )
+    p.add_argument("--preset", default=d.preset, choices=presets)
+    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoint, labels, results)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--data", type=Path, default=None, help="ImageFolder root root/<class>/*.png|jpg (default: digits)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--min-lr", type=float, default=d.min_lr)
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--augment", type=float, default=d.augment, help="random affine strength (0: none)")
+    p.add_argument("--resample", default=d.resample, choices=["nearest", "bilinear", "bicubic", "lanczos"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=_run_train_image, family=family)
+
+
+def _run_train_image(args: argparse.Namespace) -> int:
+    cfg = ImageTrainConfig(
+        family=args.family,
+        preset=args.preset,
+        seed=args.seed,
+        data=str(args.data) if args.data else "",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_epochs=args.warmup_epochs,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        grad_clip=args.grad_clip,
+        augment=args.augment,
+        resample=args.resample,
+        threads=args.threads,
+        command=shlex.join(["attnserve-export", *sys.argv[1:]]),
+    )
+    results = train_image(cfg, args.out)
+    return 0 if results.get("finished") else 3
+
+
 def _add_onnx(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "onnx",
@@ -90,7 +153,12 @@ def _add_onnx(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="a run directory written by `train gpt`")
-    src.add_argument("--preset", choices=sorted(PRESETS), help="export this preset with --random-init")
+    src.add_argument(
+        "--preset",
+        choices=sorted(set(PRESETS) | set(VIT_PRESETS) | set(SWIN_PRESETS)),
+        help="export this preset of --family with --random-init",
+    )
+    p.add_argument("--family", choices=["gpt", "vit", "swin"], default="gpt", help="model family of --preset")
     p.add_argument("--random-init", action="store_true", help="random weights (benchmarks and tests)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json for --random-init (e.g. GPT-2's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
@@ -114,6 +182,8 @@ def _add_onnx(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run_onnx(args: argparse.Namespace) -> int:
     provenance: dict[str, Any] = {"export_command": shlex.join(["attnserve-export", *sys.argv[1:]])}
+    if (args.checkpoint and (args.checkpoint / LABELS_FILE).exists()) or args.family != "gpt":
+        return _run_onnx_classifier(args, provenance)
     if args.checkpoint:
         model, tokenizer, info = load_trained(args.checkpoint)
         if not info["results"].get("finished"):
@@ -173,6 +243,51 @@ def _run_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_onnx_classifier(args: argparse.Namespace, provenance: dict[str, Any]) -> int:
+    """Export a ViT or Swin: a trained run (parity on its whole test set) or a random-init preset."""
+    repository: Path = args.repository
+    version_dir = (
+        repository / args.name / str(args.version) if args.version else next_version_dir(repository, args.name)
+    )
+    if args.checkpoint:
+        run = load_trained_classifier(args.checkpoint)
+        if not run.results.get("finished"):
+            logger.warning("%s has not finished training; exporting its last checkpoint", args.checkpoint)
+        model, spec, labels = run.model, run.spec, run.labels
+        images, _ = to_batch(load_splits(run.train_config.get("data", "")).test, spec)
+        provenance |= {
+            "family": run.family,
+            "preset": run.train_config["preset"],
+            "seed": run.train_config["seed"],
+            "command": run.train_config.get("command", ""),
+            "test_accuracy": run.results.get("test_accuracy"),
+            "training": run.results,
+            "train_config": run.train_config,
+            "validation_history": run.history,
+        }
+        description = args.description or f"{run.family.upper()} trained with attnserve-export"
+    else:
+        if not args.random_init:
+            logger.error("--preset needs --random-init")
+            return 2
+        config = model_config(args.family, args.preset)
+        torch.manual_seed(args.seed)
+        model = build_model(args.family, config).eval()
+        spec = image_spec_for(config)
+        labels = [f"class_{i}" for i in range(config.num_classes)]
+        generator = torch.Generator().manual_seed(args.seed)
+        images = torch.randn(16, spec.channels, spec.height, spec.width, generator=generator)
+        provenance |= {"family": args.family, "preset": args.preset, "random_init": True, "seed": args.seed}
+        description = args.description or f"{args.preset} with random weights (for benchmarks)"
+    config_dict = getattr(model, "config").to_dict()  # noqa: B009
+    provenance["model_config"] = config_dict
+    report = export_classifier(
+        model, spec, labels, images.numpy(), version_dir, description=description, provenance=provenance
+    )
+    logger.info("exported %s: %s", version_dir, report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnserve-export", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -180,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model")
     train_sub = train.add_subparsers(dest="model", required=True)
     _add_train_gpt(train_sub)
+    _add_train_image(train_sub, "vit")
+    _add_train_image(train_sub, "swin")
     _add_onnx(sub)
     return parser
 

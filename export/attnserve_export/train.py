@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
+from torch import nn
 from tqdm import tqdm
 
 from attnserve_export.gpt import GPT, PRESETS, GPTConfig
@@ -69,12 +70,17 @@ class TrainConfig:
     command: str = ""
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def cosine_lr(step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
     """Linear warmup, then cosine decay to ``min_lr`` at ``max_steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """The learning rate of a GPT run at ``step``."""
+    return cosine_lr(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps)
 
 
 def encode_documents(tokenizer: Tokenizer, docs: list[Document]) -> torch.Tensor:
@@ -153,19 +159,19 @@ def evaluate_bpc(
     return total_nats / math.log(2) / max(1, total_chars)
 
 
-def _decay_groups(model: GPT, weight_decay: float) -> list[dict[str, Any]]:
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices (including the tied embedding, as nanoGPT), not on norms and biases."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def model_state(model: GPT) -> dict[str, torch.Tensor]:
-    """The state dict without the tied output weight (safetensors refuses shared storage)."""
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without GPT's tied output weight (safetensors refuses shared storage)."""
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
 
 
-def load_model_state(model: GPT, state: dict[str, torch.Tensor]) -> None:
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise ValueError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
@@ -174,7 +180,7 @@ def load_model_state(model: GPT, state: dict[str, torch.Tensor]) -> None:
 def save_checkpoint(
     run_dir: Path,
     *,
-    model: GPT,
+    model: nn.Module,
     optimizer: torch.optim.AdamW,
     generator: torch.Generator,
     step: int,
@@ -205,7 +211,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    run_dir: Path, model: GPT, optimizer: torch.optim.AdamW, generator: torch.Generator
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.AdamW, generator: torch.Generator
 ) -> dict[str, Any]:
     """Restore what :func:`save_checkpoint` wrote; returns the JSON state (``step`` etc.)."""
     ckpt = run_dir / CHECKPOINT_DIR
@@ -285,7 +291,7 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False) -> dict[str,
     model = GPT(model_config)
     logger.info("model: %s, %.2fM parameters", model_config, model.num_parameters() / 1e6)
     optimizer = torch.optim.AdamW(
-        _decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False, foreach=False
+        decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False, foreach=False
     )
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0

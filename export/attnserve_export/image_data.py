@@ -1,0 +1,196 @@
+"""Image data for the classifiers: scikit-learn's digits, ImageFolder directories, preprocessing.
+
+Every image reaches the model through :func:`preprocess`, which does exactly what the
+server does from the ``image_classification`` metadata (``docs/model-repository.md``):
+convert to ``L``/``RGB`` → resize (policy, filter) → /255 → (x - mean) / std → CHW.
+:class:`ImageSpec` holds those metadata fields, so training, evaluation and the exported
+metadata cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
+
+Resample = Literal["nearest", "bilinear", "bicubic", "lanczos"]
+ResizePolicy = Literal["resize", "resize_center_crop"]
+
+FILTERS: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# The fixed digits split of the issue; the validation set is carved out of the training part.
+TEST_SIZE = 0.2
+SPLIT_SEED = 0
+VALIDATION_SIZE = 0.15
+# How a user turns an 8×8 digit into a picture: grey v*255/16, upscaled bicubically to 64×64.
+DIGIT_RENDER_SIZE = 64
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """The preprocessing facts of a model: the metadata's ``image_classification`` fields."""
+
+    channels: int = 1
+    height: int = 32
+    width: int = 32
+    resample: Resample = "bilinear"
+    resize_policy: ResizePolicy = "resize"
+    crop_ratio: float | None = None
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.resample not in FILTERS:
+            raise ValueError(f"unknown resample {self.resample!r}")
+        if self.resize_policy not in ("resize", "resize_center_crop"):
+            raise ValueError(f"unknown resize_policy {self.resize_policy!r}")
+        if self.resize_policy == "resize_center_crop" and not (self.crop_ratio and 0 < self.crop_ratio <= 1):
+            raise ValueError("resize_center_crop needs a crop_ratio in (0, 1]")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("mean and std need one value per channel")
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The preprocessing keys of the metadata's ``image_classification`` object."""
+        out: dict[str, Any] = {
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "resample": self.resample,
+            "resize_policy": self.resize_policy,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+        if self.resize_policy == "resize_center_crop":
+            out["crop_ratio"] = self.crop_ratio
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageSpec:
+        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def preprocess(image: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """One image → float32 ``(C, H, W)``, exactly as the server does from the metadata."""
+    image = image.convert("L" if spec.channels == 1 else "RGB")
+    filt = FILTERS[spec.resample]
+    if spec.resize_policy == "resize":
+        image = image.resize((spec.width, spec.height), filt)
+    else:
+        # timm style: shorter side to size / crop_ratio, then the central height × width.
+        assert spec.crop_ratio is not None  # checked in __post_init__
+        scale = max(spec.height, spec.width) / spec.crop_ratio / min(image.size)
+        w, h = max(spec.width, round(image.width * scale)), max(spec.height, round(image.height * scale))
+        image = image.resize((w, h), filt)
+        left, top = (w - spec.width) // 2, (h - spec.height) // 2
+        image = image.crop((left, top, left + spec.width, top + spec.height))
+    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)  # (H, W) or (H, W, C)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]  # (H, W, 1)
+    mean, std = np.asarray(spec.mean, dtype=np.float32), np.asarray(spec.std, dtype=np.float32)
+    normalised = ((pixels - mean) / std).astype(np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))  # (C, H, W)
+
+
+def render_digit(values: np.ndarray, size: int = DIGIT_RENDER_SIZE) -> Image.Image:
+    """An 8×8 digit with values 0–16 as a user would save it: 8-bit grey ``v*255/16``, bicubic to ``size``."""
+    grey = np.clip(np.rint(np.asarray(values, dtype=np.float64) * 255.0 / 16.0), 0, 255).astype(np.uint8)
+    image = Image.fromarray(grey, mode="L")
+    return image.resize((size, size), Image.Resampling.BICUBIC) if size != grey.shape[0] else image
+
+
+def random_affine(image: Image.Image, generator: torch.Generator, strength: float = 1.0) -> Image.Image:
+    """Augmentation: a small random rotation (±12°), scale (0.85–1.15) and shift (±6% of the size).
+
+    Parameters come from ``generator`` so a seeded run (and its checkpoint) reproduces them.
+    """
+    u = torch.rand(4, generator=generator).tolist()
+    angle = math.radians((u[0] * 2 - 1) * 12 * strength)
+    scale = 1 + (u[1] * 2 - 1) * 0.15 * strength
+    tx = (u[2] * 2 - 1) * 0.06 * strength * image.width
+    ty = (u[3] * 2 - 1) * 0.06 * strength * image.height
+    cx, cy = image.width / 2, image.height / 2
+    # Pillow wants the inverse map: output (x, y) → input = R(-θ)/s · (out - c - t) + c.
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    a, b, d, e = cos, sin, -sin, cos
+    c = cx - a * (cx + tx) - b * (cy + ty)
+    f = cy - d * (cx + tx) - e * (cy + ty)
+    coeffs = (a, b, c, d, e, f)
+    return image.transform(image.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=0)
+
+
+@dataclass
+class ImageSplits:
+    """Images with integer labels, split three ways; ``classes[i]`` names label ``i``."""
+
+    classes: list[str]
+    train: list[tuple[Image.Image, int]]
+    validation: list[tuple[Image.Image, int]]
+    test: list[tuple[Image.Image, int]]
+
+
+def _split(images: list[Image.Image], labels: list[int], classes: list[str], validation_size: float) -> ImageSplits:
+    index = np.arange(len(images))
+    train_idx, test_idx = train_test_split(index, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=labels)
+    train_labels = [labels[i] for i in train_idx]
+    train_idx, val_idx = train_test_split(
+        train_idx, test_size=validation_size, random_state=SPLIT_SEED, stratify=train_labels
+    )
+
+    def pick(idx: np.ndarray) -> list[tuple[Image.Image, int]]:
+        return [(images[i], labels[i]) for i in idx]
+
+    return ImageSplits(classes, pick(train_idx), pick(val_idx), pick(test_idx))
+
+
+def load_digits_splits(validation_size: float = VALIDATION_SIZE) -> ImageSplits:
+    """scikit-learn's 1,797 digits, rendered as users would, in the fixed split (360 test images)."""
+    digits = load_digits()
+    images = [render_digit(v) for v in digits.images]
+    labels = [int(t) for t in digits.target]
+    return _split(images, labels, [str(i) for i in range(10)], validation_size)
+
+
+def load_image_folder(root: Path, validation_size: float = VALIDATION_SIZE) -> ImageSplits:
+    """An ImageFolder tree ``root/<class>/*.png|jpg``: classes are the sorted folder names.
+
+    Split like the digits: 20% test (stratified, seed 0), then validation from the rest.
+    """
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"{root} has no class folders")
+    images: list[Image.Image] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(path) as im:
+                    im.load()
+                    images.append(im.copy())
+                labels.append(label)
+    if not images:
+        raise ValueError(f"no images under {root}")
+    return _split(images, labels, classes, validation_size)
+
+
+def to_batch(items: list[tuple[Image.Image, int]], spec: ImageSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocess a list of images: ``(N, C, H, W)`` float32 and ``(N,)`` int64 labels."""
+    x = np.stack([preprocess(im, spec) for im, _ in items])  # (N, C, H, W)
+    y = np.asarray([label for _, label in items], dtype=np.int64)
+    return torch.from_numpy(x), torch.from_numpy(y)

@@ -1,0 +1,101 @@
+"""Training smoke run, determinism, and the parity-checked export of the tiny ViT and Swin presets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from attnserve_export import swin
+from attnserve_export.__main__ import main
+from attnserve_export.image_export import INPUT_NAME, OUTPUT_NAME, export_classifier
+from attnserve_export.image_train import ImageTrainConfig, image_spec_for, train_image
+from attnserve_export.onnx_export import ParityError
+
+METADATA_KEYS = {"format_version", "task", "description", "model_file", "image_classification", "provenance"}
+IMAGE_KEYS = {
+    "labels_file", "num_classes", "input_name", "output_name", "channels", "height", "width",
+    "resample", "resize_policy", "mean", "std",
+}  # fmt: skip
+
+
+def _tiny_run(run_dir: Path, epochs: int = 3) -> dict:
+    cfg = ImageTrainConfig(
+        family="vit", preset="tiny", seed=0, epochs=epochs, lr=3e-3, warmup_epochs=0, augment=0.5, threads=1
+    )
+    return train_image(cfg, run_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / "tiny-vit"
+    _tiny_run(run_dir)
+    return run_dir
+
+
+def test_training_loss_falls(tiny_run: Path) -> None:
+    results = json.loads((tiny_run / "results.json").read_text())
+    history = json.loads((tiny_run / "checkpoint" / "state.json").read_text())["history"]
+    assert results["finished"] and results["test_images"] == 360
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.1
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert 0.0 <= results["test_accuracy"] <= 1.0
+
+
+def test_training_is_deterministic(tiny_run: Path, tmp_path: Path) -> None:
+    _tiny_run(tmp_path / "again")
+    name = "checkpoint/model.safetensors"
+    assert (tmp_path / "again" / name).read_bytes() == (tiny_run / name).read_bytes()
+
+
+def test_cli_export_of_a_trained_run(tiny_run: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    assert main(["onnx", "--checkpoint", str(tiny_run), "--name", "tiny-vit", "--repository", str(repo)]) == 0
+    version = repo / "tiny-vit" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["labels.json", "metadata.json", "model.onnx"]
+    meta = json.loads((version / "metadata.json").read_text())
+    assert set(meta) == METADATA_KEYS
+    assert meta["task"] == "image-classification"
+    image = meta["image_classification"]
+    assert set(image) == IMAGE_KEYS
+    assert image["channels"] == 1 and image["height"] == image["width"] == 16
+    assert image["resample"] == "bilinear" and image["resize_policy"] == "resize"
+    assert json.loads((version / "labels.json").read_text()) == [str(i) for i in range(10)]
+    parity = meta["provenance"]["parity"]
+    assert parity["passed"] and parity["images"] == 360 and parity["max_rel_diff"] <= 1e-4
+    assert meta["provenance"]["seed"] == 0
+    assert meta["provenance"]["test_accuracy"] == json.loads((tiny_run / "results.json").read_text())["test_accuracy"]
+
+
+def test_swin_export_parity_and_dynamic_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = swin.PRESETS["tiny"]  # 10×10 tokens with 4×4 windows: padding and shifts in the graph
+    model = swin.Swin(cfg).eval()
+    spec = image_spec_for(cfg)
+    images = np.random.default_rng(0).standard_normal((70, 1, cfg.image_size, cfg.image_size)).astype(np.float32)
+    report = export_classifier(model, spec, [str(i) for i in range(10)], images, tmp_path / "1")
+    assert report.passed and report.max_rel_diff <= 1e-4 and report.argmax_mismatches == 0
+    onnx.checker.check_model(str(tmp_path / "1" / "model.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.name == INPUT_NAME and isinstance(inp.shape[0], str) and inp.shape[1:] == [1, 20, 20]
+    for batch in (1, 5):
+        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: images[:batch]})
+        with torch.no_grad():
+            expected = model(torch.from_numpy(images[:batch])).numpy()
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_failed_parity_writes_nothing(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = swin.PRESETS["tiny"]
+    images = np.zeros((2, 1, cfg.image_size, cfg.image_size), dtype=np.float32)
+    with pytest.raises(ValueError, match="labels"):
+        export_classifier(swin.Swin(cfg), image_spec_for(cfg), ["a", "b"], images, tmp_path / "1")
+    assert not (tmp_path / "1").exists()
+    assert ParityError  # raised by export_classifier when ORT disagrees (see its docstring)
