@@ -38,8 +38,10 @@ class ServerSettings(BaseSettings):
         # well below Pillow's own 89 MP bomb warning; one decoded RGBA image is then at most 160 MB.
         default=40_000_000,
         ge=1,
+        # Pillow refuses anything above twice its MAX_IMAGE_PIXELS (2 x 89,478,485) on its own.
+        le=178_956_970,
         description="Largest image (width x height, read from the header before decoding) that Classify "
-        "accepts; larger ones get INVALID_ARGUMENT.",
+        "accepts; larger ones get INVALID_ARGUMENT. At most 178956970, Pillow's own hard limit.",
     )
     max_images_per_request: int = Field(
         default=64,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 
 from PIL import Image, UnidentifiedImageError
 
@@ -56,7 +55,10 @@ def decode_image(data: bytes, *, index: int, max_pixels: int) -> Image.Image:
 
     Rejects empty data, data that is not a PNG/JPEG/WebP/BMP image, images of zero size, images
     whose header claims more than ``max_pixels`` pixels (before decoding them) and truncated or
-    corrupt files. Never lets Pillow's own DecompressionBombError through.
+    corrupt files. Never lets Pillow's own DecompressionBombError through (Pillow raises it above
+    twice its ``MAX_IMAGE_PIXELS``, 179 MP, whatever ``max_pixels`` says, and only warns between
+    89 and 179 MP; the default limit is below both, and ``warnings.catch_warnings`` is not
+    thread-safe, so the warning is left alone).
     """
     where = f"image {index}"
     if not data:
@@ -70,34 +72,29 @@ def decode_image(data: bytes, *, index: int, max_pixels: int) -> Image.Image:
         f"{where} is larger than the server's limit of {max_pixels} pixels "
         "(--max-image-pixels / ATTNSERVE_MAX_IMAGE_PIXELS); downscale it before sending"
     )
-    with warnings.catch_warnings():
-        # Pillow warns above its own 89 MP limit; our limit is lower and checked below.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
-        except Image.DecompressionBombError:
-            raise InvalidArgumentError(too_big) from None
-        except UnidentifiedImageError:
-            size = _declared_size(data)
-            if size is not None and 0 in size:
-                raise InvalidArgumentError(
-                    f"{where} is {size[0]}×{size[1]} pixels; it must have at least one pixel"
-                ) from None
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
+    except Image.DecompressionBombError:
+        raise InvalidArgumentError(too_big) from None
+    except UnidentifiedImageError:
+        size = _declared_size(data)
+        if size is not None and 0 in size:
             raise InvalidArgumentError(
-                f"{where} is not a {FORMAT_NAMES} image (unrecognised or corrupt data)"
+                f"{where} is {size[0]}×{size[1]} pixels; it must have at least one pixel"
             ) from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's ways of saying "bad header"
-            raise InvalidArgumentError(f"{where} is truncated or corrupt (in its header): {exc}") from None
-        width, height = image.size
-        if width <= 0 or height <= 0:
-            raise InvalidArgumentError(f"{where} is {width}×{height} pixels; it must have at least one pixel")
-        if width * height > max_pixels:
-            raise InvalidArgumentError(f"{too_big} ({width}×{height} = {width * height} pixels)")
-        try:
-            image.load()
-        except Image.DecompressionBombError:
-            raise InvalidArgumentError(too_big) from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            # "image file is truncated", broken chunks, bad CRCs, ...
-            raise InvalidArgumentError(f"{where} is truncated or corrupt ({image.format}): {exc}") from None
+        raise InvalidArgumentError(f"{where} is not a {FORMAT_NAMES} image (unrecognised or corrupt data)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's ways of saying "bad header"
+        raise InvalidArgumentError(f"{where} is truncated or corrupt (in its header): {exc}") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidArgumentError(f"{where} is {width}×{height} pixels; it must have at least one pixel")
+    if width * height > max_pixels:
+        raise InvalidArgumentError(f"{too_big} ({width}×{height} = {width * height} pixels)")
+    try:
+        image.load()
+    except Image.DecompressionBombError:
+        raise InvalidArgumentError(too_big) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # "image file is truncated", broken chunks, bad CRCs, ...
+        raise InvalidArgumentError(f"{where} is truncated or corrupt ({image.format}): {exc}") from None
     return image
