@@ -6,9 +6,11 @@
 - ``server_address``: ``"127.0.0.1:<port>"`` of a real ``attnserve-server`` process serving
   ``tiny_repository`` (session-scoped), started on a free loopback port and SERVING.
 - ``image_repository``: a model repository (session-scoped) with one image-classification model,
-  ``tiny-digits`` (see :func:`export_image_model`), and ``image_server_address``: a real server
-  serving it.
-- ``export_text_model``: build more models (``(root, name, **config_changes)``).
+  ``tiny-digits``: the ``tiny`` ViT preset (1 × 16 × 16, labels "zero".."nine") with random
+  weights, exported by attnserve-export's parity-checked ``export_classifier`` (see
+  :func:`export_image_model`); ``image_server_address``: a real server serving it and ``tiny-gpt``.
+- ``export_text_model`` / ``export_image_classifier``: build more models
+  (``(root, name, **config_changes)`` / ``(root, name, channels=, size=, labels=, **preprocessing)``).
 - ``server_launcher`` / ``session_server_launcher``: start more servers
   (``(repository, *extra_flags, env=..., wait=True)`` -> ``ServerProcess``); each is stopped with
   SIGTERM at the end of the test (or of the session).
@@ -166,56 +168,39 @@ def export_image_model(
     labels: tuple[str, ...] = IMAGE_LABELS,
     **preprocessing: Any,
 ) -> Path:
-    """Export a tiny random-weight image classifier as ``root/name/1``, in the repository format.
+    """Export a random-weight ViT (``tiny`` preset resized to ``channels`` × ``size`` × ``size`` and
+    ``len(labels)`` classes, ``torch.manual_seed(0)``) as ``root/name/1``, with attnserve-export's
+    parity-checked ``export_classifier``, so the repository entry is exactly what the exporter writes.
 
-    The network is deliberately trivial (flatten → linear, ``torch.manual_seed(0)``): it is a real
-    ONNX model, exported by ``torch.onnx.export`` with a dynamic batch and served by the real server,
-    but it does not depend on the ViT/Swin definitions of ``attnserve_export``, which these serving
-    tests do not exercise. ``metadata.json`` and ``labels.json`` are written as
-    docs/model-repository.md describes (by default ``resize`` policy, bicubic, mean 0.5 / std 0.5;
-    ``preprocessing`` overrides those keys of the ``image_classification`` section).
+    Preprocessing defaults: ``resize`` policy, bicubic, mean 0.5 / std 0.5 per channel;
+    ``preprocessing`` overrides any ``ImageSpec`` field (``resample``, ``resize_policy``,
+    ``crop_ratio``, ``mean``, ``std``).
     """
-    import json
+    import dataclasses
 
+    import numpy as np
     import torch
-    from torch import nn
 
+    from attnserve_export.image_data import ImageSpec
+    from attnserve_export.image_export import export_classifier
+    from attnserve_export.vit import PRESETS, ViT
+
+    config = dataclasses.replace(PRESETS["tiny"], image_size=size, in_channels=channels, num_classes=len(labels))
+    fields: dict[str, Any] = {"resample": "bicubic", "mean": (0.5,) * channels, "std": (0.5,) * channels}
+    fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()})
+    spec = ImageSpec(channels=channels, height=size, width=size, **fields)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, len(labels))).eval()
-    version_dir = root / name / "1"
-    version_dir.mkdir(parents=True)
-    torch.onnx.export(
+    model = ViT(config)
+    parity_images = np.random.default_rng(0).standard_normal((8, channels, size, size)).astype(np.float32)
+    export_classifier(
         model,
-        (torch.zeros(2, channels, size, size),),
-        str(version_dir / "model.onnx"),
-        input_names=["pixel_values"],
-        output_names=["logits"],
-        dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
+        spec,
+        list(labels),
+        parity_images,
+        root / name / "1",
+        description=f"{name}: random-weight tiny ViT for tests",
+        provenance={"seed": 0, "preset": "tiny"},
     )
-    (version_dir / "labels.json").write_text(json.dumps(list(labels)))
-    metadata = {
-        "format_version": 1,
-        "task": "image-classification",
-        "description": f"{name}: random flatten-linear classifier for tests",
-        "model_file": "model.onnx",
-        "image_classification": {
-            "labels_file": "labels.json",
-            "num_classes": len(labels),
-            "input_name": "pixel_values",
-            "output_name": "logits",
-            "channels": channels,
-            "height": size,
-            "width": size,
-            "resample": "bicubic",
-            "resize_policy": "resize",
-            "mean": [0.5] * channels,
-            "std": [0.5] * channels,
-            **preprocessing,
-        },
-        "provenance": {"seed": 0, "made_by": "tests/conftest.py"},
-    }
-    (version_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return root / name
 
 
