@@ -21,7 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from attnserve_client.pb import models_pb2, text_generation_pb2
+from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
 
 
 @dataclass
@@ -37,6 +37,9 @@ class Script:
     delay: float = 0.0
     calls: int = 0
     requests: list[text_generation_pb2.GenerateRequest] = field(default_factory=list)
+    # Classify answers this many classifications whatever the request holds (None: one per image).
+    classifications: int | None = None
+    classify_requests: list[image_classification_pb2.ClassifyRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def begin(self, context: grpc.ServicerContext) -> None:
@@ -107,6 +110,15 @@ def _handlers(script: Script) -> list[grpc.GenericRpcHandler]:
         context.abort(grpc.StatusCode.NOT_FOUND, f"no model named {request.name!r}")
         raise AssertionError("unreachable")
 
+    ic = image_classification_pb2
+
+    def classify(request: ic.ClassifyRequest, context: grpc.ServicerContext) -> ic.ClassifyResponse:
+        script.classify_requests.append(request)
+        script.begin(context)
+        count = len(request.images) if script.classifications is None else script.classifications
+        one = ic.Classification(predictions=[ic.Prediction(label="seven", index=7, score=0.75)])
+        return ic.ClassifyResponse(model=request.model, model_version="1", classifications=[one] * count)
+
     def unary(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
             fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
@@ -123,6 +135,10 @@ def _handlers(script: Script) -> list[grpc.GenericRpcHandler]:
                     response_serializer=tg.GenerateStreamResponse.SerializeToString,
                 ),
             },
+        ),
+        grpc.method_handlers_generic_handler(
+            "attnserve.v1.ImageClassificationService",
+            {"Classify": unary(classify, ic.ClassifyRequest, ic.ClassifyResponse)},
         ),
         grpc.method_handlers_generic_handler(
             "attnserve.v1.ModelService",

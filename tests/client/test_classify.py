@@ -7,7 +7,9 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,6 +21,7 @@ from attnserve_client import (
     InvalidArgumentError,
     ModelNotFoundError,
     Prediction,
+    ServerError,
 )
 
 MODEL = "tiny-digits"
@@ -180,3 +183,34 @@ def test_arrays_without_pillow_say_which_extra_to_install(image_server_address: 
     result = run_without(("PIL", "PIL.Image"), code, image_server_address)
     assert result.returncode == 0, result.stderr
     assert "pip install 'attnserve-client[images]'" in result.stdout
+
+
+def test_classify_is_retried_on_unavailable_and_sends_what_was_asked(scripted_server: Any) -> None:
+    scripted_server.script.failures = [grpc.StatusCode.UNAVAILABLE]
+    with Client(scripted_server.address, timeout=10) as client:
+        predictions = client.classify(b"\x89PNG-ish", model="digits", top_k=1, model_version="3")
+    assert predictions == [Prediction(label="seven", index=7, score=0.75)]
+    assert scripted_server.script.calls == 2
+    sent = scripted_server.script.classify_requests[-1]
+    assert (sent.model, list(sent.images), sent.top_k, sent.model_version) == ("digits", [b"\x89PNG-ish"], 1, "3")
+
+
+def test_unset_top_k_is_not_sent(scripted_server: Any) -> None:
+    with Client(scripted_server.address, timeout=10) as client:
+        client.classify(b"img", model="digits")
+    assert not scripted_server.script.classify_requests[-1].HasField("top_k")
+
+
+async def test_a_response_with_the_wrong_number_of_classifications_is_a_server_error(scripted_server: Any) -> None:
+    scripted_server.script.classifications = 1
+    async with AsyncClient(scripted_server.address, timeout=10) as client:
+        with pytest.raises(ServerError, match="1 classifications for 2 images"):
+            await client.classify_batch([b"a", b"b"], model="digits")
+
+
+def test_model_is_required_when_no_image_model_is_served(scripted_server: Any) -> None:
+    with (
+        Client(scripted_server.address, timeout=10) as client,
+        pytest.raises(ModelNotFoundError, match="no image-classification model"),
+    ):
+        client.classify(b"img")
