@@ -60,15 +60,15 @@ class ImageTrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     data: str = ""  # empty: scikit-learn's digits; else an ImageFolder root
-    epochs: int = 50
+    epochs: int = 100
     batch_size: int = 64
-    lr: float = 1.5e-3
+    lr: float = 2e-3
     min_lr: float = 1e-5
     warmup_epochs: int = 3
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
-    augment: float = 1.0  # strength of the random affine (0: none)
+    augment: float = 0.6  # strength of the random affine (0: none)
     resample: str = "bilinear"
     mean: float = 0.5
     std: float = 0.5

@@ -80,15 +80,16 @@ PRESETS: dict[str, SwinConfig] = {
         window_size=4,
         drop_path=0.0,
     ),
-    # The shipped digits model: 32×32 grey input → 16×16 tokens, 4×4 windows, stages at 16², 8², 4².
+    # The shipped digits model: 16×16 grey input (twice the digits' 8×8) → 8×8 tokens in 4×4 windows
+    # (W-MSA, SW-MSA), then 4×4 tokens after merging (one window: no shift, as in the paper's last stage).
     "digits": SwinConfig(
-        image_size=32,
+        image_size=16,
         patch_size=2,
         in_channels=1,
         num_classes=10,
-        embed_dim=32,
-        depths=(2, 2, 2),
-        num_heads=(2, 4, 8),
+        embed_dim=48,
+        depths=(2, 4),
+        num_heads=(3, 6),
         window_size=4,
         mlp_ratio=2.0,
         drop_path=0.1,
