@@ -1,0 +1,243 @@
+"""Image classification latency: PyTorch eager, in-process ONNX Runtime and the server, on the
+paper-sized ViT-B/16 and Swin-T (random weights), plus ONNX Runtime latency against resolution.
+
+Per model and batch size (1 and 8), ms per image (median):
+- torch eager: ``inference_mode``, same thread count, after a warm-up, on the preprocessed tensor;
+- ORT in-process: the server's own decode + preprocess + ONNX Runtime session, in this process;
+- server: ``Client.classify_batch`` with the same PNG bytes, against a real server process.
+
+    python benchmarks/image_latency.py [--repeats 10] [--resolutions 112,224,448]
+
+Exports are cached under ``benchmarks/.cache``. Prints JSON and writes
+``benchmarks/results/image_latency.{json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attnserve_client import Client
+from attnserve_export import swin, vit
+from attnserve_export.image_data import ImageSpec
+from attnserve_export.image_export import export_classifier
+from attnserve_server.runtime import available_cpus
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / "benchmarks" / ".cache" / "images"
+RESULTS = REPO / "benchmarks" / "results"
+FAMILIES = {"vit-b16": (vit.ViT, vit.PRESETS["vit-b16"]), "swin-t": (swin.Swin, swin.PRESETS["swin-t"])}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def build(family: str, resolution: int) -> tuple[torch.nn.Module, ImageSpec]:
+    cls, config = FAMILIES[family]
+    config = dataclasses.replace(config, image_size=resolution)
+    torch.manual_seed(0)
+    spec = ImageSpec(
+        channels=3,
+        height=resolution,
+        width=resolution,
+        resample="bicubic",
+        resize_policy="resize",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+    return cls(config).eval(), spec
+
+
+def entry(family: str, resolution: int) -> tuple[torch.nn.Module, ImageSpec, Path]:
+    """The model, its spec and a repository entry ``CACHE/<family>-<res>/<family>/1`` (exported once)."""
+    model, spec = build(family, resolution)
+    # One repository per entry, so that a server started on it loads only this model.
+    version_dir = CACHE / f"{family}-{resolution}" / family / "1"
+    if not (version_dir / "metadata.json").exists():
+        images = np.random.default_rng(0).standard_normal((2, 3, resolution, resolution)).astype(np.float32)
+        labels = [f"class_{i}" for i in range(1000)]
+        export_classifier(model, spec, labels, images, version_dir, description=f"random {family}")
+    return model, spec, version_dir
+
+
+def ms_per_image(fn: Callable[[], object], batch: int, repeats: int) -> float:
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3 / batch)
+    return statistics.median(samples)
+
+
+def png_images(batch: int, resolution: int) -> list[bytes]:
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(batch):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def start_server(repository: Path, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "attnserve_server",
+            "--model-repository",
+            str(repository),
+            "--port",
+            str(port),
+            "--intra-op-threads",
+            str(threads),
+            "--log-level",
+            "WARNING",
+        ],
+    )
+    address = f"127.0.0.1:{port}"
+    with Client(address, timeout=2.0, retries=0) as client:
+        deadline = time.monotonic() + 300
+        while not client.health():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise SystemExit("server did not start")
+            time.sleep(0.5)
+    return process, address
+
+
+def measure_row(
+    family: str, *, model: torch.nn.Module, classifier: Any, client: Client, batch: int, repeats: int
+) -> dict[str, Any]:
+    """ms per image for the three setups at one batch size, on the same PNG bytes."""
+    images = png_images(batch, 224)
+    tensor = torch.from_numpy(classifier.prepare(images, 10**9))
+    with torch.inference_mode():
+        eager = ms_per_image(lambda: model(tensor), batch, repeats)
+    in_process = ms_per_image(lambda: classifier.forward(classifier.prepare(images, 10**9)), batch, repeats)
+    served = ms_per_image(lambda: client.classify_batch(images, model=family, top_k=5), batch, repeats)
+    return {
+        "model": family,
+        "batch": batch,
+        "torch_eager_ms": round(eager, 2),
+        "ort_in_process_ms": round(in_process, 2),
+        "server_ms": round(served, 2),
+        "ort_speedup_vs_torch": round(eager / in_process, 2),
+        "server_over_in_process": round(served / in_process, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=available_cpus())
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--resolutions", default="112,224,448")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from attnserve_server.repository import ModelRepository  # the server's own loading path
+
+    rows: list[dict[str, Any]] = []
+    for family in FAMILIES:
+        model, _, version_dir = entry(family, 224)
+        repo_dir = version_dir.parent.parent
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor = ThreadPoolExecutor(2)
+        repository = ModelRepository(repo_dir, default_max_new_tokens_limit=1, intra_op_threads=args.threads)
+        loaded = repository.load_model(version_dir.parent, executor)
+        classifier = loaded.version("").image_classifier
+        process, address = start_server(repo_dir, args.threads)
+        try:
+            with Client(address, timeout=300) as client:
+                for batch in (1, 8):
+                    row = measure_row(
+                        family, model=model, classifier=classifier, client=client, batch=batch, repeats=args.repeats
+                    )
+                    rows.append(row)
+                    print(rows[-1], file=sys.stderr)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+
+    sweep: list[dict[str, Any]] = []
+    for family in FAMILIES:
+        for resolution in (int(r) for r in args.resolutions.split(",")):
+            _, _, version_dir = entry(family, resolution)
+            import onnxruntime as ort
+
+            from attnserve_server.runtime import session_options
+
+            session = ort.InferenceSession(
+                str(version_dir / "model.onnx"), session_options(args.threads), providers=["CPUExecutionProvider"]
+            )
+            x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution)).astype(np.float32)
+            name = session.get_inputs()[0].name
+            ms = ms_per_image(lambda: session.run(None, {name: x}), 1, max(3, args.repeats // 2))  # noqa: B023
+            sweep.append({"model": family, "resolution": resolution, "ort_ms": round(ms, 2)})
+            print(sweep[-1], file=sys.stderr)
+
+    report = {
+        "benchmark": "image_latency",
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "rows": rows,
+        "resolution_sweep": sweep,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "image_latency.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(rows, sweep, RESULTS / "image_latency.png")
+    print(json.dumps(report, indent=2))
+
+
+def plot(rows: list[dict[str, Any]], sweep: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [f"{r['model']}\nbatch {r['batch']}" for r in rows]
+    x = np.arange(len(rows))
+    for offset, key, label in (
+        (-0.27, "torch_eager_ms", "PyTorch eager"),
+        (0.0, "ort_in_process_ms", "ORT in-process"),
+        (0.27, "server_ms", "attnserve server"),
+    ):
+        left.bar(x + offset, [r[key] for r in rows], width=0.27, label=label)
+    left.set_xticks(x, labels)
+    left.set_ylabel("ms per image (median)")
+    left.legend()
+    left.grid(True, axis="y", alpha=0.3)
+    for family in FAMILIES:
+        points = [s for s in sweep if s["model"] == family]
+        right.plot([s["resolution"] ** 2 for s in points], [s["ort_ms"] for s in points], marker="o", label=family)
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("input area (pixels)")
+    right.set_ylabel("ORT ms per image, batch 1")
+    right.legend()
+    right.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
