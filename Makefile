@@ -52,6 +52,8 @@ proto-check: install-test
 ## bench: run the benchmarks (JSON on stdout, PNG plots in benchmarks/results)
 bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/text_decode_latency.py
+	$(TEST_VENV)/bin/python benchmarks/server_ttft.py
+	$(TEST_VENV)/bin/python benchmarks/image_latency.py
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) .pytest_cache .mypy_cache .ruff_cache
