@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from attnserve_client import Client
 from attnserve_export import swin, vit
 from attnserve_export.image_data import ImageSpec
 from attnserve_export.image_export import export_classifier
-from attnserve_server.runtime import available_cpus
+from attnserve_server.repository import ModelRepository  # the server's own loading path
+from attnserve_server.runtime import RuntimeSession, available_cpus
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "benchmarks" / ".cache" / "images"
@@ -152,15 +154,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from attnserve_server.repository import ModelRepository  # the server's own loading path
-
+    executor = ThreadPoolExecutor(2)
     rows: list[dict[str, Any]] = []
     for family in FAMILIES:
         model, _, version_dir = entry(family, 224)
         repo_dir = version_dir.parent.parent
-        from concurrent.futures import ThreadPoolExecutor
-
-        executor = ThreadPoolExecutor(2)
         repository = ModelRepository(repo_dir, default_max_new_tokens_limit=1, intra_op_threads=args.threads)
         loaded = repository.load_model(version_dir.parent, executor)
         classifier = loaded.version("").image_classifier
@@ -181,16 +179,10 @@ def main() -> None:
     for family in FAMILIES:
         for resolution in (int(r) for r in args.resolutions.split(",")):
             _, _, version_dir = entry(family, resolution)
-            import onnxruntime as ort
-
-            from attnserve_server.runtime import session_options
-
-            session = ort.InferenceSession(
-                str(version_dir / "model.onnx"), session_options(args.threads), providers=["CPUExecutionProvider"]
-            )
+            session = RuntimeSession(version_dir / "model.onnx", intra_op_threads=args.threads)
             x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution)).astype(np.float32)
-            name = session.get_inputs()[0].name
-            ms = ms_per_image(lambda: session.run(None, {name: x}), 1, max(3, args.repeats // 2))  # noqa: B023
+            feed = {session.input_names[0]: x}
+            ms = ms_per_image(lambda: session.run(session.output_names, feed), 1, max(3, args.repeats // 2))  # noqa: B023
             sweep.append({"model": family, "resolution": resolution, "ort_ms": round(ms, 2)})
             print(sweep[-1], file=sys.stderr)
 
