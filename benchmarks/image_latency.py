@@ -1,12 +1,14 @@
 """Image classification latency: PyTorch eager, in-process ONNX Runtime and the server, on the
 paper-sized ViT-B/16 and Swin-T (random weights), plus ONNX Runtime latency against resolution.
 
-Per model and batch size (1 and 8), ms per image (median):
+Per model and batch size (1 and 8), ms per image (median), the setups interleaved round by round:
 - torch eager: ``inference_mode``, same thread count, after a warm-up, on the preprocessed tensor;
-- ORT in-process: the server's own decode + preprocess + ONNX Runtime session, in this process;
+- ORT in-process: the server's own decode + preprocess + ONNX Runtime session, in this process,
+  with the server's default settings, and again with ORT's worker threads spinning;
 - server: ``Client.classify_batch`` with the same PNG bytes, against a real server process.
+Ratios are medians of the per-round ratios.
 
-    python benchmarks/image_latency.py [--repeats 10] [--resolutions 112,224,448]
+    python benchmarks/image_latency.py [--repeats 20] [--resolutions 112,224,448]
 
 Exports are cached under ``benchmarks/.cache``. Prints JSON and writes
 ``benchmarks/results/image_latency.{json,png}``.
@@ -38,7 +40,7 @@ from attnserve_export import swin, vit
 from attnserve_export.image_data import ImageSpec
 from attnserve_export.image_export import export_classifier
 from attnserve_server.repository import ModelRepository  # the server's own loading path
-from attnserve_server.runtime import RuntimeSession, available_cpus
+from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "benchmarks" / ".cache" / "images"
@@ -85,6 +87,25 @@ def ms_per_image(fn: Callable[[], object], batch: int, repeats: int) -> float:
     return statistics.median(samples)
 
 
+def interleaved_ms(setups: dict[str, Callable[[], object]], batch: int, repeats: int) -> dict[str, list[float]]:
+    """ms per image of every setup, one call of each per round, so that the machine's drift (this
+    box is shared and noisy) hits all setups alike instead of whichever happened to run last."""
+    for fn in setups.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(repeats):
+        for name, fn in setups.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3 / batch)
+    return samples
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median of the per-round ratios: robust to a slow round that hit both setups."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
+
+
 def png_images(batch: int, resolution: int) -> list[bytes]:
     rng = np.random.default_rng(1)
     out = []
@@ -126,30 +147,52 @@ def start_server(repository: Path, threads: int) -> tuple[subprocess.Popen[bytes
 
 
 def measure_row(
-    family: str, *, model: torch.nn.Module, classifier: Any, client: Client, batch: int, repeats: int
+    family: str,
+    *,
+    model: torch.nn.Module,
+    classifier: Any,
+    spinning: RuntimeSession,
+    client: Client,
+    batch: int,
+    repeats: int,
 ) -> dict[str, Any]:
-    """ms per image for the three setups at one batch size, on the same PNG bytes."""
+    """ms per image for every setup at one batch size, on the same PNG bytes, interleaved."""
     images = png_images(batch, 224)
     tensor = torch.from_numpy(classifier.prepare(images, 10**9))
-    with torch.inference_mode():
-        eager = ms_per_image(lambda: model(tensor), batch, repeats)
-    in_process = ms_per_image(lambda: classifier.forward(classifier.prepare(images, 10**9)), batch, repeats)
-    served = ms_per_image(lambda: client.classify_batch(images, model=family, top_k=5), batch, repeats)
-    return {
-        "model": family,
-        "batch": batch,
-        "torch_eager_ms": round(eager, 2),
-        "ort_in_process_ms": round(in_process, 2),
-        "server_ms": round(served, 2),
-        "ort_speedup_vs_torch": round(eager / in_process, 2),
-        "server_over_in_process": round(served / in_process, 3),
-    }
+    feed_name, output_name = spinning.input_names[0], spinning.output_names[0]
+
+    def eager() -> None:
+        with torch.inference_mode():
+            model(tensor)
+
+    samples = interleaved_ms(
+        {
+            "torch_eager": eager,
+            # The server's own decode + preprocess + session, as the server is configured by default.
+            "ort_in_process": lambda: classifier.forward(classifier.prepare(images, 10**9)),
+            # The same with ORT's worker threads spinning between calls (--allow-spinning).
+            "ort_in_process_spinning": lambda: spinning.run(
+                [output_name], {feed_name: classifier.prepare(images, 10**9)}
+            ),
+            "server": lambda: client.classify_batch(images, model=family, top_k=5),
+        },
+        batch,
+        repeats,
+    )
+    row: dict[str, Any] = {"model": family, "batch": batch}
+    row.update({f"{name}_ms": round(statistics.median(values), 2) for name, values in samples.items()})
+    row["ort_speedup_vs_torch"] = round(median_ratio(samples["torch_eager"], samples["ort_in_process"]), 3)
+    row["ort_spinning_speedup_vs_torch"] = round(
+        median_ratio(samples["torch_eager"], samples["ort_in_process_spinning"]), 3
+    )
+    row["server_over_in_process"] = round(median_ratio(samples["server"], samples["ort_in_process"]), 3)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=available_cpus())
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--resolutions", default="112,224,448")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -162,12 +205,21 @@ def main() -> None:
         repository = ModelRepository(repo_dir, default_max_new_tokens_limit=1, intra_op_threads=args.threads)
         loaded = repository.load_model(version_dir.parent, executor)
         classifier = loaded.version("").image_classifier
+        spinning = RuntimeSession(
+            version_dir / "model.onnx", RuntimeOptions(intra_op_threads=args.threads, allow_spinning=True)
+        )
         process, address = start_server(repo_dir, args.threads)
         try:
             with Client(address, timeout=300) as client:
                 for batch in (1, 8):
                     row = measure_row(
-                        family, model=model, classifier=classifier, client=client, batch=batch, repeats=args.repeats
+                        family,
+                        model=model,
+                        classifier=classifier,
+                        spinning=spinning,
+                        client=client,
+                        batch=batch,
+                        repeats=args.repeats,
                     )
                     rows.append(row)
                     print(rows[-1], file=sys.stderr)
@@ -179,7 +231,7 @@ def main() -> None:
     for family in FAMILIES:
         for resolution in (int(r) for r in args.resolutions.split(",")):
             _, _, version_dir = entry(family, resolution)
-            session = RuntimeSession(version_dir / "model.onnx", intra_op_threads=args.threads)
+            session = RuntimeSession(version_dir / "model.onnx", RuntimeOptions(intra_op_threads=args.threads))
             x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution)).astype(np.float32)
             feed = {session.input_names[0]: x}
             ms = ms_per_image(lambda: session.run(session.output_names, feed), 1, max(3, args.repeats // 2))  # noqa: B023
@@ -209,11 +261,12 @@ def plot(rows: list[dict[str, Any]], sweep: list[dict[str, Any]], path: Path) ->
     labels = [f"{r['model']}\nbatch {r['batch']}" for r in rows]
     x = np.arange(len(rows))
     for offset, key, label in (
-        (-0.27, "torch_eager_ms", "PyTorch eager"),
-        (0.0, "ort_in_process_ms", "ORT in-process"),
-        (0.27, "server_ms", "attnserve server"),
+        (-0.3, "torch_eager_ms", "PyTorch eager"),
+        (-0.1, "ort_in_process_ms", "ORT in-process"),
+        (0.1, "ort_in_process_spinning_ms", "ORT in-process, spinning"),
+        (0.3, "server_ms", "attnserve server"),
     ):
-        left.bar(x + offset, [r[key] for r in rows], width=0.27, label=label)
+        left.bar(x + offset, [r[key] for r in rows], width=0.2, label=label)
     left.set_xticks(x, labels)
     left.set_ylabel("ms per image (median)")
     left.legend()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from attnserve_client import Client
-from attnserve_server.runtime import RuntimeSession, available_cpus
+from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus
 from attnserve_server.text.tokenizer import TextTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +94,7 @@ def main() -> None:
     tg = metadata["text_generation"]
     tokenizer = TextTokenizer.from_file(version_dir / tg["tokenizer_file"])
     prompt_ids = tokenizer.encode(PROMPT)
-    session = RuntimeSession(version_dir / metadata["model_file"], intra_op_threads=args.threads)
+    session = RuntimeSession(version_dir / metadata["model_file"], RuntimeOptions(intra_op_threads=args.threads))
     past_names = [
         tg[f"past_{kind}_template"].format(layer=i) for i in range(tg["num_layers"]) for kind in ("key", "value")
     ]

@@ -32,7 +32,7 @@ from onnx import numpy_helper
 from attnserve_export.gpt import GPT, PRESETS, GPTConfig
 from attnserve_export.onnx_export import export_gpt
 from attnserve_export.tokenizer import train_bpe_tokenizer
-from attnserve_server.runtime import RuntimeSession, available_cpus
+from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -111,7 +111,7 @@ def decode_flops(config: GPTConfig, position: int) -> float:
 def bench_model(name: str, version_dir: Path, threads: int, repeats: int) -> dict[str, Any]:
     metadata = json.loads((version_dir / "metadata.json").read_text())
     tg = metadata["text_generation"]
-    session = RuntimeSession(version_dir / metadata["model_file"], intra_op_threads=threads)
+    session = RuntimeSession(version_dir / metadata["model_file"], RuntimeOptions(intra_op_threads=threads))
     model = torch_model_from_onnx(version_dir)
     config = model.config
     layers = config.num_layers

@@ -36,7 +36,7 @@ from attnserve_server.errors import (
     RepositoryError,
     UnavailableError,
 )
-from attnserve_server.runtime import RuntimeSession, Shape
+from attnserve_server.runtime import RuntimeOptions, RuntimeSession, Shape
 from attnserve_server.text.generator import TextGenerator, TextModelSpec
 from attnserve_server.text.params import GenerationDefaults
 from attnserve_server.text.tokenizer import TextTokenizer
@@ -347,7 +347,7 @@ def _check_graph(name: str, spec: TextModelSpec, session: RuntimeSession) -> Non
 
 def _session(name: str, model_path: Path, intra_op_threads: int) -> RuntimeSession:
     try:
-        return RuntimeSession(model_path, intra_op_threads=intra_op_threads)
+        return RuntimeSession(model_path, RuntimeOptions(intra_op_threads=intra_op_threads))
     except RuntimeError as exc:
         raise ModelLoadError(name, str(exc)) from None
 

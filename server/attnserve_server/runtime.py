@@ -6,7 +6,9 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -58,19 +60,37 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
-    """Options for every session: bounded threads, full graph optimisation, no busy-waiting.
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+GRAPH_OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
-    Spinning threads make ORT look fast in a benchmark and burn whole cores while idle; on a shared
-    server the latency win is not worth it.
-    """
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How every ONNX Runtime session of the server is configured (server settings fill it in)."""
+
+    # 0: derive from the CPU affinity and the cgroup quota, so a 2-CPU pod doesn't start one thread per host core.
+    intra_op_threads: int = 0
+    graph_optimization: GraphOptimization = "all"
+    # Spinning workers shave a little latency off each call and burn whole cores while idle; on a shared
+    # server (and in a CPU-limited container, where spinning eats the quota) that is a bad trade by default.
+    allow_spinning: bool = False
+
+
+def session_options(options: RuntimeOptions = RuntimeOptions()) -> ort.SessionOptions:
+    """ORT options for one session: bounded threads, the configured graph optimisation and spinning."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = intra_op_threads or available_cpus()
+    opts.intra_op_num_threads = options.intra_op_threads or available_cpus()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization]
+    spinning = "1" if options.allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     opts.log_severity_level = 3  # errors only; ORT warnings about unused initialisers are noise
     return opts
 
@@ -78,11 +98,12 @@ def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
 class RuntimeSession:
     """A loaded ONNX model. ``run`` is thread-safe and releases the GIL, so call it from a thread pool."""
 
-    def __init__(self, model_path: Path, *, intra_op_threads: int = 0) -> None:
+    def __init__(self, model_path: Path, options: RuntimeOptions = RuntimeOptions()) -> None:
         self.path = model_path
+        self.options = options
         try:
             self._session = ort.InferenceSession(
-                str(model_path), sess_options=session_options(intra_op_threads), providers=list(PROVIDERS)
+                str(model_path), sess_options=session_options(options), providers=list(PROVIDERS)
             )
         except Exception as exc:  # ORT raises its own exception types for unreadable or invalid models
             raise RuntimeError(f"ONNX Runtime cannot load {model_path.name}: {exc}") from exc

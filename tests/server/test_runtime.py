@@ -5,19 +5,19 @@ from pathlib import Path
 
 import numpy as np
 
-from attnserve_server.runtime import RuntimeSession, available_cpus, cgroup_cpu_limit, session_options
+from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus, cgroup_cpu_limit, session_options
 
 
 def test_thread_count_defaults_to_available_cpus() -> None:
     assert available_cpus() >= 1
-    assert session_options(0).intra_op_num_threads == available_cpus()
-    assert session_options(3).intra_op_num_threads == 3
+    assert session_options(RuntimeOptions()).intra_op_num_threads == available_cpus()
+    assert session_options(RuntimeOptions(intra_op_threads=3)).intra_op_num_threads == 3
 
 
 def test_session_runs_the_exported_model(tiny_repository: Path) -> None:
     version_dir = tiny_repository / "tiny-gpt" / "1"
     text = json.loads((version_dir / "metadata.json").read_text())["text_generation"]
-    session = RuntimeSession(version_dir / "model.onnx", intra_op_threads=1)
+    session = RuntimeSession(version_dir / "model.onnx", RuntimeOptions(intra_op_threads=1))
     assert "input_ids" in session.input_names
     assert "logits" in session.output_names
     feed: dict[str, np.ndarray] = {
