@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import io
 import json
+import os
 import signal
 import socket
 import statistics
@@ -198,6 +199,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     executor = ThreadPoolExecutor(2)
+    # Other work on the box skews the comparison (PyTorch's OpenMP threads suffer more from
+    # preemption than ORT's), so the report says how loaded the machine was.
+    load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
     for family in FAMILIES:
         model, _, version_dir = entry(family, 224)
@@ -242,6 +246,7 @@ def main() -> None:
         "benchmark": "image_latency",
         "threads": args.threads,
         "repeats": args.repeats,
+        "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "rows": rows,
         "resolution_sweep": sweep,
     }
