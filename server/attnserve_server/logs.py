@@ -18,6 +18,9 @@ LogFormat = Literal["text", "json"]
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnserve_request_id", default=None)
 request_model: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnserve_request_model", default=None)
 
+# Fields a record may carry through ``extra=`` (the interceptor's access log line) that JSON logs keep.
+EXTRA_FIELDS = ("method", "code", "duration_ms")
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
 
 
@@ -36,7 +39,8 @@ class RequestContextFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, request_id, model, exception."""
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, and where known request_id,
+    model, method, code, duration_ms and exception."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -47,9 +51,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("request_id", "model"):
+        for key in ("request_id", "model", *EXTRA_FIELDS):
             value = getattr(record, key, None)
-            if value:
+            if value is not None and value != "":
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -140,7 +140,9 @@ class RequestInterceptor(_ServerInterceptor):
             finally:
                 seconds = time.perf_counter() - started
                 self._metrics.rpc_finished(model, method, code, seconds)
-                logger.info("%s %s in %.1f ms", method, code, seconds * 1000)
+                ms = round(seconds * 1000, 3)
+                extra = {"method": method, "code": code, "duration_ms": ms}
+                logger.info("%s %s in %.1f ms", method, code, ms, extra=extra)
 
 
 @contextlib.contextmanager
