@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from attnserve_client import Client, InvalidArgumentError, ModelNotFoundError
+from attnserve_client.pb import text_generation_pb2, text_generation_pb2_grpc
 
 TEXT = "tiny-gpt"
 IMAGE = "tiny-digits"
@@ -168,3 +170,33 @@ def test_a_taken_metrics_port_stops_the_server(both_models: Path, server_launche
     assert second.process.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in second.stderr()
 
+
+
+def test_a_cancelled_stream_is_in_flight_then_counted_as_cancelled(
+    long_repository: Path, server_launcher: Callable[..., Any]
+) -> None:
+    """long-gpt takes seconds for 1000 tokens, so the stream is surely still running after its first chunk."""
+    server = server_launcher(long_repository)
+    url = metrics_url(server.stderr())
+    labels = {"model": "long-gpt", "method": "GenerateStream"}
+    with grpc.insecure_channel(server.address) as channel:
+        stub = text_generation_pb2_grpc.TextGenerationServiceStub(channel)
+        request = text_generation_pb2.GenerateRequest(
+            model="long-gpt",
+            prompt="The café",
+            parameters=text_generation_pb2.GenerationParameters(max_new_tokens=1000, temperature=0.0),
+        )
+        responses = stub.GenerateStream(request, timeout=60)
+        next(responses)
+        assert value(scrape(url), "attnserve_requests_in_flight", **labels) == 1
+        responses.cancel()
+    deadline = time.monotonic() + 10
+    while True:
+        s = scrape(url)
+        if value(s, "attnserve_requests_total", code="CANCELLED", **labels) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert value(s, "attnserve_requests_total", code="CANCELLED", **labels) == 1
+    assert value(s, "attnserve_requests_in_flight", **labels) == 0
+    assert value(s, "attnserve_requests_total", code="OK", **labels) == 0
+    assert 1 <= value(s, "attnserve_generation_tokens_total", model="long-gpt") < 1000
