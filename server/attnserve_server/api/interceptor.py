@@ -19,7 +19,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -44,7 +44,7 @@ else:
 Track = Callable[[Any, Context], contextlib.AbstractContextManager[None]]
 
 
-def request_id_from(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+def request_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """The client's ``x-request-id`` if it is 1-128 printable characters, else a new random id."""
     for key, value in metadata or ():
         usable = isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_CHARS and value.isprintable()
@@ -90,6 +90,8 @@ class RequestInterceptor(_ServerInterceptor):
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
+        # Wrapped once per method, not per call: building handlers costs more than the RPC's own bookkeeping.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -99,27 +101,28 @@ class RequestInterceptor(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED
             return handler
-        rid = request_id_from(handler_call_details.invocation_metadata)
         full_method = handler_call_details.method
+        cached = self._wrapped.get(full_method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         track: Track
         if full_method.startswith(INSTRUMENTED_PREFIX):
             method = full_method.rsplit("/", 1)[-1]
 
             def track(request: Any, context: Context) -> contextlib.AbstractContextManager[None]:
-                return self._track(method, rid, request, context)
+                return self._track(method, request, context)
 
         else:
-
-            def track(request: Any, context: Context) -> contextlib.AbstractContextManager[None]:
-                return _tag(rid, context)
-
-        return _wrap_handler(handler, track)
+            track = _tag
+        wrapped = _wrap_handler(handler, track)
+        self._wrapped[full_method] = (handler, wrapped)
+        return wrapped
 
     @contextlib.contextmanager
-    def _track(self, method: str, rid: str, request: Any, context: Context) -> Iterator[None]:
+    def _track(self, method: str, request: Any, context: Context) -> Iterator[None]:
         started = time.perf_counter()
         model = self._metrics.model_label(requested_model(request))
-        with _tag(rid, context):
+        with _tag(request, context):
             logs.request_model.set(model or None)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("%s request: %s", method, describe(request))
@@ -146,7 +149,9 @@ class RequestInterceptor(_ServerInterceptor):
 
 
 @contextlib.contextmanager
-def _tag(rid: str, context: Context) -> Iterator[None]:
+def _tag(request: Any, context: Context) -> Iterator[None]:
+    """Give the RPC its request id: in its trailing metadata and on its log records."""
+    rid = request_id_from(context.invocation_metadata())
     # Each RPC runs in its own task, with its own copy of the context: setting the variables
     # (never resetting them) scopes them to this RPC.
     logs.request_id.set(rid)
