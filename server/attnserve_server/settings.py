@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -30,7 +30,7 @@ ENV_PREFIX = "ATTNSERVE_"
 
 
 class SettingsError(ValueError):
-    """The config file is missing or is not a YAML mapping."""
+    """The config file cannot be read, is not YAML, or is not a mapping of setting names to values."""
 
 
 class ServerSettings(BaseSettings):
@@ -110,6 +110,12 @@ class ServerSettings(BaseSettings):
         le=65535,
         description="Port of the Prometheus /metrics endpoint, bound on --host (0 picks a free one).",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: Any) -> Any:
+        # "debug" in a config file or ATTNSERVE_LOG_LEVEL means DEBUG, as it does for the flag.
+        return value.upper() if isinstance(value, str) else value
 
     @classmethod
     def settings_customise_sources(

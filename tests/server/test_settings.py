@@ -112,6 +112,14 @@ def test_config_file_then_environment_then_flags(clean_env: pytest.MonkeyPatch, 
     assert flags.log_format == "json"  # file > default
 
 
+def test_log_level_is_case_insensitive_everywhere(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "server.yaml").write_text("log_level: warning\n")
+    assert load_settings(["--config", str(tmp_path / "server.yaml")]).log_level == "WARNING"
+    clean_env.setenv("ATTNSERVE_LOG_LEVEL", "debug")
+    assert load_settings([]).log_level == "DEBUG"
+    assert load_settings(["--log-level", "error"]).log_level == "ERROR"
+
+
 def test_the_config_file_can_come_from_the_environment(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("port: 7001\n")
     (tmp_path / "b.yaml").write_text("port: 7002\n")
