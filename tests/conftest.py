@@ -126,6 +126,9 @@ def launch_server(
         "127.0.0.1",
         "--port",
         str(port),
+        # Many servers run at once: each takes a free metrics port (a later --metrics-port wins).
+        "--metrics-port",
+        "0",
         *extra_args,
     ]
     stderr_fd, stderr_name = tempfile.mkstemp(prefix="attnserve-server-", suffix=".log")

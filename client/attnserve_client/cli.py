@@ -34,7 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
     except AttnserveError as error:
-        _fail(f"{error.details} ({error.code.name})")
+        # The request id finds the call in the server's log.
+        rid = f" [request id {error.request_id}]" if error.request_id else ""
+        _fail(f"{error.details} ({error.code.name}){rid}")
         return 1
     except ValueError as error:  # a bad --timeout or the like, from the client's constructor
         _fail(str(error))

@@ -6,9 +6,15 @@ cause (``except ModelNotFoundError``), or the base class to handle them all.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
+REQUEST_ID_KEY = "x-request-id"
+"""The metadata key of the id the server gives every call (returned in its trailing metadata)."""
+
 __all__ = [
+    "REQUEST_ID_KEY",
     "AttnserveError",
     "DeadlineExceededError",
     "InvalidArgumentError",
@@ -28,18 +34,22 @@ class AttnserveError(Exception):
         code: the gRPC status code. Errors that the client raises itself, before anything is
             sent, carry the code that the server would have answered with.
         details: the human-readable message (the server's status details, or the client's).
+        request_id: the id the server logged the call under (from its ``x-request-id`` trailing
+            metadata); None for errors raised before anything reached the server.
     """
 
     default_code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     """The code of an error of this class that the client raises itself."""
 
-    def __init__(self, details: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(self, details: str, code: grpc.StatusCode | None = None, *, request_id: str | None = None) -> None:
         super().__init__(details)
         self.details = details
         self.code = code if code is not None else self.default_code
+        self.request_id = request_id
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.details!r}, code={self.code.name})"
+        rid = f", request_id={self.request_id!r}" if self.request_id else ""
+        return f"{type(self).__name__}({self.details!r}, code={self.code.name}{rid})"
 
 
 class InvalidArgumentError(AttnserveError, ValueError):
@@ -110,4 +120,15 @@ def from_rpc_error(error: grpc.RpcError) -> AttnserveError:
         details = error.details() or code.name
     except AttributeError:  # a bare RpcError that is not a call: it has no status
         code, details = grpc.StatusCode.UNKNOWN, str(error) or "unknown gRPC error"
-    return _BY_CODE.get(code, ServerError)(details, code)
+    return _BY_CODE.get(code, ServerError)(details, code, request_id=_request_id(error))
+
+
+def _request_id(error: grpc.RpcError) -> str | None:
+    try:
+        metadata: Any = error.trailing_metadata() or ()
+    except AttributeError:
+        return None
+    for key, value in metadata:  # (key, value) pairs, from sync and aio calls alike
+        if key == REQUEST_ID_KEY:
+            return value if isinstance(value, str) else bytes(value).decode(errors="replace")
+    return None

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from attnserve_server.logs import configure_logging
 from attnserve_server.server import StartupError, serve
-from attnserve_server.settings import configure_logging, load_settings
+from attnserve_server.settings import SettingsError, load_settings
 
 logger = logging.getLogger("attnserve_server")
 
@@ -22,7 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         sys.stderr.write(f"attnserve-server: invalid settings:\n{exc}\n")
         return 2
-    configure_logging(settings.log_level)
+    except SettingsError as exc:
+        sys.stderr.write(f"attnserve-server: {exc}\n")
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:

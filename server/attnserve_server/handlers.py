@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.metrics import GenerationTimer, ServerMetrics
 from attnserve_server.repository import Model, ModelRepository
 from attnserve_server.text.params import (
     FinishReason,
@@ -64,15 +65,19 @@ class GenerationResult:
 class TextGenerationHandler:
     """Validates requests, admits them, runs them and keeps the model's counters."""
 
-    def __init__(self, repository: ModelRepository, limiter: ConcurrencyLimiter) -> None:
+    def __init__(
+        self, repository: ModelRepository, limiter: ConcurrencyLimiter, *, metrics: ServerMetrics | None = None
+    ) -> None:
         self._repository = repository
         self._limiter = limiter
+        self._metrics = metrics if metrics is not None else ServerMetrics()
 
     async def start(self, request: GenerationRequest) -> GenerationStream:
         """Validate everything and return the (not yet started) stream of chunks.
 
         Raises before any model work if the request is invalid.
         """
+        arrived = time.perf_counter()
         model = self._repository.get_text_model(request.model)
         version = model.version(request.model_version)
         if not request.prompt:
@@ -95,7 +100,10 @@ class TextGenerationHandler:
             max_new_tokens,
             params.seed,
         )
-        chunks = self._run(model, generator.generate(prompt_ids, params, max_new_tokens, deadline=request.deadline))
+        timer = self._metrics.generation(model.name, len(prompt_ids), arrived)
+        chunks = self._run(
+            model, generator.generate(prompt_ids, params, max_new_tokens, deadline=request.deadline), timer
+        )
         return GenerationStream(
             model=model.name,
             model_version=version.version,
@@ -104,10 +112,13 @@ class TextGenerationHandler:
             chunks=chunks,
         )
 
-    async def _run(self, model: Model, chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+    async def _run(
+        self, model: Model, chunks: AsyncIterator[GenerationChunk], timer: GenerationTimer
+    ) -> AsyncIterator[GenerationChunk]:
         try:
-            async with self._limiter.slot():
+            async with self._metrics.admitted(self._limiter.slot(), model.name):
                 async for chunk in chunks:
+                    timer.tokens(len(chunk.token_ids))
                     model.counters.tokens_generated += len(chunk.token_ids)
                     if chunk.finish_reason is not None:
                         logger.debug("finished %s: %s, %s", model.name, chunk.finish_reason.value, chunk.usage)
@@ -170,10 +181,18 @@ class ClassificationResult:
 class ImageClassificationHandler:
     """Validates classification requests, runs them under the server's concurrency limit, keeps counters."""
 
-    def __init__(self, repository: ModelRepository, limiter: ConcurrencyLimiter, *, max_image_pixels: int) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        limiter: ConcurrencyLimiter,
+        *,
+        max_image_pixels: int,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self._repository = repository
         self._limiter = limiter
         self._max_image_pixels = max_image_pixels
+        self._metrics = metrics if metrics is not None else ServerMetrics()
 
     async def classify(self, request: ClassificationRequest) -> ClassificationResult:
         """Check the request, then decode, preprocess and classify every image in one model call."""
@@ -194,7 +213,7 @@ class ImageClassificationHandler:
             raise InvalidArgumentError(f"top_k must be in [1, {classes}] (the model's number of classes), got {k}")
         model.counters.requests += 1
         try:
-            async with self._limiter.slot():
+            async with self._metrics.admitted(self._limiter.slot(), model.name):
                 predictions = await classifier.classify(request.images, k, max_pixels=self._max_image_pixels)
         except InvalidArgumentError:
             raise  # the client's images, not a failure of the model
@@ -204,6 +223,7 @@ class ImageClassificationHandler:
             model.counters.failures += 1
             raise
         model.counters.images += count
+        self._metrics.observe_batch(model.name, count)  # one ORT call per request today
         logger.debug("classified %d image(s) with %s/%s", count, model.name, version.version)
         return ClassificationResult(model=model.name, model_version=version.version, classifications=predictions)
 

@@ -48,13 +48,16 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
         return None
 
 
-def available_cpus() -> int:
-    """CPUs this process may really use: affinity mask, capped by the cgroup quota (containers)."""
+def available_cpus(cgroup_root: Path | None = None) -> int:
+    """CPUs this process may really use: affinity mask, capped by the cgroup quota (containers).
+
+    ``cgroup_root`` defaults to :data:`CGROUP_ROOT`, read at call time.
+    """
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    quota = cgroup_cpu_limit()
+    quota = cgroup_cpu_limit(CGROUP_ROOT if cgroup_root is None else cgroup_root)
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return max(1, cpus)

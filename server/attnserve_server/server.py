@@ -14,11 +14,13 @@ from grpc_reflection.v1alpha import reflection
 
 from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
 from attnserve_server.api.image_classification import ImageClassificationServicer
+from attnserve_server.api.interceptor import RequestInterceptor
 from attnserve_server.api.models import ModelServicer
 from attnserve_server.api.registration import add_servicer
 from attnserve_server.api.text_generation import TextGenerationServicer
 from attnserve_server.errors import ModelLoadError, RepositoryError
 from attnserve_server.handlers import ImageClassificationHandler, ModelHandler, TextGenerationHandler
+from attnserve_server.metrics import MetricsEndpoint, ServerMetrics
 from attnserve_server.repository import ModelRepository
 from attnserve_server.settings import ServerSettings
 from attnserve_server.text.scheduler import ConcurrencyLimiter
@@ -56,7 +58,7 @@ class StartupError(Exception):
 
 
 def build_server(
-    settings: ServerSettings, repository: ModelRepository, limiter: ConcurrencyLimiter
+    settings: ServerSettings, repository: ModelRepository, limiter: ConcurrencyLimiter, metrics: ServerMetrics
 ) -> tuple[grpc.aio.Server, AsyncHealth]:
     """The grpc.aio server with every service registered; health starts NOT_SERVING."""
     options = [
@@ -64,9 +66,12 @@ def build_server(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),  # two servers on one port would split traffic silently
     ]
-    server = grpc.aio.server(options=options)
-    add_servicer(server, TextGenerationServicer(TextGenerationHandler(repository, limiter)), TEXT_GENERATION_SERVICE)
-    classify = ImageClassificationHandler(repository, limiter, max_image_pixels=settings.max_image_pixels)
+    server = grpc.aio.server(options=options, interceptors=[RequestInterceptor(metrics)])
+    generate = TextGenerationHandler(repository, limiter, metrics=metrics)
+    add_servicer(server, TextGenerationServicer(generate), TEXT_GENERATION_SERVICE)
+    classify = ImageClassificationHandler(
+        repository, limiter, max_image_pixels=settings.max_image_pixels, metrics=metrics
+    )
     add_servicer(server, ImageClassificationServicer(classify), IMAGE_CLASSIFICATION_SERVICE)
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
     health_servicer: AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -75,8 +80,30 @@ def build_server(
     return server, health_servicer
 
 
+def start_metrics(settings: ServerSettings, metrics: ServerMetrics) -> MetricsEndpoint | None:
+    """Serve ``/metrics`` on the gRPC host and ``settings.metrics_port``, unless metrics are off."""
+    if not settings.metrics:
+        return None
+    try:
+        endpoint = metrics.serve_http(settings.host, settings.metrics_port)
+    except OSError as exc:
+        raise StartupError(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {exc}") from None
+    logger.info("metrics on http://%s:%d/metrics", settings.host, endpoint.port)
+    return endpoint
+
+
 async def serve(settings: ServerSettings) -> None:
     """Load the repository, serve until SIGTERM/SIGINT, then drain within the grace period."""
+    metrics = ServerMetrics()
+    endpoint = start_metrics(settings, metrics)
+    try:
+        await _serve(settings, metrics)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,7 +123,7 @@ async def serve(settings: ServerSettings) -> None:
         model_dirs = repository.discover()
     except RepositoryError as exc:
         raise StartupError(str(exc)) from None
-    server, health_servicer = build_server(settings, repository, limiter)
+    server, health_servicer = build_server(settings, repository, limiter, metrics)
     # The aio servicer starts out SERVING; nothing is loaded yet.
     await health_servicer.set(OVERALL, NOT_SERVING)
 
@@ -113,7 +140,9 @@ async def serve(settings: ServerSettings) -> None:
             if stop.is_set():  # SIGTERM while loading: don't make the operator wait for the rest
                 break
             await health_servicer.set(model_dir.name, NOT_SERVING)
-            await loop.run_in_executor(executor, repository.load_model, model_dir, executor)
+            model = await loop.run_in_executor(executor, repository.load_model, model_dir, executor)
+            for version in model.versions:
+                metrics.model_loaded(model.name, version, model.task)
             await health_servicer.set(model_dir.name, SERVING)
     except ModelLoadError as exc:
         await server.stop(None)

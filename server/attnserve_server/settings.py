@@ -1,24 +1,48 @@
-"""Server settings: environment variables (``ATTNSERVE_*``) overridden by command-line flags."""
+"""Server settings, from (lowest to highest precedence) defaults, a YAML config file, ``ATTNSERVE_*``
+environment variables and command-line flags.
+
+The config file is named by ``--config`` or ``ATTNSERVE_CONFIG``; its keys are the field names
+below (``model_repository: /models``). Unknown keys, in the file or as flags, are errors.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import yaml
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from attnserve_server.logs import LogFormat
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+ENV_PREFIX = "ATTNSERVE_"
+
+
+class SettingsError(ValueError):
+    """The config file cannot be read, is not YAML, or is not a mapping of setting names to values."""
 
 
 class ServerSettings(BaseSettings):
     """Everything the server can be configured with. Each field is also a CLI flag."""
 
-    model_config = SettingsConfigDict(env_prefix="ATTNSERVE_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
+    config: Path | None = Field(
+        default=None,
+        description="YAML file of settings (keys are the setting names, e.g. model_repository). "
+        "Flags and ATTNSERVE_* variables override it.",
+    )
     model_repository: Path = Field(
         default=Path("models"),
         description="Directory holding the model repository (models/<name>/<version>/).",
@@ -73,41 +97,108 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="Requests that may wait for a free slot; beyond that requests fail with RESOURCE_EXHAUSTED.",
     )
-    log_level: LogLevel = Field(default="INFO", description="Logging level.")
+    log_level: LogLevel = Field(
+        default="INFO", description="Logging level. Prompts and request contents are logged only at DEBUG."
+    )
+    log_format: LogFormat = Field(
+        default="text", description="Log line format: text, or json (one object per line)."
+    )
+    metrics: bool = Field(default=True, description="Serve Prometheus metrics over HTTP at /metrics.")
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint, bound on --host (0 picks a free one).",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: Any) -> Any:
+        # "debug" in a config file or ATTNSERVE_LOG_LEVEL means DEBUG, as it does for the flag.
+        return value.upper() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (passed as init kwargs) > environment > config file > defaults."""
+        config = _config_path(init_settings, env_settings)
+        if config is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, _config_file_source(settings_cls, config)
+
+
+def _config_path(init_settings: PydanticBaseSettingsSource, env_settings: PydanticBaseSettingsSource) -> Path | None:
+    """The config file named by the ``config`` flag, else by ``ATTNSERVE_CONFIG``."""
+    flags = init_settings.init_kwargs if isinstance(init_settings, InitSettingsSource) else {}
+    value = flags.get("config") or env_settings().get("config")
+    return Path(value) if value else None
+
+
+def _config_file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of setting names to values")
+    if data and "config" in data:
+        raise SettingsError(f"config file {path} cannot name another config file (remove its 'config' key)")
+    return YamlConfigSettingsSource(settings_cls, yaml_file=path)
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _help(name: str, description: str | None, default: Any) -> str:
+    shown = "none" if default is None else default
+    # argparse %-formats help strings.
+    return f"{description} [env {ENV_PREFIX}{name.upper()}; default: {shown}]".replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """An argparse parser with one flag per settings field; unset flags leave the env/default value."""
+    """An argparse parser with one flag per settings field; unset flags leave the file/env/default value."""
     parser = argparse.ArgumentParser(
         prog="attnserve-server",
-        description="Serve a model repository of ONNX models over gRPC. "
-        "Every flag can also be set with an ATTNSERVE_<NAME> environment variable; flags win.",
+        description="Serve a model repository of ONNX models over gRPC. Every setting is a flag, an "
+        "ATTNSERVE_<NAME> environment variable and a key of the --config YAML file; "
+        "flags win over the environment, which wins over the config file, which wins over the defaults.",
     )
     for name, field in ServerSettings.model_fields.items():
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": field.description, "dest": name}
+        kwargs: dict[str, Any] = {
+            "default": argparse.SUPPRESS,  # an absent flag must not hide the environment or the file
+            "help": _help(name, field.description, field.default),
+            "dest": name,
+        }
+        annotation = field.annotation
         if name == "log_level":
-            kwargs["choices"] = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+            kwargs["choices"] = list(typing.get_args(LogLevel))
             kwargs["type"] = str.upper
-        elif field.annotation in (int, float, Path):
-            kwargs["type"] = field.annotation
+        elif typing.get_origin(annotation) is Literal:
+            kwargs["choices"] = list(typing.get_args(annotation))
+        elif annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif annotation in (int, float, Path):
+            kwargs["type"] = annotation
+        elif Path in typing.get_args(annotation):  # Path | None
+            kwargs["type"] = Path
         parser.add_argument(_flag(name), **kwargs)
     return parser
 
 
 def load_settings(argv: Sequence[str] | None = None) -> ServerSettings:
-    """Settings from the environment, with any flags in ``argv`` taking precedence."""
+    """Settings from the config file and the environment, with any flags in ``argv`` taking precedence.
+
+    Raises pydantic's ValidationError for a bad value and SettingsError for a bad config file.
+    """
     overrides = vars(build_parser().parse_args(argv))
-    # Passing flags as init kwargs gives them priority over ATTNSERVE_* variables.
+    # Passing flags as init kwargs gives them priority over the other sources.
     return ServerSettings(**overrides)
-
-
-def configure_logging(level: str) -> None:
-    """Plain single-line logs on stderr."""
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )

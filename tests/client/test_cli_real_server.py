@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -62,6 +63,7 @@ def test_an_error_is_one_line_without_a_traceback(server_address: str) -> None:
     assert result.stdout == b""
     err = result.stderr.decode()
     assert err.startswith("attnserve: error: ") and "(NOT_FOUND)" in err
+    assert re.search(r"\[request id [0-9a-f]{32}\]$", err.strip()), err
     assert len(err.splitlines()) == 1
 
 

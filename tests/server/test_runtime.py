@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus, cgroup_cpu_limit, session_options
 
@@ -50,3 +54,60 @@ def test_cgroup_v1_quota(tmp_path: Path) -> None:
 
 def test_no_cgroup(tmp_path: Path) -> None:
     assert cgroup_cpu_limit(tmp_path) is None
+
+
+# Fake cgroup trees: (files relative to the root, the CPUs their quota allows; None = no quota).
+CGROUPS = {
+    "v2-half-cpu": ({"cpu.max": "50000 100000\n"}, 1),
+    "v2-one-and-a-half": ({"cpu.max": "150000 100000\n"}, 2),
+    "v2-unlimited": ({"cpu.max": "max 100000\n"}, None),
+    "v1-one-cpu": ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+    "v1-unlimited": ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    "no-cgroup": ({}, None),
+}
+
+# Counts the threads that one ONNX Runtime session adds to a fresh process whose cgroup root is argv[2].
+THREAD_PROBE = """
+import os, pathlib, sys
+from attnserve_server import runtime
+runtime.CGROUP_ROOT = pathlib.Path(sys.argv[2])
+before = len(os.listdir("/proc/self/task"))
+session = runtime.RuntimeSession(pathlib.Path(sys.argv[1]))
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+def fake_cgroup(root: Path, files: dict[str, str]) -> Path:
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    return root
+
+
+def expected_cpus(quota_cpus: int | None) -> int:
+    cpus = len(os.sched_getaffinity(0))
+    return cpus if quota_cpus is None else min(cpus, quota_cpus)
+
+
+@pytest.mark.parametrize("layout", CGROUPS, ids=list(CGROUPS))
+def test_available_cpus_under_a_simulated_quota(tmp_path: Path, layout: str) -> None:
+    files, quota_cpus = CGROUPS[layout]
+    assert available_cpus(fake_cgroup(tmp_path, files)) == expected_cpus(quota_cpus)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+@pytest.mark.parametrize("layout", ["v2-half-cpu", "v1-one-cpu", "v2-one-and-a-half", "no-cgroup"])
+def test_thread_count_under_a_simulated_quota(tiny_repository: Path, tmp_path: Path, layout: str) -> None:
+    """A session starts one intra-op worker per allowed CPU beyond the caller's own thread, so a 1-CPU
+    container gets none, whatever the host's core count."""
+    files, quota_cpus = CGROUPS[layout]
+    root = fake_cgroup(tmp_path / "cgroup", files)
+    model = tiny_repository / "tiny-gpt" / "1" / "model.onnx"
+    result = subprocess.run(
+        [sys.executable, "-c", THREAD_PROBE, str(model), str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert int(result.stdout.strip()) == expected_cpus(quota_cpus) - 1

@@ -1,0 +1,199 @@
+"""The server interceptor: a request id for every RPC, and metrics and a log line for every API call.
+
+Every RPC (health and reflection included) gets a request id: the client's ``x-request-id``
+metadata if it sent a usable one, else a fresh one. It goes back in the trailing metadata, on
+success and on error, and tags every log record of the RPC (see :mod:`attnserve_server.logs`).
+The trailing metadata is set before the method runs, so an ``abort`` (which is how
+:func:`attnserve_server.errors.grpc_errors` answers errors) sends it too.
+
+Calls of the ``attnserve.v1`` services are also counted and timed in :class:`ServerMetrics`, and
+logged once at INFO when they end (method, status code, duration: never the request's content,
+which is logged only at DEBUG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import message, text_format
+from google.protobuf.descriptor import FieldDescriptor
+
+from attnserve_server import logs
+from attnserve_server.metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+# Longer ids, or ones with control characters, are replaced rather than logged.
+MAX_REQUEST_ID_CHARS = 128
+INSTRUMENTED_PREFIX = "/attnserve.v1."
+
+Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:  # grpc-stubs make it generic; the runtime class is not subscriptable
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+Track = Callable[[Any, Context], contextlib.AbstractContextManager[None]]
+
+
+def request_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The client's ``x-request-id`` if it is 1-128 printable characters, else a new random id."""
+    for key, value in metadata or ():
+        usable = isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_CHARS and value.isprintable()
+        if key == REQUEST_ID_KEY and usable:
+            return str(value)
+    return uuid.uuid4().hex
+
+
+def requested_model(request: Any) -> str:
+    """The model a request names (``model``, or ``name`` for GetModel); ``""`` if none."""
+    if not isinstance(request, message.Message):
+        return ""  # a request that could not be parsed, or a request stream
+    for field in ("model", "name"):
+        if field in request.DESCRIPTOR.fields_by_name:
+            return str(getattr(request, field))
+    return ""
+
+
+def describe(request: Any) -> str:
+    """A one-line rendering of a request for DEBUG logs, with bytes fields (images) shown as sizes."""
+    if not isinstance(request, message.Message):
+        return repr(request)
+    parts = []
+    for field, value in request.ListFields():
+        repeated = field.is_repeated
+        if field.type == FieldDescriptor.TYPE_BYTES:
+            sizes = [len(v) for v in value] if repeated else [len(value)]
+            shown = "[" + ", ".join(f"<{n} bytes>" for n in sizes) + "]"
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not repeated:
+            shown = "{" + text_format.MessageToString(value, as_one_line=True) + "}"
+        else:
+            shown = repr(list(value) if repeated else value)
+        parts.append(f"{field.name}={shown}")
+    return " ".join(parts)
+
+
+def _code_name(code: Any, default: str) -> str:
+    return code.name if isinstance(code, grpc.StatusCode) else default
+
+
+class RequestInterceptor(_ServerInterceptor):
+    """Request ids for every RPC; metrics and access logs for the ``attnserve.v1`` services."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+        # Wrapped once per method, not per call: building handlers costs more than the RPC's own bookkeeping.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED
+            return handler
+        full_method = handler_call_details.method
+        cached = self._wrapped.get(full_method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        track: Track
+        if full_method.startswith(INSTRUMENTED_PREFIX):
+            method = full_method.rsplit("/", 1)[-1]
+
+            def track(request: Any, context: Context) -> contextlib.AbstractContextManager[None]:
+                return self._track(method, request, context)
+
+        else:
+            track = _tag
+        wrapped = _wrap_handler(handler, track)
+        self._wrapped[full_method] = (handler, wrapped)
+        return wrapped
+
+    @contextlib.contextmanager
+    def _track(self, method: str, request: Any, context: Context) -> Iterator[None]:
+        started = time.perf_counter()
+        model = self._metrics.model_label(requested_model(request))
+        with _tag(request, context):
+            logs.request_model.set(model or None)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s request: %s", method, describe(request))
+            self._metrics.rpc_started(model, method)
+            code = "OK"
+            try:
+                yield
+                code = _code_name(context.code(), "OK")
+            except grpc.aio.AbortError:
+                code = _code_name(context.code(), "UNKNOWN")
+                raise
+            except (asyncio.CancelledError, GeneratorExit):  # the client left, or its deadline passed
+                code = "CANCELLED"
+                raise
+            except BaseException:  # gRPC answers an escaped exception with UNKNOWN
+                code = "UNKNOWN"
+                raise
+            finally:
+                seconds = time.perf_counter() - started
+                self._metrics.rpc_finished(model, method, code, seconds)
+                ms = round(seconds * 1000, 3)
+                extra = {"method": method, "code": code, "duration_ms": ms}
+                logger.info("%s %s in %.1f ms", method, code, ms, extra=extra)
+
+
+@contextlib.contextmanager
+def _tag(request: Any, context: Context) -> Iterator[None]:
+    """Give the RPC its request id: in its trailing metadata and on its log records."""
+    rid = request_id_from(context.invocation_metadata())
+    # Each RPC runs in its own task, with its own copy of the context: setting the variables
+    # (never resetting them) scopes them to this RPC.
+    logs.request_id.set(rid)
+    context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
+    yield
+
+
+def _wrap_behavior(behavior: Callable[..., Any], track: Track) -> Callable[..., Any] | None:
+    """The same kind of callable (coroutine or async generator function), run inside ``track``."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            with track(request, context):
+                async for item in behavior(request, context):
+                    yield item
+
+        return stream
+    if inspect.iscoroutinefunction(behavior):
+
+        async def unary(request: Any, context: Context) -> Any:
+            with track(request, context):
+                return await behavior(request, context)
+
+        return unary
+    return None  # a synchronous handler: none of ours
+
+
+_MAKERS = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler[Any, Any], track: Track) -> grpc.RpcMethodHandler[Any, Any]:
+    attribute, make = _MAKERS[(handler.request_streaming, handler.response_streaming)]
+    wrapped = _wrap_behavior(getattr(handler, attribute), track)
+    if wrapped is None:
+        return handler
+    return make(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
