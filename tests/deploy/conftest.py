@@ -29,7 +29,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
             terminalreporter.write_line(f"{name}: {value}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def record_measurement(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
     """``record_measurement(name, value)``: show ``name: value`` in the terminal summary."""
 
