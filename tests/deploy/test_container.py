@@ -121,7 +121,8 @@ def base_image(
     )
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     assert tar.stdout is not None
-    podman("import", "--change", "ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin", "-", BASE_IMAGE, stdin=tar.stdout, timeout=300)
+    path = "ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+    podman("import", "--change", path, "-", BASE_IMAGE, stdin=tar.stdout, timeout=300)
     tar.stdout.close()
     assert tar.wait(60) == 0
     subprocess.run(["rm", "-rf", str(rootfs)], check=True)
