@@ -254,6 +254,19 @@ def test_runtime_stage_has_no_torch_compiler_or_pip(podman: Podman, image: str) 
     assert contents == {"torch": False, "pip": False, "compilers": [], "server": True}
 
 
+def test_onnx_runtime_threads_follow_the_container_cpu_quota(podman: Podman, image: str) -> None:
+    # What every model session gets with the default --intra-op-threads 0, read inside the container.
+    probe = "from attnserve_server.runtime import session_options; print(session_options().intra_op_num_threads)"
+
+    def threads(*flags: str) -> int:
+        result = podman("run", "--rm", "--read-only", *flags, "--entrypoint", "python", image, "-c", probe)
+        return int(result.stdout.strip().splitlines()[-1])
+
+    assert threads() == len(os.sched_getaffinity(0))  # no quota: the host's CPUs
+    assert threads("--cpus", "1") == 1
+    assert threads("--cpus", "0.5") == 1  # a fraction of a CPU still needs one thread
+
+
 def digit_images(count: int) -> tuple[list[bytes], list[int]]:
     """The first ``count`` digits of scikit-learn's set as 64x64 grey PNGs, as a user would make them."""
     digits = load_digits()
