@@ -26,7 +26,8 @@ from sklearn.datasets import load_digits
 
 from attnserve_client import Client
 
-pytestmark = [pytest.mark.container, pytest.mark.slow]
+# The first test's setup makes the base image and builds the image: minutes on a fresh machine.
+pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = Path(__file__).with_name("containers.conf")
