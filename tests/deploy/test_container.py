@@ -186,8 +186,9 @@ class Container:
 
 @pytest.fixture
 def start_container(podman: Podman, image: str, config: dict[str, Any]) -> Iterator[Callable[..., Container]]:
-    """``start_container(*env)`` runs the image read-only as its declared user, the gRPC port
-    published on a free loopback port, and waits until the server reports SERVING."""
+    """``start_container(*env)`` runs the image with its whole filesystem read-only (no writable
+    /tmp either), as its declared user, the gRPC port published on a free loopback port, and
+    waits until the server reports SERVING."""
     names: list[str] = []
 
     def start(*env: str) -> Container:
@@ -197,7 +198,8 @@ def start_container(podman: Podman, image: str, config: dict[str, Any]) -> Itera
         env_flags = [flag for item in env for flag in ("--env", item)]
         podman(
             "run", "--detach", "--name", name,
-            "--read-only",
+            # Like Docker's --read-only: podman would otherwise mount writable tmpfs on /tmp and /run.
+            "--read-only", "--read-only-tmpfs=false",
             "--user", config["User"],
             "--publish", f"127.0.0.1:{port}:{GRPC_PORT}",
             *env_flags,
