@@ -9,8 +9,13 @@ MODELS ?= models
 PYTEST_ARGS ?=
 # torch is pinned: a looser spec can pull a multi-GB CUDA build.
 TORCH_SPEC := torch==2.13.0
+KSERVE_VENV ?= .venv-kserve
+IMAGE ?= attnserve:0.1.0
+# `make image` uses Docker when its engine answers, else podman (`--format docker` keeps the HEALTHCHECK).
+CONTAINER_ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+IMAGE_BUILD_FLAGS ?=
 
-.PHONY: serve test proto proto-check lint install-serve install-test bench clean
+.PHONY: serve test proto proto-check lint install-serve install-test install-kserve container-tools image bench clean
 
 $(VENV)/.installed-serve: client/pyproject.toml server/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +38,27 @@ $(TEST_VENV)/.installed-test: client/pyproject.toml server/pyproject.toml export
 
 install-test: $(TEST_VENV)/.installed-test
 
-## test: set up .venv-test (all three packages + test tools) and run the whole suite
-test: install-test
+# The kserve SDK pins protobuf<7, which the client's generated stubs refuse, so it gets a venv of its
+# own; tests/deploy runs it only to check the InferenceService manifest against KServe's models.
+$(KSERVE_VENV)/.installed-kserve: requirements/kserve.txt
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet -r requirements/kserve.txt
+	touch $@
+
+install-kserve: $(KSERVE_VENV)/.installed-kserve
+
+## container-tools: podman, buildah, runc and debootstrap for the container test (apt, as root; no-op when present)
+container-tools:
+	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc debootstrap; \
+	else \
+		echo "container-tools: podman, runc or debootstrap missing and not root: the container test will skip"; \
+	fi
+
+## test: set up .venv-test (all three packages + test tools) and run the whole suite, container test included
+test: install-test install-kserve container-tools
 	$(TEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff and mypy over the whole tree
@@ -49,6 +73,11 @@ proto: install-test
 proto-check: install-test
 	$(TEST_VENV)/bin/python proto/generate.py --check
 
+## image: build the server image ($(IMAGE)) with Docker, or podman where no Docker engine answers
+image:
+	$(CONTAINER_ENGINE) build $(if $(findstring podman,$(CONTAINER_ENGINE)),--format docker) \
+		$(IMAGE_BUILD_FLAGS) -f docker/Dockerfile -t $(IMAGE) .
+
 ## bench: run the benchmarks (JSON on stdout, PNG plots in benchmarks/results)
 bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/text_decode_latency.py
@@ -56,4 +85,4 @@ bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/image_latency.py
 
 clean:
-	rm -rf $(VENV) $(TEST_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TEST_VENV) $(KSERVE_VENV) .pytest_cache .mypy_cache .ruff_cache
