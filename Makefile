@@ -42,7 +42,7 @@ lint: install-test
 	$(TEST_VENV)/bin/ruff check .
 	$(TEST_VENV)/bin/mypy
 
-## proto: regenerate the attnserve.v1 stubs in client/attnserve_client/pb
+## proto: regenerate the attnserve.v1 stubs (client/attnserve_client/pb) and the inference.* ones (server/attnserve_server/kserve/pb)
 proto: install-test
 	$(TEST_VENV)/bin/python proto/generate.py
 
