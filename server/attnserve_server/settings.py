@@ -12,6 +12,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+ControlMode = Literal["none", "explicit", "poll"]
 
 
 class ServerSettings(BaseSettings):
@@ -74,10 +75,44 @@ class ServerSettings(BaseSettings):
         description="Requests that may wait for a free slot; beyond that requests fail with RESOURCE_EXHAUSTED.",
     )
     log_level: LogLevel = Field(default="INFO", description="Logging level.")
+    model_control_mode: ControlMode = Field(
+        default="none",
+        description="none: load every model at start; explicit: load only --load-model models, and the "
+        "repository load/unload RPCs work; poll: load every model and follow the repository's changes.",
+    )
+    load_model: tuple[str, ...] = Field(
+        default=(),
+        description="With --model-control-mode explicit, a model to load at start (repeat the flag for more).",
+    )
+    exit_on_error: bool = Field(
+        default=True,
+        description="Whether a model that fails to load at start stops the server (true) or is only reported "
+        "while the other models serve (false).",
+    )
+    strict_readiness: bool = Field(
+        default=True,
+        description="Whether the server is ready only while every model it should serve is loaded (true), or "
+        "as soon as startup is over (false).",
+    )
+    repository_poll_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="With --model-control-mode poll, seconds between two scans of the model repository.",
+    )
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _boolean(text: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off), as in ``--exit-on-error=false``."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "log_level":
             kwargs["choices"] = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
             kwargs["type"] = str.upper
+        elif name == "model_control_mode":
+            kwargs["choices"] = ["none", "explicit", "poll"]
+        elif field.annotation is bool:
+            kwargs["type"] = _boolean
+            kwargs["metavar"] = "{true,false}"
+        elif field.annotation == tuple[str, ...]:
+            kwargs["action"] = "append"
         elif field.annotation in (int, float, Path):
             kwargs["type"] = field.annotation
         parser.add_argument(_flag(name), **kwargs)
