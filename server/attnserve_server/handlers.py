@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from attnserve_server.errors import InvalidArgumentError
-from attnserve_server.repository import Model, ModelRepository
+from attnserve_server.repository import READY, IndexEntry, Model, ModelRepository, ModelState
 from attnserve_server.text.params import (
     FinishReason,
     GenerationChunk,
@@ -320,6 +320,14 @@ class ModelHandler:
     def get_model(self, name: str) -> Model:
         """One model by name (NOT_FOUND if unknown)."""
         return self._repository.get(name)
+
+    def state(self, name: str) -> ModelState:
+        """A model's load state and its reason."""
+        return self._repository.state(name)
+
+    def unavailable(self) -> list[IndexEntry]:
+        """Models in the repository (or known to the server) that are not serving."""
+        return [e for e in self._repository.index() if e.state != READY]
 
 
 def deadline_from_timeout(time_remaining: float | None) -> float | None:
