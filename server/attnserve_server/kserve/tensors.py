@@ -125,10 +125,16 @@ def decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | Non
         )
     if datatype.name == "BYTES":
         return np.array(list(values), dtype=object).reshape(shape)
-    try:
-        return np.array(values, dtype=datatype.dtype).reshape(shape)
-    except OverflowError:
-        raise InvalidArgumentError(f"input {name!r}: a value does not fit {datatype.name}") from None
+    if datatype.dtype.kind in "iu":
+        # The wire fields are 32 or 64 bits wide; a narrower datatype must not wrap silently.
+        wide = np.array(values, dtype=np.int64 if datatype.dtype.kind == "i" else np.uint64)
+        info = np.iinfo(datatype.dtype)
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            raise InvalidArgumentError(
+                f"input {name!r}: a value of contents.{datatype.contents_field} does not fit {datatype.name}"
+            )
+        return wide.astype(datatype.dtype).reshape(shape)
+    return np.array(values, dtype=datatype.dtype).reshape(shape)
 
 
 def encode_bytes(elements: Sequence[bytes]) -> bytes:
