@@ -54,6 +54,7 @@ bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/text_decode_latency.py
 	$(TEST_VENV)/bin/python benchmarks/server_ttft.py
 	$(TEST_VENV)/bin/python benchmarks/image_latency.py
+	$(TEST_VENV)/bin/python benchmarks/kserve_overhead.py
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) .pytest_cache .mypy_cache .ruff_cache
