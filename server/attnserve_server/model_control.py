@@ -79,7 +79,8 @@ class ModelControl:
         self._strict = strict_readiness
         self._on_change = on_change
         self._locks: dict[str, asyncio.Lock] = {}
-        # Models that should be serving: what readiness waits for under strict readiness.
+        # Models that should be serving: what readiness waits for under strict readiness. The startup
+        # models, and those loaded later; a load that fails after startup does not take readiness away.
         self._expected: set[str] = set()
         self._fingerprints: dict[str, Fingerprint] = {}
 
@@ -108,7 +109,6 @@ class ModelControl:
     async def load(self, model_dir: Path) -> None:
         """Load (or reload) one model; raise ModelLoadError, with the model still serving its previous load."""
         name = model_dir.name
-        self._expected.add(name)
         async with self._locks.setdefault(name, asyncio.Lock()):
             loop = asyncio.get_running_loop()
             reload = self.repository.state(name).state == READY
@@ -132,6 +132,7 @@ class ModelControl:
                 await self._publish(name)
                 raise
             self.repository.install(model)
+            self._expected.add(name)
             self._fingerprints[name] = files
             logger.info(
                 "%s model %s (versions %s)", "reloaded" if reload else "serving", name, ", ".join(model.versions)
@@ -172,6 +173,7 @@ class ModelControl:
     async def start(self, model_dirs: list[Path], *, exit_on_error: bool) -> list[ModelLoadError]:
         """Load the startup models; with ``exit_on_error`` the first failure is raised, else all are returned."""
         failures = []
+        self._expected.update(d.name for d in model_dirs)
         for model_dir in model_dirs:
             try:
                 await self.load(model_dir)

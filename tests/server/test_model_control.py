@@ -280,3 +280,21 @@ def test_onnx_external_data_outside_the_folder_is_refused(repo: Path, server_lau
     assert "outside its folder" in index(client)["beta/"][1]
     client.load_model("alpha")
     assert client.is_model_ready("alpha")
+
+
+def test_a_failed_load_after_startup_keeps_the_server_ready(repo: Path, server_launcher: Callable[..., Any]) -> None:
+    break_model(repo / "beta")
+    server = server_launcher(repo, "--model-control-mode", "explicit", "--load-model", "alpha")
+    client = client_for(server.address)
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("beta")
+    assert "metadata.json" in info.value.message()
+    assert client.is_server_ready()  # one bad load request must not take the server out of rotation
+    assert index(client)["beta/"][0] == "UNAVAILABLE"
+
+
+def test_version_policy_takes_one_choice(repo: Path, server_launcher: Callable[..., Any]) -> None:
+    (repo / "alpha" / "config.yaml").write_text("version_policy:\n  all: {}\n  latest:\n    num_versions: 2\n")
+    server = server_launcher(repo, wait=False)
+    assert server.process.wait(60) == 1
+    assert "one of latest, all or specific" in server.stderr()
