@@ -160,6 +160,10 @@ def test_reload_under_concurrent_requests_drops_none(repo: Path, server_launcher
         client.load_model("alpha")  # a reload of the same files, also under load
         count = len(seen)
         wait_for(lambda: len(seen) >= count + 20)
+        client.load_model("beta")  # other models come and go while alpha serves
+        client.unload_model("beta")
+        count = len(seen)
+        wait_for(lambda: len(seen) >= count + 20)
     finally:
         stop.set()
         for thread in threads:
@@ -298,3 +302,54 @@ def test_version_policy_takes_one_choice(repo: Path, server_launcher: Callable[.
     server = server_launcher(repo, wait=False)
     assert server.process.wait(60) == 1
     assert "one of latest, all or specific" in server.stderr()
+
+
+@pytest.mark.slow
+def test_a_generation_running_across_a_reload_finishes_on_its_version(
+    tmp_path: Path, long_repository: Path, server_launcher: Callable[..., Any]
+) -> None:
+    import functools
+    import queue
+
+    root = tmp_path / "models"
+    shutil.copytree(long_repository / "long-gpt", root / "long-gpt")
+    server = server_launcher(root, "--model-control-mode", "explicit", "--load-model", "long-gpt")
+    client = client_for(server.address)
+    responses: queue.Queue[Any] = queue.Queue()
+
+    def collect(sink: queue.Queue[Any], result: Any, error: Any) -> None:
+        sink.put((result, error, time.monotonic()))
+
+    client.start_stream(callback=functools.partial(collect, responses))
+    try:
+        prompt = triton.InferInput("text_input", [1], "BYTES")
+        prompt.set_data_from_numpy(np.array([b"The"], dtype=object))
+        client.async_stream_infer("long-gpt", [prompt], parameters={"max_tokens": 1000, "temperature": 0.0})
+        first, error, _ = responses.get(timeout=TIMEOUT)
+        assert error is None
+        shutil.copytree(root / "long-gpt" / "1", root / "long-gpt" / "2")
+        with client_for(server.address) as other:
+            other.load_model("long-gpt")
+            reloaded_at = time.monotonic()
+            assert top_version(other, "long-gpt") == "2"  # new requests get the new version at once
+        versions = [first.get_response().model_version]
+        arrived_after_reload = 0
+        while True:
+            result, error, at = responses.get(timeout=120)
+            assert error is None, error
+            response = result.get_response()
+            versions.append(response.model_version)
+            arrived_after_reload += at > reloaded_at
+            if response.parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        client.stop_stream()
+    assert set(versions) == {"1"}
+    assert arrived_after_reload > 0  # the generation really was running across the reload
+
+
+def top_version(client: triton.InferenceServerClient, model: str) -> str:
+    prompt = triton.InferInput("text_input", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"A"], dtype=object))
+    result = client.infer(model, [prompt], parameters={"max_tokens": 1}, client_timeout=TIMEOUT)
+    return str(result.get_response().model_version)
