@@ -157,13 +157,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await queue.put(self._stream_error(request_id, exc))
 
         async def read() -> None:
-            async for request in request_iterator:
-                task = asyncio.create_task(run(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.gather(*list(tasks))
-            await queue.put(None)
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(run(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*list(tasks))
+            finally:
+                queue.put_nowait(None)  # end the response loop even if the request stream broke
 
         reader = asyncio.create_task(read())
         try:
