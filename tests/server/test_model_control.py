@@ -18,6 +18,7 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from attnserve_client import Client
 from attnserve_client.pb import models_pb2, models_pb2_grpc
 
 SOURCE = "tiny-digits"
@@ -202,6 +203,9 @@ def test_version_policy_serves_several_versions(repo: Path, server_launcher: Cal
         )
     assert list(info_alpha.versions) == ["1", "3"] and info_alpha.default_version == "3"
     assert info_alpha.state == "READY"
+    with Client(server.address) as attnserve:
+        typed = attnserve.get_model("alpha")
+    assert (typed.versions, typed.default_version, typed.state) == (("1", "3"), "3", "READY")
 
 
 def break_model(model_dir: Path) -> None:
