@@ -66,7 +66,7 @@ lint: install-test
 	$(TEST_VENV)/bin/ruff check .
 	$(TEST_VENV)/bin/mypy
 
-## proto: regenerate the attnserve.v1 stubs in client/attnserve_client/pb
+## proto: regenerate the attnserve.v1 stubs (client/attnserve_client/pb) and the inference.* ones (server/attnserve_server/kserve/pb)
 proto: install-test
 	$(TEST_VENV)/bin/python proto/generate.py
 
@@ -83,6 +83,7 @@ bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/text_decode_latency.py
 	$(TEST_VENV)/bin/python benchmarks/server_ttft.py
 	$(TEST_VENV)/bin/python benchmarks/image_latency.py
+	$(TEST_VENV)/bin/python benchmarks/kserve_overhead.py
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) $(KSERVE_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,14 @@
-"""Generate the attnserve.v1 Python stubs into the client package.
+"""Generate the Python stubs: attnserve.v1 into the client, KServe v2 (``inference``) into the server.
 
 protoc writes absolute imports (``from attnserve.v1 import x_pb2``) that only
 work if ``attnserve`` is a top-level package. The stubs live inside the client
 instead (``attnserve_client.pb``), so the imports are rewritten after
-generation. Run with ``make proto``; ``--check`` exits non-zero when the
-committed stubs differ from freshly generated ones.
+generation. The ``inference.*`` stubs go to ``attnserve_server.kserve.pb`` and
+register their descriptors in a private pool rather than the process-wide one:
+tritonclient ships the same ``inference.*`` symbols, and both sets in one
+default pool would clash ("duplicate symbol"). Run with ``make proto``;
+``--check`` exits non-zero when the committed stubs differ from freshly
+generated ones.
 """
 
 from __future__ import annotations
@@ -14,21 +18,64 @@ import difflib
 import re
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from grpc_tools import protoc  # type: ignore[import-untyped]
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "proto"
-PROTO_PACKAGE_DIR = PROTO_ROOT / "attnserve" / "v1"
-STUB_DIR = REPO / "client" / "attnserve_client" / "pb"
-STUB_PACKAGE = "attnserve_client.pb"
-INIT_TEXT = '"""Generated attnserve.v1 protobuf and gRPC stubs. Do not edit: run `make proto`."""\n'
 
 
-def generate(out_dir: Path) -> None:
-    """Run protoc on every attnserve.v1 proto and write fixed-up stubs into out_dir."""
-    protos = sorted(PROTO_PACKAGE_DIR.glob("*.proto"))
+@dataclass(frozen=True)
+class Target:
+    """One proto package and where its stubs go."""
+
+    proto_package: str  # e.g. "attnserve.v1"
+    stub_dir: Path
+    stub_package: str
+    init_text: str
+    # Register descriptors in the stub package's own pool (``POOL`` in its __init__) instead of the default one.
+    private_pool: bool = False
+
+    @property
+    def proto_dir(self) -> Path:
+        return PROTO_ROOT.joinpath(*self.proto_package.split("."))
+
+
+KSERVE_INIT = '''"""Generated KServe v2 (``inference``) protobuf and gRPC stubs. Do not edit: run `make proto`.
+
+They live in their own descriptor pool, so that a process may also import tritonclient, whose
+stubs define the same ``inference.*`` symbols in the default pool.
+"""
+
+from google.protobuf import descriptor_pool
+
+POOL = descriptor_pool.DescriptorPool()
+'''
+
+TARGETS = (
+    Target(
+        "attnserve.v1",
+        REPO / "client" / "attnserve_client" / "pb",
+        "attnserve_client.pb",
+        '"""Generated attnserve.v1 protobuf and gRPC stubs. Do not edit: run `make proto`."""\n',
+    ),
+    Target(
+        "inference",
+        REPO / "server" / "attnserve_server" / "kserve" / "pb",
+        "attnserve_server.kserve.pb",
+        KSERVE_INIT,
+        private_pool=True,
+    ),
+)
+# The attnserve.v1 stubs, as before (kept for callers of this module).
+STUB_DIR = TARGETS[0].stub_dir
+
+
+def generate(out_dir: Path, target: Target = TARGETS[0]) -> None:
+    """Run protoc on every proto of the target's package and write fixed-up stubs into out_dir."""
+    protos = sorted(target.proto_dir.glob("*.proto"))
     with tempfile.TemporaryDirectory() as raw:
         args = [
             "grpc_tools.protoc",
@@ -41,11 +88,18 @@ def generate(out_dir: Path) -> None:
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
         out_dir.mkdir(parents=True, exist_ok=True)
-        for produced in sorted((Path(raw) / "attnserve" / "v1").iterdir()):
+        for produced in sorted(Path(raw).joinpath(*target.proto_package.split(".")).iterdir()):
             text = produced.read_text()
-            text = re.sub(r"^from attnserve\.v1 import", f"from {STUB_PACKAGE} import", text, flags=re.M)
+            package = re.escape(target.proto_package)
+            text = re.sub(rf"^from {package} import", f"from {target.stub_package} import", text, flags=re.M)
+            if target.private_pool:
+                text = text.replace(
+                    "# @@protoc_insertion_point(imports)\n",
+                    f"# @@protoc_insertion_point(imports)\nfrom {target.stub_package} import POOL as _POOL\n",
+                )
+                text = text.replace("_descriptor_pool.Default().AddSerializedFile(", "_POOL.AddSerializedFile(")
             (out_dir / produced.name).write_text(text)
-    (out_dir / "__init__.py").write_text(INIT_TEXT)
+    (out_dir / "__init__.py").write_text(target.init_text)
 
 
 def stale_files(committed: Path, fresh: Path) -> list[str]:
@@ -68,11 +122,14 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only report whether the committed stubs are stale")
     args = parser.parse_args()
     if not args.check:
-        generate(STUB_DIR)
+        for target in TARGETS:
+            generate(target.stub_dir, target)
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp))
-        stale = stale_files(STUB_DIR, Path(tmp))
+    stale: list[str] = []
+    for target in TARGETS:
+        with tempfile.TemporaryDirectory() as tmp:
+            generate(Path(tmp), target)
+            stale += [f"{target.stub_package}.{name}" for name in stale_files(target.stub_dir, Path(tmp))]
     if stale:
         print(f"stale generated stubs: {', '.join(stale)}; run `make proto`", file=sys.stderr)
         return 1

@@ -118,6 +118,8 @@ def to_model_info(info: models_pb2.ModelInfo) -> ModelInfo:
         ),
         text_generation=text_generation,
         image_classification=image_classification,
+        state=info.state,
+        state_reason=info.state_reason,
     )
 
 

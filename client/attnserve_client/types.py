@@ -211,6 +211,8 @@ class ModelInfo:
         counters: live request and token counters.
         text_generation: details of a text-generation model, None for other tasks.
         image_classification: details of an image-classification model, None for other tasks.
+        state: the load state, ``"READY"`` while it serves (empty from servers that do not report it).
+        state_reason: why, when there is something to know (e.g. a failed reload while the previous one serves).
     """
 
     name: str
@@ -221,3 +223,5 @@ class ModelInfo:
     counters: ModelCounters
     text_generation: TextGenerationInfo | None
     image_classification: ImageClassificationInfo | None = None
+    state: str = ""
+    state_reason: str = ""

@@ -7,11 +7,14 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 from attnserve_server.errors import InvalidArgumentError
 from attnserve_server.metrics import GenerationTimer, ServerMetrics
-from attnserve_server.repository import Model, ModelRepository
+from attnserve_server.repository import READY, IndexEntry, Model, ModelRepository, ModelState
 from attnserve_server.text.params import (
     FinishReason,
     GenerationChunk,
@@ -38,6 +41,14 @@ class GenerationRequest:
 
 
 @dataclass
+class Timings:
+    """Where one request's time went, in nanoseconds: waiting for a free slot, then running the model."""
+
+    queue_ns: int = 0
+    compute_ns: int = 0
+
+
+@dataclass
 class GenerationStream:
     """An accepted generation: what runs it, and its chunks as they are decoded."""
 
@@ -46,6 +57,8 @@ class GenerationStream:
     seed: int
     prompt_tokens: int
     chunks: AsyncIterator[GenerationChunk]
+    # Filled in as the chunks are consumed.
+    timings: Timings = field(default_factory=Timings)
 
 
 @dataclass(frozen=True)
@@ -101,8 +114,9 @@ class TextGenerationHandler:
             params.seed,
         )
         timer = self._metrics.generation(model.name, len(prompt_ids), arrived)
+        timings = Timings()
         chunks = self._run(
-            model, generator.generate(prompt_ids, params, max_new_tokens, deadline=request.deadline), timer
+            model, generator.generate(prompt_ids, params, max_new_tokens, deadline=request.deadline), timer, timings
         )
         return GenerationStream(
             model=model.name,
@@ -110,15 +124,20 @@ class TextGenerationHandler:
             seed=params.seed,
             prompt_tokens=len(prompt_ids),
             chunks=chunks,
+            timings=timings,
         )
 
     async def _run(
-        self, model: Model, chunks: AsyncIterator[GenerationChunk], timer: GenerationTimer
+        self, model: Model, chunks: AsyncIterator[GenerationChunk], timer: GenerationTimer, timings: Timings
     ) -> AsyncIterator[GenerationChunk]:
+        queued = time.perf_counter_ns()
         try:
             async with self._metrics.admitted(self._limiter.slot(), model.name):
+                started = time.perf_counter_ns()
+                timings.queue_ns = started - queued
                 async for chunk in chunks:
                     timer.tokens(len(chunk.token_ids))
+                    timings.compute_ns = time.perf_counter_ns() - started
                     model.counters.tokens_generated += len(chunk.token_ids)
                     if chunk.finish_reason is not None:
                         logger.debug("finished %s: %s, %s", model.name, chunk.finish_reason.value, chunk.usage)
@@ -228,6 +247,91 @@ class ImageClassificationHandler:
         return ClassificationResult(model=model.name, model_version=version.version, classifications=predictions)
 
 
+@dataclass(frozen=True)
+class LogitsRequest:
+    """Raw logits of a batch: either encoded ``images`` (decoded and preprocessed here) or ``pixels``,
+    an already preprocessed ``(batch, C, H, W)`` float32 array."""
+
+    model: str
+    model_version: str = ""
+    images: tuple[bytes, ...] = ()
+    pixels: npt.NDArray[np.float32] | None = None
+
+
+@dataclass(frozen=True)
+class LogitsResult:
+    """``logits`` is ``(batch, num_classes)``; ``labels`` names the columns."""
+
+    model: str
+    model_version: str
+    logits: npt.NDArray[np.float32]
+    labels: tuple[str, ...]
+    timings: Timings
+
+
+class ImageLogitsHandler:
+    """The tensor-level path for image models (the KServe v2 API): logits, not predictions."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        limiter: ConcurrencyLimiter,
+        *,
+        max_image_pixels: int,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self._repository = repository
+        self._limiter = limiter
+        self._max_image_pixels = max_image_pixels
+        self._metrics = metrics if metrics is not None else ServerMetrics()
+
+    async def logits(self, request: LogitsRequest) -> LogitsResult:
+        """Check the batch, then run it in one model call under the server's concurrency limit."""
+        model = self._repository.get_image_model(request.model)
+        version = model.version(request.model_version)
+        classifier = version.image_classifier
+        spec = classifier.spec.input
+        if request.pixels is not None:
+            expected = (spec.channels, spec.height, spec.width)
+            if request.pixels.ndim != 4 or request.pixels.shape[1:] != expected:
+                raise InvalidArgumentError(
+                    f"pixel tensor has shape {list(request.pixels.shape)}, the model takes [batch, "
+                    f"{', '.join(map(str, expected))}]"
+                )
+            count = request.pixels.shape[0]
+        else:
+            count = len(request.images)
+        if count == 0:
+            raise InvalidArgumentError("the batch is empty; send at least one image")
+        if count > model.max_images_per_request:
+            raise InvalidArgumentError(
+                f"the request holds {count} images, more than the limit of {model.max_images_per_request} per "
+                "request; split it into several requests"
+            )
+        model.counters.requests += 1
+        timings = Timings()
+        queued = time.perf_counter_ns()
+        try:
+            async with self._metrics.admitted(self._limiter.slot(), model.name):
+                started = time.perf_counter_ns()
+                timings.queue_ns = started - queued
+                if request.pixels is not None:
+                    logits = await classifier.logits_of_pixels(request.pixels)
+                else:
+                    logits = await classifier.logits_of_images(request.images, max_pixels=self._max_image_pixels)
+                timings.compute_ns = time.perf_counter_ns() - started
+        except InvalidArgumentError:
+            raise  # the client's images, not a failure of the model
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            model.counters.failures += 1
+            raise
+        model.counters.images += count
+        self._metrics.observe_batch(model.name, count)
+        return LogitsResult(model.name, version.version, logits, classifier.spec.labels, timings)
+
+
 class ModelHandler:
     """Model discovery."""
 
@@ -241,6 +345,14 @@ class ModelHandler:
     def get_model(self, name: str) -> Model:
         """One model by name (NOT_FOUND if unknown)."""
         return self._repository.get(name)
+
+    def state(self, name: str) -> ModelState:
+        """A model's load state and its reason."""
+        return self._repository.state(name)
+
+    def unavailable(self) -> list[IndexEntry]:
+        """Models in the repository (or known to the server) that are not serving."""
+        return [e for e in self._repository.index() if e.state != READY]
 
 
 def deadline_from_timeout(time_remaining: float | None) -> float | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from wsgiref.simple_server import WSGIServer
 
@@ -117,6 +117,14 @@ class ServerMetrics:
         """Record a loaded model version; from now on requests name ``model`` in their labels."""
         self._loaded.add(model)
         self.model_loaded_gauge.labels(model, version, task).set(1)
+
+    def models_changed(self, loaded: Iterable[tuple[str, str, str]]) -> None:
+        """Make the loaded-model gauge list exactly ``loaded`` (model, version, task), after any load,
+        reload or unload."""
+        self.model_loaded_gauge.clear()
+        self._loaded.clear()
+        for model, version, task in loaded:
+            self.model_loaded(model, version, task)
 
     def model_label(self, requested: str) -> str:
         """The ``model`` label for a request naming ``requested``: the name if it is loaded, else ``""``."""

@@ -8,6 +8,7 @@ Layout (see docs/model-repository.md)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -31,11 +32,13 @@ from pydantic import (
 
 from attnserve_server.errors import (
     FailedPreconditionError,
+    InvalidArgumentError,
     ModelLoadError,
     ModelNotFoundError,
     RepositoryError,
     UnavailableError,
 )
+from attnserve_server.onnx_files import check_external_data
 from attnserve_server.runtime import RuntimeOptions, RuntimeSession, Shape
 from attnserve_server.text.generator import TextGenerator, TextModelSpec
 from attnserve_server.text.params import GenerationDefaults
@@ -45,7 +48,7 @@ from attnserve_server.vision.preprocess import InputSpec, ResampleName, ResizePo
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 TEXT_GENERATION = "text-generation"
 IMAGE_CLASSIFICATION = "image-classification"
 
@@ -166,10 +169,51 @@ class ModelMetadata(_Strict):
         return self
 
 
+class LatestVersions(_Strict):
+    """Serve the ``num_versions`` highest versions."""
+
+    num_versions: PositiveInt = 1
+
+
+class AllVersions(_Strict):
+    """Serve every version in the model's directory."""
+
+
+class SpecificVersions(_Strict):
+    """Serve exactly these versions."""
+
+    versions: tuple[PositiveInt, ...] = Field(min_length=1)
+
+
+class VersionPolicy(_Strict):
+    """Which versions are served: one of ``latest`` (the default, one version), ``all`` or ``specific``."""
+
+    latest: LatestVersions | None = None
+    all: AllVersions | None = None
+    specific: SpecificVersions | None = None
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> VersionPolicy:
+        if sum(choice is not None for choice in (self.latest, self.all, self.specific)) > 1:
+            raise ValueError("give one of latest, all or specific")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to load out of those on disk (ascending)."""
+        ordered = sorted(available)
+        if self.all is not None:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in self.specific.versions]
+        keep = self.latest.num_versions if self.latest is not None else 1
+        return ordered[-keep:]
+
+
 class ModelConfig(_Strict):
     """``config.yaml``: serving settings that are not a property of the weights."""
 
     max_new_tokens_limit: PositiveInt | None = None
+    version_policy: VersionPolicy = VersionPolicy()
 
 
 @dataclass
@@ -222,7 +266,11 @@ class ModelVersion:
 
 @dataclass
 class Model:
-    """A named model with its loaded versions (oldest first)."""
+    """A named model with its loaded versions (oldest first).
+
+    Never changed once installed in the repository: a reload installs a new ``Model`` in its
+    place, so a request that already holds a version finishes on it.
+    """
 
     name: str
     config: ModelConfig
@@ -255,6 +303,30 @@ class Model:
             top_p=d.top_p,
             repetition_penalty=d.repetition_penalty,
         )
+
+
+READY = "READY"
+LOADING = "LOADING"
+UNLOADING = "UNLOADING"
+UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A model's load state (``READY``, ``LOADING``, ``UNLOADING``, ``UNAVAILABLE``) and why."""
+
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of the repository index."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
 
 
 def _format_validation_error(exc: ValidationError) -> str:
@@ -346,6 +418,10 @@ def _check_graph(name: str, spec: TextModelSpec, session: RuntimeSession) -> Non
 
 
 def _session(name: str, model_path: Path, intra_op_threads: int) -> RuntimeSession:
+    try:
+        check_external_data(model_path)
+    except ValueError as exc:
+        raise ModelLoadError(name, str(exc)) from None
     try:
         return RuntimeSession(model_path, RuntimeOptions(intra_op_threads=intra_op_threads))
     except RuntimeError as exc:
@@ -496,6 +572,9 @@ class ModelRepository:
         self._max_images = max_images_per_request
         self._intra_op_threads = intra_op_threads
         self._models: dict[str, Model] = {}
+        self._states: dict[str, ModelState] = {}
+        # Counters outlive reloads and unloads: a reloaded model keeps counting where it was.
+        self._counters: dict[str, ModelCounters] = {}
         # False while models are loading: an unknown name then means "not yet", not "no such model".
         self.ready = False
 
@@ -514,32 +593,95 @@ class ModelRepository:
             found.append(path)
         return found
 
-    def load_model(self, model_dir: Path, executor: Executor) -> Model:
-        """Load the latest version of one model (the highest positive integer directory)."""
+    def model_dir(self, name: str) -> Path:
+        """The directory of a model named by a client: never outside the repository, never through a link."""
+        if not MODEL_NAME.match(name) or name in (".", ".."):
+            raise InvalidArgumentError(
+                f"invalid model name {name!r}: use letters, digits, '_', '.' and '-' (no path separators, "
+                "no leading '.')"
+            )
+        path = self.root / name
+        if path.is_symlink():
+            raise InvalidArgumentError(f"model {name!r} is a link; links are not loaded on request")
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise InvalidArgumentError(f"model {name!r} is outside the model repository")
+        if not path.is_dir():
+            raise ModelNotFoundError(f"no model directory {name!r} in the model repository")
+        return path
+
+    def build_model(self, model_dir: Path, executor: Executor) -> Model:
+        """Load the versions that the model's version policy selects (blocking); install nothing."""
         name = model_dir.name
         config = read_config(name, model_dir)
-        versions = sorted(
-            (int(p.name), p) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0
-        )
-        if not versions:
+        on_disk = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0]
+        if not on_disk:
             raise ModelLoadError(name, f"no version directories (positive integers) in {model_dir}")
-        latest = versions[-1][1]
-        loaded = load_version(name, latest, executor, intra_op_threads=self._intra_op_threads)
-        model = Model(
+        selected = config.version_policy.select(on_disk)
+        if not selected:
+            found = ", ".join(map(str, sorted(on_disk)))
+            raise ModelLoadError(name, f"the version policy selects none of the versions on disk ({found})")
+        versions = {}
+        for number in selected:
+            version_dir = model_dir / str(number)
+            if not version_dir.resolve().is_relative_to(model_dir.resolve()):
+                raise ModelLoadError(name, f"version {number} is a link that points outside the model directory")
+            loaded = load_version(name, version_dir, executor, intra_op_threads=self._intra_op_threads)
+            versions[loaded.version] = loaded
+            if loaded.metadata.image_classification is not None:
+                ic = loaded.metadata.image_classification
+                shape = f"input {ic.channels}x{ic.height}x{ic.width}, {ic.num_classes} classes"
+            else:
+                shape = f"context {loaded.text_generation.context_length}"
+            logger.info("loaded model %s version %s (%s, %s)", name, loaded.version, loaded.metadata.task, shape)
+        tasks = {v.metadata.task for v in versions.values()}
+        if len(tasks) > 1:
+            raise ModelLoadError(name, f"its versions mix tasks ({', '.join(sorted(tasks))}); one model, one task")
+        return Model(
             name=name,
             config=config,
-            versions={loaded.version: loaded},
-            default_version=loaded.version,
+            versions=versions,
+            default_version=str(selected[-1]),
             max_new_tokens_limit=config.max_new_tokens_limit or self._default_limit,
             max_images_per_request=self._max_images,
+            counters=self._counters.setdefault(name, ModelCounters()),
         )
-        self._models[name] = model
-        if loaded.metadata.image_classification is not None:
-            ic = loaded.metadata.image_classification
-            shape = f"input {ic.channels}x{ic.height}x{ic.width}, {ic.num_classes} classes"
-        else:
-            shape = f"context {loaded.text_generation.context_length}"
-        logger.info("loaded model %s version %s (%s, %s)", name, loaded.version, loaded.metadata.task, shape)
+
+    def install(self, model: Model) -> None:
+        """Serve ``model`` from now on, replacing any loaded model of that name (requests on it finish)."""
+        self._models[model.name] = model
+        self._states[model.name] = ModelState(READY)
+
+    def remove(self, name: str, reason: str = "unloaded") -> None:
+        """Stop serving a model; requests already running on it finish."""
+        self._models.pop(name, None)
+        self._states[name] = ModelState(UNAVAILABLE, reason)
+
+    def set_state(self, name: str, state: str, reason: str = "") -> None:
+        self._states[name] = ModelState(state, reason)
+
+    def state(self, name: str) -> ModelState:
+        """The load state of a model (UNAVAILABLE with an empty reason if never loaded)."""
+        return self._states.get(name, ModelState(UNAVAILABLE))
+
+    def index(self) -> list[IndexEntry]:
+        """Every model on disk or known to the server: one entry per loaded version, else one with its state."""
+        names = set(self._states) | set(self._models)
+        with contextlib.suppress(RepositoryError):
+            names |= {p.name for p in self.discover()}
+        entries = []
+        for name in sorted(names):
+            model = self._models.get(name)
+            state = self.state(name)
+            if model is not None:
+                entries += [IndexEntry(name, v, state.state, state.reason) for v in model.versions]
+            else:
+                entries.append(IndexEntry(name, "", state.state if name in self._states else "", state.reason))
+        return entries
+
+    def load_model(self, model_dir: Path, executor: Executor) -> Model:
+        """Load the versions of one model that its version policy selects (by default the highest) and serve it."""
+        model = self.build_model(model_dir, executor)
+        self.install(model)
         return model
 
     def get(self, name: str) -> Model:

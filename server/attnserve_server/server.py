@@ -18,9 +18,20 @@ from attnserve_server.api.interceptor import RequestInterceptor
 from attnserve_server.api.models import ModelServicer
 from attnserve_server.api.registration import add_servicer
 from attnserve_server.api.text_generation import TextGenerationServicer
-from attnserve_server.errors import ModelLoadError, RepositoryError
-from attnserve_server.handlers import ImageClassificationHandler, ModelHandler, TextGenerationHandler
+from attnserve_server.errors import AttnserveError, ModelLoadError, RepositoryError
+from attnserve_server.handlers import (
+    ImageClassificationHandler,
+    ImageLogitsHandler,
+    ModelHandler,
+    TextGenerationHandler,
+)
+from attnserve_server.kserve.dataplane import DataPlane
+from attnserve_server.kserve.pb import grpc_service_pb2
+from attnserve_server.kserve.reflection import reflection_pool
+from attnserve_server.kserve.servicer import InferenceServicer
+from attnserve_server.kserve.statistics import Statistics
 from attnserve_server.metrics import MetricsEndpoint, ServerMetrics
+from attnserve_server.model_control import ModelControl
 from attnserve_server.repository import ModelRepository
 from attnserve_server.settings import ServerSettings
 from attnserve_server.text.scheduler import ConcurrencyLimiter
@@ -34,10 +45,12 @@ OVERALL = ""  # grpc.health.v1's name for the server as a whole
 TEXT_GENERATION_SERVICE = text_generation_pb2.DESCRIPTOR.services_by_name["TextGenerationService"]
 IMAGE_CLASSIFICATION_SERVICE = image_classification_pb2.DESCRIPTOR.services_by_name["ImageClassificationService"]
 MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
+INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAMES = (
     TEXT_GENERATION_SERVICE.full_name,
     IMAGE_CLASSIFICATION_SERVICE.full_name,
     MODEL_SERVICE.full_name,
+    INFERENCE_SERVICE.full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
 )
@@ -58,7 +71,11 @@ class StartupError(Exception):
 
 
 def build_server(
-    settings: ServerSettings, repository: ModelRepository, limiter: ConcurrencyLimiter, metrics: ServerMetrics
+    settings: ServerSettings,
+    repository: ModelRepository,
+    limiter: ConcurrencyLimiter,
+    control: ModelControl,
+    metrics: ServerMetrics,
 ) -> tuple[grpc.aio.Server, AsyncHealth]:
     """The grpc.aio server with every service registered; health starts NOT_SERVING."""
     options = [
@@ -67,16 +84,20 @@ def build_server(
         ("grpc.so_reuseport", 0),  # two servers on one port would split traffic silently
     ]
     server = grpc.aio.server(options=options, interceptors=[RequestInterceptor(metrics)])
-    generate = TextGenerationHandler(repository, limiter, metrics=metrics)
-    add_servicer(server, TextGenerationServicer(generate), TEXT_GENERATION_SERVICE)
+    text = TextGenerationHandler(repository, limiter, metrics=metrics)
+    add_servicer(server, TextGenerationServicer(text), TEXT_GENERATION_SERVICE)
     classify = ImageClassificationHandler(
         repository, limiter, max_image_pixels=settings.max_image_pixels, metrics=metrics
     )
     add_servicer(server, ImageClassificationServicer(classify), IMAGE_CLASSIFICATION_SERVICE)
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
+    logits = ImageLogitsHandler(repository, limiter, max_image_pixels=settings.max_image_pixels, metrics=metrics)
+    dataplane = DataPlane(repository, logits, text, Statistics())
+    add_servicer(server, InferenceServicer(dataplane, control), INFERENCE_SERVICE)
     health_servicer: AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(SERVICE_NAMES, server)
+    # The inference.* descriptors live in their own pool (see attnserve_server.kserve.pb).
+    reflection.enable_server_reflection(SERVICE_NAMES, server, pool=reflection_pool(SERVICE_NAMES))
     return server, health_servicer
 
 
@@ -120,10 +141,29 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
         max_images_per_request=settings.max_images_per_request,
     )
     try:
-        model_dirs = repository.discover()
-    except RepositoryError as exc:
+        if settings.model_control_mode == "explicit":
+            model_dirs = [repository.model_dir(name) for name in settings.load_model]
+        else:
+            model_dirs = repository.discover()
+    except (RepositoryError, AttnserveError) as exc:
         raise StartupError(str(exc)) from None
-    server, health_servicer = build_server(settings, repository, limiter, metrics)
+
+    async def follow_health(name: str, serving: bool, ready: bool) -> None:
+        if name:
+            await health_servicer.set(name, SERVING if serving else NOT_SERVING)
+        await health_servicer.set(OVERALL, SERVING if ready else NOT_SERVING)
+        metrics.models_changed(
+            (model.name, version, model.task) for model in repository.models() for version in model.versions
+        )
+
+    control = ModelControl(
+        repository,
+        executor,
+        mode=settings.model_control_mode,
+        strict_readiness=settings.strict_readiness,
+        on_change=follow_health,
+    )
+    server, health_servicer = build_server(settings, repository, limiter, control, metrics)
     # The aio servicer starts out SERVING; nothing is loaded yet.
     await health_servicer.set(OVERALL, NOT_SERVING)
 
@@ -135,28 +175,32 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
     await server.start()
     logger.info("listening on %s:%d (loading models from %s)", settings.host, port, settings.model_repository)
 
-    try:
-        for model_dir in model_dirs:
-            if stop.is_set():  # SIGTERM while loading: don't make the operator wait for the rest
-                break
-            await health_servicer.set(model_dir.name, NOT_SERVING)
-            model = await loop.run_in_executor(executor, repository.load_model, model_dir, executor)
-            for version in model.versions:
-                metrics.model_loaded(model.name, version, model.task)
-            await health_servicer.set(model_dir.name, SERVING)
-    except ModelLoadError as exc:
-        await server.stop(None)
-        executor.shutdown(wait=False, cancel_futures=True)
-        raise StartupError(f"failed to load {exc}") from None
-    if not stop.is_set():
-        repository.ready = True
-        if not repository.models():
-            logger.warning("model repository %s holds no models", settings.model_repository)
-        await health_servicer.set(OVERALL, SERVING)
+    startup = asyncio.create_task(control.start(model_dirs, exit_on_error=settings.exit_on_error))
+    stopped = asyncio.create_task(stop.wait())
+    # SIGTERM while loading: don't make the operator wait for the rest.
+    await asyncio.wait((startup, stopped), return_when=asyncio.FIRST_COMPLETED)
+    poller: asyncio.Task[None] | None = None
+    if startup.done():
+        try:
+            failures = startup.result()
+        except ModelLoadError as exc:
+            await server.stop(None)
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise StartupError(f"failed to load {exc}") from None
+        if not repository.models() and not failures:
+            logger.warning("model repository %s holds no models to load", settings.model_repository)
         names = ", ".join(m.name for m in repository.models())
         logger.info("serving %d model(s): %s", len(repository.models()), names)
+        if failures:
+            logger.error("%d model(s) failed to load: %s", len(failures), ", ".join(f.model for f in failures))
+        if settings.model_control_mode == "poll":
+            poller = asyncio.create_task(control.poll_forever(settings.repository_poll_interval_s))
+    else:
+        startup.cancel()
 
-    await stop.wait()
+    await stopped
+    if poller is not None:
+        poller.cancel()
     logger.info("shutting down: draining in-flight requests for up to %.1f s", settings.grace_period_s)
     # Health first, so load balancers stop sending traffic while in-flight requests finish.
     await health_servicer.enter_graceful_shutdown()

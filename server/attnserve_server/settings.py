@@ -26,6 +26,7 @@ from pydantic_settings import (
 from attnserve_server.logs import LogFormat
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+ControlMode = Literal["none", "explicit", "poll"]
 ENV_PREFIX = "ATTNSERVE_"
 
 
@@ -97,12 +98,34 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="Requests that may wait for a free slot; beyond that requests fail with RESOURCE_EXHAUSTED.",
     )
+    model_control_mode: ControlMode = Field(
+        default="none",
+        description="none: load every model at start; explicit: load only --load-model models, and the "
+        "repository load/unload RPCs work; poll: load every model and follow the repository's changes.",
+    )
+    load_model: tuple[str, ...] = Field(
+        default=(),
+        description="With --model-control-mode explicit, a model to load at start (repeat the flag for more).",
+    )
+    exit_on_error: bool = Field(
+        default=True,
+        description="Whether a model that fails to load at start stops the server (true) or is only reported "
+        "while the other models serve (false).",
+    )
+    strict_readiness: bool = Field(
+        default=True,
+        description="Whether the server is ready only while every model it should serve is loaded (true), or "
+        "as soon as startup is over (false).",
+    )
+    repository_poll_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="With --model-control-mode poll, seconds between two scans of the model repository.",
+    )
     log_level: LogLevel = Field(
         default="INFO", description="Logging level. Prompts and request contents are logged only at DEBUG."
     )
-    log_format: LogFormat = Field(
-        default="text", description="Log line format: text, or json (one object per line)."
-    )
+    log_format: LogFormat = Field(default="text", description="Log line format: text, or json (one object per line).")
     metrics: bool = Field(default=True, description="Serve Prometheus metrics over HTTP at /metrics.")
     metrics_port: int = Field(
         default=9464,
@@ -164,6 +187,16 @@ def _help(name: str, description: str | None, default: Any) -> str:
     return f"{description} [env {ENV_PREFIX}{name.upper()}; default: {shown}]".replace("%", "%%")
 
 
+def _boolean(text: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off), as in ``--exit-on-error=false``."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one flag per settings field; unset flags leave the file/env/default value."""
     parser = argparse.ArgumentParser(
@@ -185,7 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
         elif typing.get_origin(annotation) is Literal:
             kwargs["choices"] = list(typing.get_args(annotation))
         elif annotation is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            # Both spellings work: --exit-on-error=false (as Triton writes it) and --no-exit-on-error.
+            kwargs.update(nargs="?", const=True, type=_boolean, metavar="{true,false}")
+            parser.add_argument(
+                "--no-" + name.replace("_", "-"),
+                dest=name,
+                action="store_false",
+                default=argparse.SUPPRESS,
+                help=f"Same as {_flag(name)}=false.",
+            )
+        elif annotation == tuple[str, ...]:
+            kwargs["action"] = "append"
         elif annotation in (int, float, Path):
             kwargs["type"] = annotation
         elif Path in typing.get_args(annotation):  # Path | None

@@ -171,7 +171,6 @@ def test_a_taken_metrics_port_stops_the_server(both_models: Path, server_launche
     assert f"cannot serve metrics on 127.0.0.1:{port}" in second.stderr()
 
 
-
 def test_a_cancelled_stream_is_in_flight_then_counted_as_cancelled(
     long_repository: Path, server_launcher: Callable[..., Any]
 ) -> None:

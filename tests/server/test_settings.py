@@ -174,9 +174,7 @@ def test_help_shows_every_setting_with_its_default_and_variable() -> None:
     usage = " ".join(build_parser().format_help().split())  # argparse wraps lines
     for name, field in ServerSettings.model_fields.items():
         default = "none" if field.default is None else str(field.default)
-        entry = re.search(
-            rf"--{name.replace('_', '-')}\b.*?\[env ATTNSERVE_{name.upper()}; default: (\S+?)\]", usage
-        )
+        entry = re.search(rf"--{name.replace('_', '-')}\b.*?\[env ATTNSERVE_{name.upper()}; default: (\S+?)\]", usage)
         assert entry, f"--{name.replace('_', '-')} has no [env ...; default: ...] in --help"
         assert entry.group(1) == default
     assert "--no-metrics" in usage

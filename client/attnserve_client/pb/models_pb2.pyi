@@ -11,10 +11,22 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "unavailable")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    unavailable: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., unavailable: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...
+
+class ModelStatus(_message.Message):
+    __slots__ = ("name", "state", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("name",)
@@ -89,13 +101,15 @@ class ImageClassificationInfo(_message.Message):
     def __init__(self, labels: _Optional[_Iterable[str]] = ..., input: _Optional[_Union[ImageInputSpec, _Mapping]] = ..., max_images_per_request: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "versions", "default_version", "description", "counters", "text_generation", "image_classification")
+    __slots__ = ("name", "task", "versions", "default_version", "description", "counters", "state", "state_reason", "text_generation", "image_classification")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     TEXT_GENERATION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     name: str
@@ -104,6 +118,8 @@ class ModelInfo(_message.Message):
     default_version: str
     description: str
     counters: ModelCounters
+    state: str
+    state_reason: str
     text_generation: TextGenerationInfo
     image_classification: ImageClassificationInfo
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., default_version: _Optional[str] = ..., description: _Optional[str] = ..., counters: _Optional[_Union[ModelCounters, _Mapping]] = ..., text_generation: _Optional[_Union[TextGenerationInfo, _Mapping]] = ..., image_classification: _Optional[_Union[ImageClassificationInfo, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., default_version: _Optional[str] = ..., description: _Optional[str] = ..., counters: _Optional[_Union[ModelCounters, _Mapping]] = ..., state: _Optional[str] = ..., state_reason: _Optional[str] = ..., text_generation: _Optional[_Union[TextGenerationInfo, _Mapping]] = ..., image_classification: _Optional[_Union[ImageClassificationInfo, _Mapping]] = ...) -> None: ...

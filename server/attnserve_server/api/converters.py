@@ -10,7 +10,7 @@ from attnserve_server.handlers import (
     GenerationResult,
     GenerationStream,
 )
-from attnserve_server.repository import Model
+from attnserve_server.repository import IndexEntry, Model, ModelState
 from attnserve_server.text.params import FinishReason, GenerationChunk, RequestedParameters, Usage
 
 _FINISH_REASONS = {
@@ -85,10 +85,12 @@ def stream_chunk(
     return out
 
 
-def model_info(model: Model) -> models_pb2.ModelInfo:
-    """Everything a client needs to use a model, plus its live counters."""
+def model_info(model: Model, state: ModelState | None = None) -> models_pb2.ModelInfo:
+    """Everything a client needs to use a model, plus its live counters and load state."""
     default = model.version()
     info = models_pb2.ModelInfo(
+        state=state.state if state else "",
+        state_reason=state.reason if state else "",
         name=model.name,
         task=model.task,
         versions=list(model.versions),
@@ -121,6 +123,11 @@ def model_info(model: Model) -> models_pb2.ModelInfo:
         )
     )
     return info
+
+
+def model_status(entry: IndexEntry) -> models_pb2.ModelStatus:
+    """A model that does not serve: its state and why."""
+    return models_pb2.ModelStatus(name=entry.name, state=entry.state, reason=entry.reason)
 
 
 def _image_classification_info(model: Model) -> models_pb2.ImageClassificationInfo:

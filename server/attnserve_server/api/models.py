@@ -24,10 +24,14 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     async def ListModels(  # noqa: N802 (gRPC method name)
         self, request: models_pb2.ListModelsRequest, context: Context
     ) -> models_pb2.ListModelsResponse:
-        return models_pb2.ListModelsResponse(models=[converters.model_info(m) for m in self._handler.list_models()])
+        return models_pb2.ListModelsResponse(
+            models=[converters.model_info(m, self._handler.state(m.name)) for m in self._handler.list_models()],
+            unavailable=[converters.model_status(e) for e in self._handler.unavailable()],
+        )
 
     @grpc_errors
     async def GetModel(  # noqa: N802 (gRPC method name)
         self, request: models_pb2.GetModelRequest, context: Context
     ) -> models_pb2.ModelInfo:
-        return converters.model_info(self._handler.get_model(request.name))
+        model = self._handler.get_model(request.name)
+        return converters.model_info(model, self._handler.state(model.name))

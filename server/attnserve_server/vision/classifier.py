@@ -91,6 +91,19 @@ class ImageClassifier:
         logits = self.forward(self.prepare(images, max_pixels))
         return top_k(softmax(logits), k, self.spec.labels)
 
+    def _logits_of_images(self, images: Sequence[bytes], max_pixels: int) -> npt.NDArray[np.float32]:
+        return self.forward(self.prepare(images, max_pixels))
+
+    async def logits_of_images(self, images: Sequence[bytes], *, max_pixels: int) -> npt.NDArray[np.float32]:
+        """Logits ``(batch, num_classes)`` of encoded images; decoding and the model call run in the executor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._logits_of_images, images, max_pixels)
+
+    async def logits_of_pixels(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Logits of an already preprocessed ``(batch, C, H, W)`` array; the model call runs in the executor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.forward, batch)
+
     async def classify(self, images: Sequence[bytes], k: int, *, max_pixels: int) -> list[list[Prediction]]:
         """The top ``k`` predictions of each image; decoding and the model call run in the executor."""
         loop = asyncio.get_running_loop()
