@@ -199,3 +199,21 @@ def test_a_cancelled_stream_is_in_flight_then_counted_as_cancelled(
     assert value(s, "attnserve_requests_in_flight", **labels) == 0
     assert value(s, "attnserve_requests_total", code="OK", **labels) == 0
     assert 1 <= value(s, "attnserve_generation_tokens_total", model="long-gpt") < 1000
+
+
+def test_v2_inference_calls_are_counted(observed: tuple[Client, str]) -> None:
+    import tritonclient.grpc as triton  # the independent v2 client
+    from tritonclient.utils import InferenceServerException
+
+    client, url = observed
+    address = client.target
+    tensor = triton.InferInput("image", [2], "BYTES")
+    tensor.set_data_from_numpy(np.array([png(4), png(5)], dtype=object))
+    with triton.InferenceServerClient(address) as v2:
+        v2.infer(IMAGE, [tensor])
+        with pytest.raises(InferenceServerException):
+            v2.infer("no-such-model", [tensor])
+    s = scrape(url)
+    assert value(s, "attnserve_requests_total", model=IMAGE, method="ModelInfer", code="OK") == 1
+    assert value(s, "attnserve_requests_total", model="", method="ModelInfer", code="NOT_FOUND") == 1
+    assert value(s, "attnserve_batch_size_count", model=IMAGE) == 1

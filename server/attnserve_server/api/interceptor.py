@@ -6,9 +6,9 @@ success and on error, and tags every log record of the RPC (see :mod:`attnserve_
 The trailing metadata is set before the method runs, so an ``abort`` (which is how
 :func:`attnserve_server.errors.grpc_errors` answers errors) sends it too.
 
-Calls of the ``attnserve.v1`` services are also counted and timed in :class:`ServerMetrics`, and
-logged once at INFO when they end (method, status code, duration: never the request's content,
-which is logged only at DEBUG).
+Calls of the ``attnserve.v1`` services and the v2 API's inference calls are also counted and
+timed in :class:`ServerMetrics`, and logged once at INFO when they end (method, status code,
+duration: never the request's content, which is logged only at DEBUG).
 """
 
 from __future__ import annotations
@@ -34,7 +34,13 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_KEY = "x-request-id"
 # Longer ids, or ones with control characters, are replaced rather than logged.
 MAX_REQUEST_ID_CHARS = 128
-INSTRUMENTED_PREFIX = "/attnserve.v1."
+# The inference calls of both APIs; the rest of the v2 API (liveness, metadata, repository) is
+# control-plane traffic that would only crowd the request metrics.
+INSTRUMENTED = (
+    "/attnserve.v1.",
+    "/inference.GRPCInferenceService/ModelInfer",
+    "/inference.GRPCInferenceService/ModelStreamInfer",
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:  # grpc-stubs make it generic; the runtime class is not subscriptable
@@ -54,10 +60,10 @@ def request_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
 
 
 def requested_model(request: Any) -> str:
-    """The model a request names (``model``, or ``name`` for GetModel); ``""`` if none."""
+    """The model a request names (``model``, ``name`` for GetModel, ``model_name`` in the v2 API); ``""`` if none."""
     if not isinstance(request, message.Message):
         return ""  # a request that could not be parsed, or a request stream
-    for field in ("model", "name"):
+    for field in ("model", "name", "model_name"):
         if field in request.DESCRIPTOR.fields_by_name:
             return str(getattr(request, field))
     return ""
@@ -106,7 +112,7 @@ class RequestInterceptor(_ServerInterceptor):
         if cached is not None and cached[0] is handler:
             return cached[1]
         track: Track
-        if full_method.startswith(INSTRUMENTED_PREFIX):
+        if full_method.startswith(INSTRUMENTED):
             method = full_method.rsplit("/", 1)[-1]
 
             def track(request: Any, context: Context) -> contextlib.AbstractContextManager[None]:
