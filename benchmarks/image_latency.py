@@ -206,7 +206,9 @@ def main() -> None:
     for family in FAMILIES:
         model, _, version_dir = entry(family, 224)
         repo_dir = version_dir.parent.parent
-        repository = ModelRepository(repo_dir, default_max_new_tokens_limit=1, intra_op_threads=args.threads)
+        repository = ModelRepository(
+            repo_dir, default_max_new_tokens_limit=1, runtime=RuntimeOptions(intra_op_threads=args.threads)
+        )
         loaded = repository.load_model(version_dir.parent, executor)
         classifier = loaded.version("").image_classifier
         spinning = RuntimeSession(

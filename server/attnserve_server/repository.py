@@ -39,7 +39,7 @@ from attnserve_server.errors import (
     UnavailableError,
 )
 from attnserve_server.onnx_files import check_external_data
-from attnserve_server.runtime import RuntimeOptions, RuntimeSession, Shape
+from attnserve_server.runtime import DEFAULT_RUNTIME, RuntimeOptions, RuntimeSession, Shape
 from attnserve_server.text.generator import TextGenerator, TextModelSpec
 from attnserve_server.text.params import GenerationDefaults
 from attnserve_server.text.tokenizer import TextTokenizer
@@ -417,13 +417,13 @@ def _check_graph(name: str, spec: TextModelSpec, session: RuntimeSession) -> Non
         raise ModelLoadError(name, f"model.onnx lacks outputs named in metadata.json: {', '.join(missing)}")
 
 
-def _session(name: str, model_path: Path, intra_op_threads: int) -> RuntimeSession:
+def _session(name: str, model_path: Path, runtime: RuntimeOptions) -> RuntimeSession:
     try:
         check_external_data(model_path)
     except ValueError as exc:
         raise ModelLoadError(name, str(exc)) from None
     try:
-        return RuntimeSession(model_path, RuntimeOptions(intra_op_threads=intra_op_threads))
+        return RuntimeSession(model_path, runtime)
     except RuntimeError as exc:
         raise ModelLoadError(name, str(exc)) from None
 
@@ -491,7 +491,7 @@ def _show(shape: Shape) -> str:
 
 
 def _load_image_version(
-    name: str, version_dir: Path, metadata: ModelMetadata, executor: Executor, intra_op_threads: int
+    name: str, version_dir: Path, metadata: ModelMetadata, executor: Executor, runtime: RuntimeOptions
 ) -> ModelVersion:
     meta = metadata.image_classification
     assert meta is not None  # guaranteed by ModelMetadata's validator
@@ -499,7 +499,7 @@ def _load_image_version(
     labels = read_labels(name, _inside(version_dir, meta.labels_file, "labels_file", name))
     if len(labels) != meta.num_classes:
         raise ModelLoadError(name, f"{meta.labels_file} has {len(labels)} labels but num_classes is {meta.num_classes}")
-    session = _session(name, model_path, intra_op_threads)
+    session = _session(name, model_path, runtime)
     _check_image_graph(name, meta, session)
     spec = ImageModelSpec(
         input_name=meta.input_name, output_name=meta.output_name, labels=labels, input=meta.input_spec()
@@ -517,11 +517,13 @@ def _load_image_version(
     return ModelVersion(version=version_dir.name, path=version_dir, metadata=metadata, classifier=classifier)
 
 
-def load_version(name: str, version_dir: Path, executor: Executor, *, intra_op_threads: int = 0) -> ModelVersion:
+def load_version(
+    name: str, version_dir: Path, executor: Executor, *, runtime: RuntimeOptions = DEFAULT_RUNTIME
+) -> ModelVersion:
     """Load one version directory: metadata, tokenizer or labels, ONNX session; check they agree."""
     metadata = read_metadata(name, version_dir)
     if metadata.task == IMAGE_CLASSIFICATION:
-        return _load_image_version(name, version_dir, metadata, executor, intra_op_threads)
+        return _load_image_version(name, version_dir, metadata, executor, runtime)
     text = metadata.text_generation
     assert text is not None  # guaranteed by ModelMetadata's validator
     model_path = _inside(version_dir, metadata.model_file, "model_file", name)
@@ -535,7 +537,7 @@ def load_version(name: str, version_dir: Path, executor: Executor, *, intra_op_t
             name, f"tokenizer has {tokenizer.vocab_size} tokens but metadata vocab_size is {text.vocab_size}"
         )
     spec = _spec(name, text, tokenizer)
-    session = _session(name, model_path, intra_op_threads)
+    session = _session(name, model_path, runtime)
     _check_graph(name, spec, session)
     generator = TextGenerator(spec, session, tokenizer, executor)
     # A one-token forward pass catches shape mismatches now rather than on the first request.
@@ -564,13 +566,13 @@ class ModelRepository:
         root: Path,
         *,
         default_max_new_tokens_limit: int,
-        intra_op_threads: int = 0,
+        runtime: RuntimeOptions = DEFAULT_RUNTIME,
         max_images_per_request: int = 64,
     ) -> None:
         self.root = root
         self._default_limit = default_max_new_tokens_limit
         self._max_images = max_images_per_request
-        self._intra_op_threads = intra_op_threads
+        self._runtime = runtime
         self._models: dict[str, Model] = {}
         self._states: dict[str, ModelState] = {}
         # Counters outlive reloads and unloads: a reloaded model keeps counting where it was.
@@ -625,7 +627,7 @@ class ModelRepository:
             version_dir = model_dir / str(number)
             if not version_dir.resolve().is_relative_to(model_dir.resolve()):
                 raise ModelLoadError(name, f"version {number} is a link that points outside the model directory")
-            loaded = load_version(name, version_dir, executor, intra_op_threads=self._intra_op_threads)
+            loaded = load_version(name, version_dir, executor, runtime=self._runtime)
             versions[loaded.version] = loaded
             if loaded.metadata.image_classification is not None:
                 ic = loaded.metadata.image_classification

@@ -84,7 +84,10 @@ class RuntimeOptions:
     allow_spinning: bool = False
 
 
-def session_options(options: RuntimeOptions = RuntimeOptions()) -> ort.SessionOptions:
+DEFAULT_RUNTIME = RuntimeOptions()
+
+
+def session_options(options: RuntimeOptions = DEFAULT_RUNTIME) -> ort.SessionOptions:
     """ORT options for one session: bounded threads, the configured graph optimisation and spinning."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = options.intra_op_threads or available_cpus()
@@ -101,7 +104,7 @@ def session_options(options: RuntimeOptions = RuntimeOptions()) -> ort.SessionOp
 class RuntimeSession:
     """A loaded ONNX model. ``run`` is thread-safe and releases the GIL, so call it from a thread pool."""
 
-    def __init__(self, model_path: Path, options: RuntimeOptions = RuntimeOptions()) -> None:
+    def __init__(self, model_path: Path, options: RuntimeOptions = DEFAULT_RUNTIME) -> None:
         self.path = model_path
         self.options = options
         try:

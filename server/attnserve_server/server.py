@@ -137,7 +137,7 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
     repository = ModelRepository(
         settings.model_repository,
         default_max_new_tokens_limit=settings.max_new_tokens_limit,
-        intra_op_threads=settings.intra_op_threads,
+        runtime=settings.runtime_options(),
         max_images_per_request=settings.max_images_per_request,
     )
     try:

@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from attnserve_server.logs import LogFormat
+from attnserve_server.runtime import GraphOptimization, RuntimeOptions
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 ControlMode = Literal["none", "explicit", "poll"]
@@ -83,6 +84,15 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="ONNX Runtime threads per operator; 0 derives it from the cgroup CPU quota and core count.",
     )
+    graph_optimization: GraphOptimization = Field(
+        default="all",
+        description="ONNX Runtime graph optimisation level for every model: disable, basic, extended or all.",
+    )
+    allow_spinning: bool = Field(
+        default=False,
+        description="Let ONNX Runtime's worker threads spin between calls: a little less latency per call for "
+        "whole cores burnt while idle (and, in a container, CPU quota spent on nothing).",
+    )
     max_new_tokens_limit: int = Field(
         default=1024,
         ge=1,
@@ -133,6 +143,14 @@ class ServerSettings(BaseSettings):
         le=65535,
         description="Port of the Prometheus /metrics endpoint, bound on --host (0 picks a free one).",
     )
+
+    def runtime_options(self) -> RuntimeOptions:
+        """How every ONNX Runtime session is configured."""
+        return RuntimeOptions(
+            intra_op_threads=self.intra_op_threads,
+            graph_optimization=self.graph_optimization,
+            allow_spinning=self.allow_spinning,
+        )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -220,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif annotation is bool:
             # Both spellings work: --exit-on-error=false (as Triton writes it) and --no-exit-on-error.
             kwargs.update(nargs="?", const=True, type=_boolean, metavar="{true,false}")
+            parser.add_argument(_flag(name), **kwargs)
             parser.add_argument(
                 "--no-" + name.replace("_", "-"),
                 dest=name,
@@ -227,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                 default=argparse.SUPPRESS,
                 help=f"Same as {_flag(name)}=false.",
             )
+            continue
         elif annotation == tuple[str, ...]:
             kwargs["action"] = "append"
         elif annotation in (int, float, Path):

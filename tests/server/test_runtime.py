@@ -18,6 +18,28 @@ def test_thread_count_defaults_to_available_cpus() -> None:
     assert session_options(RuntimeOptions(intra_op_threads=3)).intra_op_num_threads == 3
 
 
+def test_graph_optimisation_and_spinning_come_from_the_options() -> None:
+    import onnxruntime as ort
+
+    default = session_options(RuntimeOptions())
+    assert default.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert default.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    tuned = session_options(RuntimeOptions(graph_optimization="basic", allow_spinning=True))
+    assert tuned.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert tuned.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_settings_build_the_runtime_options() -> None:
+    from attnserve_server.settings import load_settings
+
+    settings = load_settings(["--intra-op-threads", "2", "--graph-optimization", "extended", "--allow-spinning"])
+    assert settings.runtime_options() == RuntimeOptions(
+        intra_op_threads=2, graph_optimization="extended", allow_spinning=True
+    )
+    assert load_settings(["--allow-spinning=false"]).runtime_options().allow_spinning is False
+    assert load_settings([]).runtime_options() == RuntimeOptions()
+
+
 def test_session_runs_the_exported_model(tiny_repository: Path) -> None:
     version_dir = tiny_repository / "tiny-gpt" / "1"
     text = json.loads((version_dir / "metadata.json").read_text())["text_generation"]
