@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.errors import DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError
 from attnserve_server.repository import Model, ModelRepository
 from attnserve_server.text.params import (
     FinishReason,
@@ -156,6 +156,7 @@ class ClassificationRequest:
     images: tuple[bytes, ...]
     top_k: int | None = None
     model_version: str = ""
+    deadline: float | None = None  # a time.monotonic() instant
 
 
 @dataclass(frozen=True)
@@ -168,15 +169,14 @@ class ClassificationResult:
 
 
 class ImageClassificationHandler:
-    """Validates classification requests, runs them under the server's concurrency limit, keeps counters."""
+    """Validates classification requests, runs them through the model's batcher, keeps counters."""
 
-    def __init__(self, repository: ModelRepository, limiter: ConcurrencyLimiter, *, max_image_pixels: int) -> None:
+    def __init__(self, repository: ModelRepository, *, max_image_pixels: int) -> None:
         self._repository = repository
-        self._limiter = limiter
         self._max_image_pixels = max_image_pixels
 
     async def classify(self, request: ClassificationRequest) -> ClassificationResult:
-        """Check the request, then decode, preprocess and classify every image in one model call."""
+        """Check the request, then decode, preprocess and classify every image (merged with other requests)."""
         model = self._repository.get_image_model(request.model)
         version = model.version(request.model_version)
         classifier = version.image_classifier
@@ -194,10 +194,11 @@ class ImageClassificationHandler:
             raise InvalidArgumentError(f"top_k must be in [1, {classes}] (the model's number of classes), got {k}")
         model.counters.requests += 1
         try:
-            async with self._limiter.slot():
-                predictions = await classifier.classify(request.images, k, max_pixels=self._max_image_pixels)
-        except InvalidArgumentError:
-            raise  # the client's images, not a failure of the model
+            predictions = await classifier.classify(
+                request.images, k, max_pixels=self._max_image_pixels, deadline=request.deadline
+            )
+        except (InvalidArgumentError, ResourceExhaustedError, DeadlineExceededError):
+            raise  # the client's images, or load: not a failure of the model
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -40,6 +41,7 @@ from attnserve_server.runtime import RuntimeSession, Shape
 from attnserve_server.text.generator import TextGenerator, TextModelSpec
 from attnserve_server.text.params import GenerationDefaults
 from attnserve_server.text.tokenizer import TextTokenizer
+from attnserve_server.vision.batcher import BatchingConfig, BatchStats
 from attnserve_server.vision.classifier import ImageClassifier, ImageModelSpec
 from attnserve_server.vision.preprocess import InputSpec, ResampleName, ResizePolicy
 
@@ -166,10 +168,29 @@ class ModelMetadata(_Strict):
         return self
 
 
+class DynamicBatchingConfig(_Strict):
+    """``dynamic_batching`` in ``config.yaml`` (image models): unset keys take the server's defaults."""
+
+    max_batch_size: PositiveInt | None = None
+    max_queue_delay_ms: NonNegativeFloat | None = Field(default=None, allow_inf_nan=False)
+    max_queue_size: PositiveInt | None = None
+
+    def resolve(self, defaults: BatchingConfig) -> BatchingConfig:
+        """These settings over the server-wide ``defaults``."""
+        return BatchingConfig(
+            max_batch_size=self.max_batch_size or defaults.max_batch_size,
+            max_queue_delay_s=defaults.max_queue_delay_s
+            if self.max_queue_delay_ms is None
+            else self.max_queue_delay_ms / 1000,
+            max_queue_size=self.max_queue_size or defaults.max_queue_size,
+        )
+
+
 class ModelConfig(_Strict):
     """``config.yaml``: serving settings that are not a property of the weights."""
 
     max_new_tokens_limit: PositiveInt | None = None
+    dynamic_batching: DynamicBatchingConfig | None = None
 
 
 @dataclass
@@ -244,6 +265,17 @@ class Model:
             loaded = ", ".join(self.versions)
             raise ModelNotFoundError(f"model {self.name!r} has no loaded version {version!r} (loaded: {loaded})")
         return found
+
+    def batch_stats(self) -> BatchStats:
+        """What the batchers of all loaded versions have merged (zeros for text models)."""
+        total = BatchStats()
+        for version in self.versions.values():
+            if version.classifier is not None:
+                stats = version.classifier.batcher.stats
+                total.batches += stats.batches
+                total.items += stats.items
+                total.dropped += stats.dropped
+        return total
 
     def defaults(self) -> GenerationDefaults:
         """Request defaults of the default version, with max_new_tokens capped by the limit."""
@@ -415,7 +447,13 @@ def _show(shape: Shape) -> str:
 
 
 def _load_image_version(
-    name: str, version_dir: Path, metadata: ModelMetadata, executor: Executor, intra_op_threads: int
+    name: str,
+    version_dir: Path,
+    metadata: ModelMetadata,
+    executor: Executor,
+    *,
+    intra_op_threads: int,
+    batching: BatchingConfig,
 ) -> ModelVersion:
     meta = metadata.image_classification
     assert meta is not None  # guaranteed by ModelMetadata's validator
@@ -428,7 +466,7 @@ def _load_image_version(
     spec = ImageModelSpec(
         input_name=meta.input_name, output_name=meta.output_name, labels=labels, input=meta.input_spec()
     )
-    classifier = ImageClassifier(spec, session, executor)
+    classifier = ImageClassifier(spec, session, executor, name=name, batching=batching)
     # A batch of two catches a fixed batch size or a shape mismatch now rather than on the first request.
     try:
         logits = classifier.forward(np.zeros((2, meta.channels, meta.height, meta.width), dtype=np.float32))
@@ -441,11 +479,28 @@ def _load_image_version(
     return ModelVersion(version=version_dir.name, path=version_dir, metadata=metadata, classifier=classifier)
 
 
-def load_version(name: str, version_dir: Path, executor: Executor, *, intra_op_threads: int = 0) -> ModelVersion:
-    """Load one version directory: metadata, tokenizer or labels, ONNX session; check they agree."""
+def load_version(
+    name: str,
+    version_dir: Path,
+    executor: Executor,
+    *,
+    intra_op_threads: int = 0,
+    batching: BatchingConfig | None = None,
+) -> ModelVersion:
+    """Load one version directory: metadata, tokenizer or labels, ONNX session; check they agree.
+
+    ``batching`` configures an image model's dynamic batcher (default: :class:`BatchingConfig`).
+    """
     metadata = read_metadata(name, version_dir)
     if metadata.task == IMAGE_CLASSIFICATION:
-        return _load_image_version(name, version_dir, metadata, executor, intra_op_threads)
+        return _load_image_version(
+            name,
+            version_dir,
+            metadata,
+            executor,
+            intra_op_threads=intra_op_threads,
+            batching=batching or BatchingConfig(),
+        )
     text = metadata.text_generation
     assert text is not None  # guaranteed by ModelMetadata's validator
     model_path = _inside(version_dir, metadata.model_file, "model_file", name)
@@ -490,8 +545,10 @@ class ModelRepository:
         default_max_new_tokens_limit: int,
         intra_op_threads: int = 0,
         max_images_per_request: int = 64,
+        batching: BatchingConfig | None = None,
     ) -> None:
         self.root = root
+        self._batching = batching or BatchingConfig()
         self._default_limit = default_max_new_tokens_limit
         self._max_images = max_images_per_request
         self._intra_op_threads = intra_op_threads
@@ -524,7 +581,14 @@ class ModelRepository:
         if not versions:
             raise ModelLoadError(name, f"no version directories (positive integers) in {model_dir}")
         latest = versions[-1][1]
-        loaded = load_version(name, latest, executor, intra_op_threads=self._intra_op_threads)
+        batching = self._batching
+        if config.dynamic_batching is not None:
+            if read_metadata(name, latest).task != IMAGE_CLASSIFICATION:
+                raise ModelLoadError(
+                    name, "config.yaml sets dynamic_batching, which only applies to image-classification models"
+                )
+            batching = config.dynamic_batching.resolve(batching)
+        loaded = load_version(name, latest, executor, intra_op_threads=self._intra_op_threads, batching=batching)
         model = Model(
             name=name,
             config=config,
@@ -569,3 +633,10 @@ class ModelRepository:
     def models(self) -> list[Model]:
         """All loaded models, sorted by name."""
         return [self._models[n] for n in sorted(self._models)]
+
+    def close(self) -> None:
+        """Stop the image models' batchers (after the server has drained)."""
+        for model in self._models.values():
+            for version in model.versions.values():
+                if version.classifier is not None:
+                    version.classifier.batcher.close()

@@ -22,6 +22,7 @@ from attnserve_server.handlers import ImageClassificationHandler, ModelHandler, 
 from attnserve_server.repository import ModelRepository
 from attnserve_server.settings import ServerSettings
 from attnserve_server.text.scheduler import ConcurrencyLimiter
+from attnserve_server.vision.batcher import BatchingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ def build_server(
     ]
     server = grpc.aio.server(options=options)
     add_servicer(server, TextGenerationServicer(TextGenerationHandler(repository, limiter)), TEXT_GENERATION_SERVICE)
-    classify = ImageClassificationHandler(repository, limiter, max_image_pixels=settings.max_image_pixels)
+    # Image requests are admitted by their model's batcher queue, not by the limiter, which would cap
+    # how many requests can wait to be merged.
+    classify = ImageClassificationHandler(repository, max_image_pixels=settings.max_image_pixels)
     add_servicer(server, ImageClassificationServicer(classify), IMAGE_CLASSIFICATION_SERVICE)
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
     health_servicer: AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -91,6 +94,11 @@ async def serve(settings: ServerSettings) -> None:
         default_max_new_tokens_limit=settings.max_new_tokens_limit,
         intra_op_threads=settings.intra_op_threads,
         max_images_per_request=settings.max_images_per_request,
+        batching=BatchingConfig(
+            max_batch_size=settings.image_max_batch_size,
+            max_queue_delay_s=settings.image_max_queue_delay_ms / 1000,
+            max_queue_size=settings.image_max_queue_size,
+        ),
     )
     try:
         model_dirs = repository.discover()
@@ -132,5 +140,6 @@ async def serve(settings: ServerSettings) -> None:
     # Health first, so load balancers stop sending traffic while in-flight requests finish.
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.grace_period_s)
+    repository.close()
     executor.shutdown(wait=True, cancel_futures=True)
     logger.info("stopped")

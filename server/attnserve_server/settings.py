@@ -73,6 +73,25 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="Requests that may wait for a free slot; beyond that requests fail with RESOURCE_EXHAUSTED.",
     )
+    image_max_batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Image models: most images merged into one ONNX Runtime call (dynamic batching), for "
+        "models whose config.yaml sets no dynamic_batching.max_batch_size.",
+    )
+    image_max_queue_delay_ms: float = Field(
+        default=2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Image models: longest the oldest queued image waits for its batch to fill, in ms "
+        "(default for dynamic_batching.max_queue_delay_ms).",
+    )
+    image_max_queue_size: int = Field(
+        default=256,
+        ge=1,
+        description="Image models: most images admitted and not yet running, per model; past it, Classify "
+        "fails at once with RESOURCE_EXHAUSTED (default for dynamic_batching.max_queue_size).",
+    )
     log_level: LogLevel = Field(default="INFO", description="Logging level.")
 
 

@@ -1,4 +1,4 @@
-"""The image classifier engine: decode and preprocess a request's images, one batched ORT call, softmax, top-k."""
+"""The image classifier engine: decode and preprocess a request's images, batched ORT calls, softmax, top-k."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from attnserve_server.errors import InvalidArgumentError
 from attnserve_server.runtime import RuntimeSession
+from attnserve_server.vision.batcher import BatchingConfig, DynamicBatcher
 from attnserve_server.vision.decode import decode_image
 from attnserve_server.vision.preprocess import InputSpec, preprocess
 
@@ -59,10 +60,20 @@ def top_k(probs: npt.NDArray[np.float64], k: int, labels: Sequence[str]) -> list
 class ImageClassifier:
     """A loaded image-classification model version."""
 
-    def __init__(self, spec: ImageModelSpec, session: RuntimeSession, executor: Executor) -> None:
+    def __init__(
+        self,
+        spec: ImageModelSpec,
+        session: RuntimeSession,
+        executor: Executor,
+        *,
+        name: str = "",
+        batching: BatchingConfig | None = None,
+    ) -> None:
         self.spec = spec
         self._session = session
         self._executor = executor
+        # The batcher owns this model's ORT calls, so concurrent requests merge into one call.
+        self.batcher = DynamicBatcher(name, self.forward, batching or BatchingConfig())
 
     def forward(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Logits ``(batch, num_classes)`` of a preprocessed ``(batch, C, H, W)`` array (blocking)."""
@@ -87,11 +98,17 @@ class ImageClassifier:
                     ) from None
         return np.stack(arrays)  # (B, C, H, W)
 
-    def _classify(self, images: Sequence[bytes], k: int, max_pixels: int) -> list[list[Prediction]]:
-        logits = self.forward(self.prepare(images, max_pixels))
-        return top_k(softmax(logits), k, self.spec.labels)
+    async def classify(
+        self, images: Sequence[bytes], k: int, *, max_pixels: int, deadline: float | None = None
+    ) -> list[list[Prediction]]:
+        """The top ``k`` predictions of each image.
 
-    async def classify(self, images: Sequence[bytes], k: int, *, max_pixels: int) -> list[list[Prediction]]:
-        """The top ``k`` predictions of each image; decoding and the model call run in the executor."""
+        Room in the batcher's queue is reserved first, so an overloaded model refuses the request
+        (ResourceExhaustedError) before decoding it; decoding runs in the executor, and the model
+        call in the batcher, merged with other requests'. ``deadline`` is a ``time.monotonic()`` instant.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._classify, images, k, max_pixels)
+        with self.batcher.reserve(len(images)) as reservation:
+            batch = await loop.run_in_executor(self._executor, self.prepare, images, max_pixels)
+            logits = await reservation.run(batch, deadline)
+        return top_k(softmax(logits), k, self.spec.labels)
