@@ -174,6 +174,7 @@ class DynamicBatchingConfig(_Strict):
     max_batch_size: PositiveInt | None = None
     max_queue_delay_ms: NonNegativeFloat | None = Field(default=None, allow_inf_nan=False)
     max_queue_size: PositiveInt | None = None
+    adaptive_delay: bool | None = None
 
     def resolve(self, defaults: BatchingConfig) -> BatchingConfig:
         """These settings over the server-wide ``defaults``."""
@@ -183,6 +184,7 @@ class DynamicBatchingConfig(_Strict):
             if self.max_queue_delay_ms is None
             else self.max_queue_delay_ms / 1000,
             max_queue_size=self.max_queue_size or defaults.max_queue_size,
+            adaptive_delay=defaults.adaptive_delay if self.adaptive_delay is None else self.adaptive_delay,
         )
 
 

@@ -98,6 +98,7 @@ async def serve(settings: ServerSettings) -> None:
             max_batch_size=settings.image_max_batch_size,
             max_queue_delay_s=settings.image_max_queue_delay_ms / 1000,
             max_queue_size=settings.image_max_queue_size,
+            adaptive_delay=settings.image_adaptive_delay,
         ),
     )
     try:

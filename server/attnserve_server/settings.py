@@ -86,6 +86,12 @@ class ServerSettings(BaseSettings):
         description="Image models: longest the oldest queued image waits for its batch to fill, in ms "
         "(default for dynamic_batching.max_queue_delay_ms).",
     )
+    image_adaptive_delay: bool = Field(
+        default=True,
+        description="Image models: wait max_queue_delay_ms only while other requests are in flight (or the "
+        "last call merged several), so a lone client pays no batching delay; false always waits "
+        "(default for dynamic_batching.adaptive_delay).",
+    )
     image_max_queue_size: int = Field(
         default=256,
         ge=1,

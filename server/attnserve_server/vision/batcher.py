@@ -11,6 +11,8 @@ one call on the batcher's own thread, and hands each request its rows.
   stay in order), and its tail can share a call with the next request.
 - Before each call, requests whose caller has gone (cancelled) or whose deadline has passed
   are dropped, so their images never reach the model.
+- With ``adaptive_delay`` (the default) the batcher waits for company only while other requests
+  are in flight or recently were, so a lone client pays no batching delay.
 - Only one call runs at a time per model: ONNX Runtime already uses every core for one call,
   and while it runs the next batch fills up.
 """
@@ -45,11 +47,15 @@ class BatchingConfig:
         max_queue_delay_s: longest the oldest queued image waits for the batch to fill.
         max_queue_size: most images admitted and not yet running (decoding or queued); past it,
             requests are refused with RESOURCE_EXHAUSTED.
+        adaptive_delay: wait for the batch to fill only while more requests are expected (another
+            admitted request is still being decoded, or the last call merged several requests).
+            A lone client then pays no batching delay. False: always wait up to the delay.
     """
 
     max_batch_size: int = 8
     max_queue_delay_s: float = 0.002
     max_queue_size: int = 256
+    adaptive_delay: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_queue_delay_s < 0:
@@ -113,6 +119,7 @@ class DynamicBatcher:
         self._forward = forward
         self._queue: deque[_Pending] = deque()
         self._reserved = 0  # images admitted and not yet taken into a batch
+        self._last_batch_requests = 0  # how many requests the last call served
         self._arrived: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         # The batcher's own thread: its calls never wait behind decoding or text generation in
@@ -200,6 +207,11 @@ class DynamicBatcher:
                 self._queue.popleft()
         return parts
 
+    def _more_expected(self, queued: int) -> bool:
+        """Whether waiting is likely to grow the batch: requests are in flight, or were lately."""
+        decoding = self._reserved - queued
+        return decoding > 0 or self._last_batch_requests > 1
+
     async def _wait_for_batch(self) -> None:
         """Return once a batch should run: full, or the oldest live request has waited long enough."""
         assert self._arrived is not None
@@ -209,7 +221,10 @@ class DynamicBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            if self._queued_rows() >= self.config.max_batch_size:
+            queued = self._queued_rows()
+            if queued >= self.config.max_batch_size:
+                return
+            if self.config.adaptive_delay and not self._more_expected(queued):
                 return
             wait = self._queue[0].enqueued_at + self.config.max_queue_delay_s - time.monotonic()
             if wait <= 0:
@@ -239,6 +254,7 @@ class DynamicBatcher:
                 continue
             self.stats.batches += 1
             self.stats.items += len(batch)
+            self._last_batch_requests = len({id(p) for p, _, _ in parts})
             offset = 0
             for pending, start, stop in parts:
                 rows = logits[offset : offset + stop - start]

@@ -36,12 +36,15 @@ MERGE = "merge"  # waits long enough that concurrent requests always meet
 SPLIT = "split"  # batches of 4, no waiting
 SLOW = "slow-queue"  # a long delay, so a request sits in the queue
 FULL = "tiny-queue"  # room for 2 queued images
+ADAPTIVE = "adaptive"  # a long delay that a lone request skips
 
+ALWAYS_WAIT = "  adaptive_delay: false\n"
 CONFIGS = {
-    MERGE: "dynamic_batching:\n  max_batch_size: 16\n  max_queue_delay_ms: 1000\n",
+    MERGE: "dynamic_batching:\n  max_batch_size: 16\n  max_queue_delay_ms: 1000\n" + ALWAYS_WAIT,
     SPLIT: "dynamic_batching:\n  max_batch_size: 4\n  max_queue_delay_ms: 0\n",
-    SLOW: "dynamic_batching:\n  max_batch_size: 8\n  max_queue_delay_ms: 1500\n",
-    FULL: "dynamic_batching:\n  max_batch_size: 8\n  max_queue_delay_ms: 2000\n  max_queue_size: 2\n",
+    SLOW: "dynamic_batching:\n  max_batch_size: 8\n  max_queue_delay_ms: 1500\n" + ALWAYS_WAIT,
+    FULL: "dynamic_batching:\n  max_batch_size: 8\n  max_queue_delay_ms: 2000\n  max_queue_size: 2\n" + ALWAYS_WAIT,
+    ADAPTIVE: "dynamic_batching:\n  max_batch_size: 8\n  max_queue_delay_ms: 5000\n",
 }
 TOP_K = 10  # every class, so the whole score vector is compared
 
@@ -100,6 +103,18 @@ def test_concurrent_requests_merge_and_each_caller_gets_its_own_results(batching
     # Six requests that arrive within the 1 s delay share calls: fewer calls than requests.
     assert after.batches - before.batches < len(images)
     assert after.requests - before.requests == len(images)
+
+
+def test_with_adaptive_delay_a_lone_request_does_not_wait_for_company(batching_address: str) -> None:
+    with Client(batching_address) as client:
+        before = counters(client, ADAPTIVE)
+        start = time.monotonic()
+        for seed in range(3):
+            client.classify(png(seed), model=ADAPTIVE)
+        elapsed = time.monotonic() - start
+        after = counters(client, ADAPTIVE)
+    assert elapsed < 5.0  # one 5 s delay would already exceed it
+    assert after.batches - before.batches == 3
 
 
 def test_a_request_larger_than_the_batch_is_split(batching_address: str) -> None:
