@@ -330,6 +330,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         max_bpc_increase=args.max_bpc_increase,
         max_accuracy_drop=args.max_accuracy_drop,
         force=args.force,
+        command=shlex.join(["attnserve-export", *sys.argv[1:]]),
     )
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0 if report.version is not None else 4

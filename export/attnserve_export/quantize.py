@@ -285,6 +285,7 @@ def quantize_entry(
     max_bpc_increase: float = MAX_BPC_INCREASE,
     max_accuracy_drop: float = MAX_ACCURACY_DROP,
     force: bool = False,
+    command: str = "",
 ) -> QuantizationReport:
     """Quantize ``repository/name/<from_version>`` and measure it; write it as a new version if it
     is accepted (faster, and within the tolerance), or whatever the result with ``force``.
@@ -327,6 +328,7 @@ def quantize_entry(
             f"{metadata.get('description', '')} (int8 dynamic quantization of version {source.name})".strip()
         )
         metadata.setdefault("provenance", {})["quantization"] = {
+            "command": command,
             "method": "onnxruntime.quantization.quantize_dynamic",
             "weight_type": "QInt8",
             "per_channel": True,
