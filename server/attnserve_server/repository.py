@@ -452,7 +452,6 @@ def _load_image_version(
     name: str,
     version_dir: Path,
     metadata: ModelMetadata,
-    executor: Executor,
     *,
     intra_op_threads: int,
     batching: BatchingConfig,
@@ -468,7 +467,7 @@ def _load_image_version(
     spec = ImageModelSpec(
         input_name=meta.input_name, output_name=meta.output_name, labels=labels, input=meta.input_spec()
     )
-    classifier = ImageClassifier(spec, session, executor, name=name, batching=batching)
+    classifier = ImageClassifier(spec, session, name=name, batching=batching)
     # A batch of two catches a fixed batch size or a shape mismatch now rather than on the first request.
     try:
         logits = classifier.forward(np.zeros((2, meta.channels, meta.height, meta.width), dtype=np.float32))
@@ -499,7 +498,6 @@ def load_version(
             name,
             version_dir,
             metadata,
-            executor,
             intra_op_threads=intra_op_threads,
             batching=batching or BatchingConfig(),
         )
@@ -637,8 +635,8 @@ class ModelRepository:
         return [self._models[n] for n in sorted(self._models)]
 
     def close(self) -> None:
-        """Stop the image models' batchers (after the server has drained)."""
+        """Stop the image models' batchers and decode pools (after the server has drained)."""
         for model in self._models.values():
             for version in model.versions.values():
                 if version.classifier is not None:
-                    version.classifier.batcher.close()
+                    version.classifier.close()

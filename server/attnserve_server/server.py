@@ -85,8 +85,8 @@ async def serve(settings: ServerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    # One worker thread per concurrent generation or classification (the limiter caps them), plus one for loading
-    # and tokenizing so those never wait behind a long generation.
+    # One worker thread per concurrent generation (the limiter caps them), plus one for loading and tokenizing so
+    # those never wait behind a long generation. Image models decode in their own pools and run ORT in their batchers.
     executor = ThreadPoolExecutor(max_workers=settings.max_concurrent_requests + 1, thread_name_prefix="ort")
     limiter = ConcurrencyLimiter(settings.max_concurrent_requests, settings.max_queued_requests)
     repository = ModelRepository(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from attnserve_server.errors import InvalidArgumentError
-from attnserve_server.runtime import RuntimeSession
+from attnserve_server.runtime import RuntimeSession, available_cpus
 from attnserve_server.vision.batcher import BatchingConfig, DynamicBatcher
 from attnserve_server.vision.decode import decode_image
 from attnserve_server.vision.preprocess import InputSpec, preprocess
@@ -64,14 +64,18 @@ class ImageClassifier:
         self,
         spec: ImageModelSpec,
         session: RuntimeSession,
-        executor: Executor,
         *,
         name: str = "",
         batching: BatchingConfig | None = None,
+        decode_threads: int = 0,
     ) -> None:
         self.spec = spec
         self._session = session
-        self._executor = executor
+        # Decoding has its own pool: a burst of image requests must not queue ahead of text
+        # generation in the server's shared pool, and the batcher's queue already bounds the burst.
+        self._decode_pool = ThreadPoolExecutor(
+            max_workers=decode_threads or available_cpus(), thread_name_prefix=f"decode-{name}"
+        )
         # The batcher owns this model's ORT calls, so concurrent requests merge into one call.
         self.batcher = DynamicBatcher(name, self.forward, batching or BatchingConfig())
 
@@ -104,11 +108,16 @@ class ImageClassifier:
         """The top ``k`` predictions of each image.
 
         Room in the batcher's queue is reserved first, so an overloaded model refuses the request
-        (ResourceExhaustedError) before decoding it; decoding runs in the executor, and the model
+        (ResourceExhaustedError) before decoding it; decoding runs in the decode pool, and the model
         call in the batcher, merged with other requests'. ``deadline`` is a ``time.monotonic()`` instant.
         """
         loop = asyncio.get_running_loop()
         with self.batcher.reserve(len(images)) as reservation:
-            batch = await loop.run_in_executor(self._executor, self.prepare, images, max_pixels)
+            batch = await loop.run_in_executor(self._decode_pool, self.prepare, images, max_pixels)
             logits = await reservation.run(batch, deadline)
         return top_k(softmax(logits), k, self.spec.labels)
+
+    def close(self) -> None:
+        """Stop the batcher and the decode pool (after the server has drained)."""
+        self.batcher.close()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
