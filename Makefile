@@ -54,6 +54,8 @@ bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/text_decode_latency.py
 	$(TEST_VENV)/bin/python benchmarks/server_ttft.py
 	$(TEST_VENV)/bin/python benchmarks/image_latency.py
+	$(TEST_VENV)/bin/python benchmarks/image_throughput.py
+	$(TEST_VENV)/bin/python benchmarks/image_overload.py
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) .pytest_cache .mypy_cache .ruff_cache
