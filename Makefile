@@ -84,6 +84,8 @@ bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/server_ttft.py
 	$(TEST_VENV)/bin/python benchmarks/image_latency.py
 	$(TEST_VENV)/bin/python benchmarks/kserve_overhead.py
+	$(TEST_VENV)/bin/python benchmarks/image_throughput.py
+	$(TEST_VENV)/bin/python benchmarks/image_overload.py
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) $(KSERVE_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -51,10 +51,11 @@ class AsyncClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        retry_overloaded: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._timeout = check_timeout(timeout)
-        self._retry = RetryPolicy(retries=retries)
+        self._retry = RetryPolicy(retries=retries, retry_overloaded=retry_overloaded)
         self._target = target
         options = channel_options(self._retry)
         if credentials is None:
@@ -267,7 +268,7 @@ class AsyncClient:
         deadline: Deadline,
         name: str,
     ) -> _Response:
-        """One unary call, retried on UNAVAILABLE within ``deadline``."""
+        """One unary call, retried (as the retry policy says) within ``deadline``."""
         retry = 0
         while True:
             try:

@@ -61,6 +61,9 @@ class Client:
             must finish within it too; pass ``timeout=`` to a call to change it for that call.
         retries: how many times a call that failed with UNAVAILABLE is sent again, with
             exponential backoff and jitter (a stream only before its first chunk). 0 disables.
+        retry_overloaded: also retry calls the server refused because it is overloaded
+            (RESOURCE_EXHAUSTED), with the same backoff. Off by default: without it such a call
+            raises :class:`~attnserve_client.OverloadedError` at once, and the caller decides.
         credentials: TLS credentials (``grpc.ssl_channel_credentials()``); None for plaintext.
 
     Every method raises a subclass of :class:`~attnserve_client.AttnserveError` on failure.
@@ -72,10 +75,11 @@ class Client:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        retry_overloaded: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._timeout = check_timeout(timeout)
-        self._retry = RetryPolicy(retries=retries)
+        self._retry = RetryPolicy(retries=retries, retry_overloaded=retry_overloaded)
         self._target = target
         # A sync server-streaming call normally hands every message over from gRPC's channel
         # spin thread, which costs about 2 ms before the first chunk; consuming the stream on
@@ -345,7 +349,7 @@ class Client:
         deadline: Deadline,
         name: str,
     ) -> _Response:
-        """One unary call, retried on UNAVAILABLE within ``deadline``."""
+        """One unary call, retried (as the retry policy says) within ``deadline``."""
         retry = 0
         while True:
             try:

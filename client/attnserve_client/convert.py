@@ -115,6 +115,8 @@ def to_model_info(info: models_pb2.ModelInfo) -> ModelInfo:
             requests=info.counters.requests,
             tokens_generated=info.counters.tokens_generated,
             failures=info.counters.failures,
+            batches=info.counters.batches,
+            batched_items=info.counters.batched_items,
         ),
         text_generation=text_generation,
         image_classification=image_classification,

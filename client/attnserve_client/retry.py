@@ -1,8 +1,11 @@
-"""Deadlines and the retry policy for UNAVAILABLE.
+"""Deadlines and the retry policy for UNAVAILABLE (and, if asked, RESOURCE_EXHAUSTED).
 
-Only UNAVAILABLE is retried: it means the request never reached a model (the server is
-restarting, or not up yet), so sending it again is safe. A stream is retried only until its
-first chunk arrives, because after that the caller has already seen part of the output.
+UNAVAILABLE is retried: it means the request never reached a model (the server is
+restarting, or not up yet), so sending it again is safe. RESOURCE_EXHAUSTED (the server's
+queue is full) is safe to resend too, but retrying it by default would add load to a server
+that is shedding it, so it is retried only when the caller opts in (``retry_overloaded``).
+A stream is retried only until its first chunk arrives, because after that the caller has
+already seen part of the output.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ class RetryPolicy:
         initial_backoff: the wait before the first retry, in seconds (before jitter).
         max_backoff: the longest wait between two attempts, in seconds.
         multiplier: how much the wait grows after each retry.
+        retry_overloaded: also retry RESOURCE_EXHAUSTED (:class:`~attnserve_client.OverloadedError`).
     """
 
     retries: int = 2
     initial_backoff: float = 0.25
     max_backoff: float = 2.0
     multiplier: float = 2.0
+    retry_overloaded: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
@@ -46,10 +51,14 @@ class RetryPolicy:
     def delay(self, code: grpc.StatusCode, retry: int, remaining: float) -> float | None:
         """The wait before retry number ``retry`` (0-based) after ``code``, or None to give up.
 
-        Gives up when ``code`` is not UNAVAILABLE, when the retries are spent, or when the wait
-        would not leave time for another attempt before the deadline.
+        Gives up when ``code`` is not UNAVAILABLE (or RESOURCE_EXHAUSTED with ``retry_overloaded``),
+        when the retries are spent, or when the wait would not leave time for another attempt
+        before the deadline.
         """
-        if code != grpc.StatusCode.UNAVAILABLE or retry >= self.retries:
+        retryable = code == grpc.StatusCode.UNAVAILABLE or (
+            self.retry_overloaded and code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
+        if not retryable or retry >= self.retries:
             return None
         backoff = min(self.max_backoff, self.initial_backoff * self.multiplier**retry)
         # "Equal jitter": half fixed, half random, so that clients that failed together

@@ -190,12 +190,16 @@ class ImageClassificationInfo:
 class ModelCounters:
     """Live counters since the server started, over all versions of a model.
 
-    ``tokens_generated`` stays 0 for image-classification models.
+    ``tokens_generated`` stays 0 for image-classification models. ``batches`` and
+    ``batched_items`` count the ONNX Runtime calls of an image model's dynamic batcher and the
+    images they classified (``batched_items / batches`` is the mean batch size); 0 for text models.
     """
 
     requests: int
     tokens_generated: int
     failures: int
+    batches: int = 0
+    batched_items: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
-"""The ``attnserve-export`` command line: ``train gpt ...`` and ``onnx ...``."""
+"""The ``attnserve-export`` command line: ``train gpt ...``, ``onnx ...`` and ``quantize ...``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -26,6 +27,7 @@ from attnserve_export.image_train import (
     train_image,
 )
 from attnserve_export.onnx_export import DEFAULT_GENERATION, export_gpt, next_version_dir
+from attnserve_export.quantize import MAX_ACCURACY_DROP, MAX_BPC_INCREASE, SPEED_REPEATS, quantize_entry
 from attnserve_export.swin import PRESETS as SWIN_PRESETS
 from attnserve_export.tokenizer import load_tokenizer
 from attnserve_export.train import TrainConfig, load_trained, train
@@ -288,6 +290,52 @@ def _run_onnx_classifier(args: argparse.Namespace, provenance: dict[str, Any]) -
     return 0
 
 
+def _add_quantize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="write an int8 dynamically quantized version of a repository entry, if it is worth it",
+        description="Quantize <repository>/<name>/<version> with ONNX Runtime's int8 dynamic quantization, "
+        "measure its test accuracy (classifiers) or test bits per character (text) and its speed against the "
+        "fp32 version, and write it as <repository>/<name>/<next version> only if it is faster and within the "
+        "tolerance (or with --force). Prints the report as JSON; exit status 4 if it was not written.",
+    )
+    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--repository", type=Path, default=Path("models"))
+    p.add_argument("--from-version", default=None, help="the fp32 version to quantize (default: the latest)")
+    p.add_argument("--version", type=int, default=None, help="version number to write (default: the next one)")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="text: score on the test split of these files (default: the corpus the model was trained on)",
+    )
+    p.add_argument("--max-bpc-increase", type=float, default=MAX_BPC_INCREASE)
+    p.add_argument("--max-accuracy-drop", type=float, default=MAX_ACCURACY_DROP, help="in percentage points")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the speed comparison")
+    p.add_argument("--repeats", type=int, default=SPEED_REPEATS, help="timed calls per case and precision")
+    p.add_argument("--force", action="store_true", help="write the new version even if it is slower or too lossy")
+    p.set_defaults(func=_run_quantize)
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    report = quantize_entry(
+        args.repository,
+        args.name,
+        from_version=args.from_version,
+        version=args.version,
+        corpus=args.corpus,
+        threads=args.threads,
+        repeats=args.repeats,
+        max_bpc_increase=args.max_bpc_increase,
+        max_accuracy_drop=args.max_accuracy_drop,
+        force=args.force,
+        command=shlex.join(["attnserve-export", *sys.argv[1:]]),
+    )
+    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0 if report.version is not None else 4
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnserve-export", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -298,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_image(train_sub, "vit")
     _add_train_image(train_sub, "swin")
     _add_onnx(sub)
+    _add_quantize(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,17 +127,42 @@ def _windows(length: int, context: int, stride: int) -> list[tuple[int, int, int
 def evaluate_bpc(
     model: GPT, tokenizer: Tokenizer, docs: list[Document], stride_fraction: float = 0.5, batch_size: int = 16
 ) -> float:
+    """Bits per character of ``docs`` under ``model`` (see :func:`score_bpc`)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return score_bpc(
+            lambda batch: model(batch)[0],
+            model.config.context_length,
+            tokenizer,
+            docs,
+            stride_fraction=stride_fraction,
+            batch_size=batch_size,
+        )
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def score_bpc(
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    context: int,
+    tokenizer: Tokenizer,
+    docs: list[Document],
+    *,
+    stride_fraction: float = 0.5,
+    batch_size: int = 16,
+) -> float:
     """Bits per character of ``docs``: total next-token nats / ln 2 / characters.
 
+    ``logits_of`` maps token ids ``(B, T)`` to logits ``(B, T, vocab)``: a PyTorch model, or an
+    exported ONNX graph (so a quantized export is scored exactly like its checkpoint).
     Each document is scored on its own, starting after an ``<|endoftext|>`` so that its
     first token is predicted too. Windows of the full context slide by
     ``stride_fraction`` of it, so every token after the first window sees at least
     ``context * (1 - stride_fraction)`` tokens of history. Windows of equal length are
     batched: a batch-1 forward pass wastes most of a CPU's throughput.
     """
-    was_training = model.training
-    model.eval()
-    context = model.config.context_length
     stride = max(1, int(context * stride_fraction))
     eos = tokenizer.token_to_id(EOS_TOKEN)
     total_nats = 0.0
@@ -150,12 +176,11 @@ def evaluate_bpc(
         groups += [[w] for w in windows if w[1] - w[0] != context + 1]
         for group in groups:
             batch = torch.stack([ids[s:e] for s, e, _ in group])  # (B, T + 1)
-            logits, _ = model(batch[:, :-1])  # (B, T, vocab)
+            logits = logits_of(batch[:, :-1])  # (B, T, vocab)
             nats = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # (B, T)
             for row, (s, _, first) in enumerate(group):
                 # nats[row, j] scores ids[s + 1 + j]
                 total_nats += float(nats[row, first - s - 1 :].sum())
-    model.train(was_training)
     return total_nats / math.log(2) / max(1, total_chars)
 
 

@@ -76,6 +76,8 @@ PRESETS: dict[str, ViTConfig] = {
     ),
     # ViT-B/16 at 224 px with a 1000-class head: 86.6M parameters.
     "vit-b16": ViTConfig(),
+    # DeiT-Ti (Touvron et al. 2021): ViT-B/16's shape at width 192 with 3 heads, 5.7M parameters.
+    "deit-ti": ViTConfig(dim=192, depth=12, num_heads=3),
 }
 
 

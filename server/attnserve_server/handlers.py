@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.errors import DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError
 from attnserve_server.metrics import GenerationTimer, ServerMetrics
 from attnserve_server.repository import READY, IndexEntry, Model, ModelRepository, ModelState
 from attnserve_server.text.params import (
@@ -24,6 +24,7 @@ from attnserve_server.text.params import (
     resolve_parameters,
 )
 from attnserve_server.text.scheduler import ConcurrencyLimiter
+from attnserve_server.vision.batcher import BatchTiming
 from attnserve_server.vision.classifier import Prediction
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ class ClassificationRequest:
     images: tuple[bytes, ...]
     top_k: int | None = None
     model_version: str = ""
+    deadline: float | None = None  # a time.monotonic() instant
 
 
 @dataclass(frozen=True)
@@ -198,23 +200,17 @@ class ClassificationResult:
 
 
 class ImageClassificationHandler:
-    """Validates classification requests, runs them under the server's concurrency limit, keeps counters."""
+    """Validates classification requests, runs them through the model's batcher, keeps counters."""
 
     def __init__(
-        self,
-        repository: ModelRepository,
-        limiter: ConcurrencyLimiter,
-        *,
-        max_image_pixels: int,
-        metrics: ServerMetrics | None = None,
+        self, repository: ModelRepository, *, max_image_pixels: int, metrics: ServerMetrics | None = None
     ) -> None:
         self._repository = repository
-        self._limiter = limiter
         self._max_image_pixels = max_image_pixels
         self._metrics = metrics if metrics is not None else ServerMetrics()
 
     async def classify(self, request: ClassificationRequest) -> ClassificationResult:
-        """Check the request, then decode, preprocess and classify every image in one model call."""
+        """Check the request, then decode, preprocess and classify every image (merged with other requests)."""
         model = self._repository.get_image_model(request.model)
         version = model.version(request.model_version)
         classifier = version.image_classifier
@@ -232,17 +228,17 @@ class ImageClassificationHandler:
             raise InvalidArgumentError(f"top_k must be in [1, {classes}] (the model's number of classes), got {k}")
         model.counters.requests += 1
         try:
-            async with self._metrics.admitted(self._limiter.slot(), model.name):
-                predictions = await classifier.classify(request.images, k, max_pixels=self._max_image_pixels)
-        except InvalidArgumentError:
-            raise  # the client's images, not a failure of the model
+            predictions = await classifier.classify(
+                request.images, k, max_pixels=self._max_image_pixels, deadline=request.deadline
+            )
+        except (InvalidArgumentError, ResourceExhaustedError, DeadlineExceededError):
+            raise  # the client's images, or load: not a failure of the model
         except asyncio.CancelledError:
             raise
         except Exception:
             model.counters.failures += 1
             raise
         model.counters.images += count
-        self._metrics.observe_batch(model.name, count)  # one ORT call per request today
         logger.debug("classified %d image(s) with %s/%s", count, model.name, version.version)
         return ClassificationResult(model=model.name, model_version=version.version, classifications=predictions)
 
@@ -256,6 +252,7 @@ class LogitsRequest:
     model_version: str = ""
     images: tuple[bytes, ...] = ()
     pixels: npt.NDArray[np.float32] | None = None
+    deadline: float | None = None  # time.monotonic() instant, from the call's deadline
 
 
 @dataclass(frozen=True)
@@ -273,15 +270,9 @@ class ImageLogitsHandler:
     """The tensor-level path for image models (the KServe v2 API): logits, not predictions."""
 
     def __init__(
-        self,
-        repository: ModelRepository,
-        limiter: ConcurrencyLimiter,
-        *,
-        max_image_pixels: int,
-        metrics: ServerMetrics | None = None,
+        self, repository: ModelRepository, *, max_image_pixels: int, metrics: ServerMetrics | None = None
     ) -> None:
         self._repository = repository
-        self._limiter = limiter
         self._max_image_pixels = max_image_pixels
         self._metrics = metrics if metrics is not None else ServerMetrics()
 
@@ -310,25 +301,25 @@ class ImageLogitsHandler:
             )
         model.counters.requests += 1
         timings = Timings()
-        queued = time.perf_counter_ns()
+        timing = BatchTiming()
         try:
-            async with self._metrics.admitted(self._limiter.slot(), model.name):
-                started = time.perf_counter_ns()
-                timings.queue_ns = started - queued
-                if request.pixels is not None:
-                    logits = await classifier.logits_of_pixels(request.pixels)
-                else:
-                    logits = await classifier.logits_of_images(request.images, max_pixels=self._max_image_pixels)
-                timings.compute_ns = time.perf_counter_ns() - started
-        except InvalidArgumentError:
-            raise  # the client's images, not a failure of the model
+            if request.pixels is not None:
+                logits = await classifier.logits_of_pixels(request.pixels, deadline=request.deadline, timing=timing)
+            else:
+                logits = await classifier.logits_of_images(
+                    request.images, max_pixels=self._max_image_pixels, deadline=request.deadline, timing=timing
+                )
+        except (InvalidArgumentError, ResourceExhaustedError, DeadlineExceededError):
+            raise  # the client's images, or load: not a failure of the model
         except asyncio.CancelledError:
             raise
         except Exception:
             model.counters.failures += 1
             raise
+        finally:
+            timings.queue_ns = int(timing.queue_s * 1e9)
+            timings.compute_ns = int(timing.compute_s * 1e9)
         model.counters.images += count
-        self._metrics.observe_batch(model.name, count)
         return LogitsResult(model.name, version.version, logits, classifier.spec.labels, timings)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from wsgiref.simple_server import WSGIServer
 
@@ -159,6 +159,14 @@ class ServerMetrics:
     def observe_batch(self, model: str, size: int) -> None:
         """One model call ran ``size`` inputs together."""
         self.batch_size.labels(model).observe(size)
+
+    def observe_image_batch(self, model: str, size: int, waits: Sequence[float], compute_s: float) -> None:
+        """One dynamic-batcher call (a :data:`~attnserve_server.vision.batcher.BatchObserver`): its size,
+        and for each request in it the time it queued and the call's time."""
+        self.observe_batch(model, size)
+        for wait in waits:
+            self.queue_time.labels(model).observe(wait)
+            self.compute_time.labels(model).observe(compute_s)
 
     def generation(self, model: str, prompt_tokens: int, arrived: float) -> GenerationTimer:
         """Token metrics of one generation that arrived at ``arrived`` (``time.perf_counter()``)."""

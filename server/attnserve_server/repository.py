@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -43,6 +44,7 @@ from attnserve_server.runtime import DEFAULT_RUNTIME, RuntimeOptions, RuntimeSes
 from attnserve_server.text.generator import TextGenerator, TextModelSpec
 from attnserve_server.text.params import GenerationDefaults
 from attnserve_server.text.tokenizer import TextTokenizer
+from attnserve_server.vision.batcher import BatchingConfig, BatchObserver, BatchStats
 from attnserve_server.vision.classifier import ImageClassifier, ImageModelSpec
 from attnserve_server.vision.preprocess import InputSpec, ResampleName, ResizePolicy
 
@@ -209,11 +211,32 @@ class VersionPolicy(_Strict):
         return ordered[-keep:]
 
 
+class DynamicBatchingConfig(_Strict):
+    """``dynamic_batching`` in ``config.yaml`` (image models): unset keys take the server's defaults."""
+
+    max_batch_size: PositiveInt | None = None
+    max_queue_delay_ms: NonNegativeFloat | None = Field(default=None, allow_inf_nan=False)
+    max_queue_size: PositiveInt | None = None
+    adaptive_delay: bool | None = None
+
+    def resolve(self, defaults: BatchingConfig) -> BatchingConfig:
+        """These settings over the server-wide ``defaults``."""
+        return BatchingConfig(
+            max_batch_size=self.max_batch_size or defaults.max_batch_size,
+            max_queue_delay_s=defaults.max_queue_delay_s
+            if self.max_queue_delay_ms is None
+            else self.max_queue_delay_ms / 1000,
+            max_queue_size=self.max_queue_size or defaults.max_queue_size,
+            adaptive_delay=defaults.adaptive_delay if self.adaptive_delay is None else self.adaptive_delay,
+        )
+
+
 class ModelConfig(_Strict):
     """``config.yaml``: serving settings that are not a property of the weights."""
 
     max_new_tokens_limit: PositiveInt | None = None
     version_policy: VersionPolicy = VersionPolicy()
+    dynamic_batching: DynamicBatchingConfig | None = None
 
 
 @dataclass
@@ -292,6 +315,17 @@ class Model:
             loaded = ", ".join(self.versions)
             raise ModelNotFoundError(f"model {self.name!r} has no loaded version {version!r} (loaded: {loaded})")
         return found
+
+    def batch_stats(self) -> BatchStats:
+        """What the batchers of all loaded versions have merged (zeros for text models)."""
+        total = BatchStats()
+        for version in self.versions.values():
+            if version.classifier is not None:
+                stats = version.classifier.batcher.stats
+                total.batches += stats.batches
+                total.items += stats.items
+                total.dropped += stats.dropped
+        return total
 
     def defaults(self) -> GenerationDefaults:
         """Request defaults of the default version, with max_new_tokens capped by the limit."""
@@ -491,7 +525,13 @@ def _show(shape: Shape) -> str:
 
 
 def _load_image_version(
-    name: str, version_dir: Path, metadata: ModelMetadata, executor: Executor, runtime: RuntimeOptions
+    name: str,
+    version_dir: Path,
+    metadata: ModelMetadata,
+    *,
+    runtime: RuntimeOptions,
+    batching: BatchingConfig,
+    observer: BatchObserver | None,
 ) -> ModelVersion:
     meta = metadata.image_classification
     assert meta is not None  # guaranteed by ModelMetadata's validator
@@ -504,7 +544,7 @@ def _load_image_version(
     spec = ImageModelSpec(
         input_name=meta.input_name, output_name=meta.output_name, labels=labels, input=meta.input_spec()
     )
-    classifier = ImageClassifier(spec, session, executor)
+    classifier = ImageClassifier(spec, session, name=name, batching=batching, observer=observer)
     # A batch of two catches a fixed batch size or a shape mismatch now rather than on the first request.
     try:
         logits = classifier.forward(np.zeros((2, meta.channels, meta.height, meta.width), dtype=np.float32))
@@ -518,12 +558,24 @@ def _load_image_version(
 
 
 def load_version(
-    name: str, version_dir: Path, executor: Executor, *, runtime: RuntimeOptions = DEFAULT_RUNTIME
+    name: str,
+    version_dir: Path,
+    executor: Executor,
+    *,
+    runtime: RuntimeOptions = DEFAULT_RUNTIME,
+    batching: BatchingConfig | None = None,
+    observer: BatchObserver | None = None,
 ) -> ModelVersion:
-    """Load one version directory: metadata, tokenizer or labels, ONNX session; check they agree."""
+    """Load one version directory: metadata, tokenizer or labels, ONNX session; check they agree.
+
+    ``batching`` configures an image model's dynamic batcher (default: :class:`BatchingConfig`), and
+    ``observer`` hears of each of its calls.
+    """
     metadata = read_metadata(name, version_dir)
     if metadata.task == IMAGE_CLASSIFICATION:
-        return _load_image_version(name, version_dir, metadata, executor, runtime)
+        return _load_image_version(
+            name, version_dir, metadata, runtime=runtime, batching=batching or BatchingConfig(), observer=observer
+        )
     text = metadata.text_generation
     assert text is not None  # guaranteed by ModelMetadata's validator
     model_path = _inside(version_dir, metadata.model_file, "model_file", name)
@@ -568,8 +620,12 @@ class ModelRepository:
         default_max_new_tokens_limit: int,
         runtime: RuntimeOptions = DEFAULT_RUNTIME,
         max_images_per_request: int = 64,
+        batching: BatchingConfig | None = None,
+        batch_observer: BatchObserver | None = None,
     ) -> None:
         self.root = root
+        self._batching = batching or BatchingConfig()
+        self._batch_observer = batch_observer
         self._default_limit = default_max_new_tokens_limit
         self._max_images = max_images_per_request
         self._runtime = runtime
@@ -622,12 +678,21 @@ class ModelRepository:
         if not selected:
             found = ", ".join(map(str, sorted(on_disk)))
             raise ModelLoadError(name, f"the version policy selects none of the versions on disk ({found})")
+        batching = self._batching
+        if config.dynamic_batching is not None:
+            if read_metadata(name, model_dir / str(selected[-1])).task != IMAGE_CLASSIFICATION:
+                raise ModelLoadError(
+                    name, "config.yaml sets dynamic_batching, which only applies to image-classification models"
+                )
+            batching = config.dynamic_batching.resolve(batching)
         versions = {}
         for number in selected:
             version_dir = model_dir / str(number)
             if not version_dir.resolve().is_relative_to(model_dir.resolve()):
                 raise ModelLoadError(name, f"version {number} is a link that points outside the model directory")
-            loaded = load_version(name, version_dir, executor, runtime=self._runtime)
+            loaded = load_version(
+                name, version_dir, executor, runtime=self._runtime, batching=batching, observer=self._batch_observer
+            )
             versions[loaded.version] = loaded
             if loaded.metadata.image_classification is not None:
                 ic = loaded.metadata.image_classification
@@ -713,3 +778,10 @@ class ModelRepository:
     def models(self) -> list[Model]:
         """All loaded models, sorted by name."""
         return [self._models[n] for n in sorted(self._models)]
+
+    def close(self) -> None:
+        """Stop the image models' batchers and decode pools (after the server has drained)."""
+        for model in self._models.values():
+            for version in model.versions.values():
+                if version.classifier is not None:
+                    version.classifier.close()

@@ -35,6 +35,7 @@ from attnserve_server.model_control import ModelControl
 from attnserve_server.repository import ModelRepository
 from attnserve_server.settings import ServerSettings
 from attnserve_server.text.scheduler import ConcurrencyLimiter
+from attnserve_server.vision.batcher import BatchingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +87,12 @@ def build_server(
     server = grpc.aio.server(options=options, interceptors=[RequestInterceptor(metrics)])
     text = TextGenerationHandler(repository, limiter, metrics=metrics)
     add_servicer(server, TextGenerationServicer(text), TEXT_GENERATION_SERVICE)
-    classify = ImageClassificationHandler(
-        repository, limiter, max_image_pixels=settings.max_image_pixels, metrics=metrics
-    )
+    # Image requests are admitted by their model's batcher queue, not by the limiter, which would cap
+    # how many requests can wait to be merged.
+    classify = ImageClassificationHandler(repository, max_image_pixels=settings.max_image_pixels, metrics=metrics)
     add_servicer(server, ImageClassificationServicer(classify), IMAGE_CLASSIFICATION_SERVICE)
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
-    logits = ImageLogitsHandler(repository, limiter, max_image_pixels=settings.max_image_pixels, metrics=metrics)
+    logits = ImageLogitsHandler(repository, max_image_pixels=settings.max_image_pixels, metrics=metrics)
     dataplane = DataPlane(repository, logits, text, Statistics())
     add_servicer(server, InferenceServicer(dataplane, control), INFERENCE_SERVICE)
     health_servicer: AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -130,8 +131,8 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    # One worker thread per concurrent generation or classification (the limiter caps them), plus one for loading
-    # and tokenizing so those never wait behind a long generation.
+    # One worker thread per concurrent generation (the limiter caps them), plus one for loading and tokenizing so
+    # those never wait behind a long generation. Image models decode in their own pools and run ORT in their batchers.
     executor = ThreadPoolExecutor(max_workers=settings.max_concurrent_requests + 1, thread_name_prefix="ort")
     limiter = ConcurrencyLimiter(settings.max_concurrent_requests, settings.max_queued_requests)
     repository = ModelRepository(
@@ -139,6 +140,13 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
         default_max_new_tokens_limit=settings.max_new_tokens_limit,
         runtime=settings.runtime_options(),
         max_images_per_request=settings.max_images_per_request,
+        batching=BatchingConfig(
+            max_batch_size=settings.image_max_batch_size,
+            max_queue_delay_s=settings.image_max_queue_delay_ms / 1000,
+            max_queue_size=settings.image_max_queue_size,
+            adaptive_delay=settings.image_adaptive_delay,
+        ),
+        batch_observer=metrics.observe_image_batch,
     )
     try:
         if settings.model_control_mode == "explicit":
@@ -205,5 +213,6 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
     # Health first, so load balancers stop sending traffic while in-flight requests finish.
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.grace_period_s)
+    repository.close()
     executor.shutdown(wait=True, cancel_futures=True)
     logger.info("stopped")

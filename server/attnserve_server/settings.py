@@ -108,6 +108,31 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="Requests that may wait for a free slot; beyond that requests fail with RESOURCE_EXHAUSTED.",
     )
+    image_max_batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Image models: most images merged into one ONNX Runtime call (dynamic batching), for "
+        "models whose config.yaml sets no dynamic_batching.max_batch_size.",
+    )
+    image_max_queue_delay_ms: float = Field(
+        default=2.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Image models: longest the oldest queued image waits for its batch to fill, in ms "
+        "(default for dynamic_batching.max_queue_delay_ms).",
+    )
+    image_adaptive_delay: bool = Field(
+        default=True,
+        description="Image models: wait max_queue_delay_ms only while other requests are in flight (or the "
+        "last call merged several), so a lone client pays no batching delay; false always waits "
+        "(default for dynamic_batching.adaptive_delay).",
+    )
+    image_max_queue_size: int = Field(
+        default=256,
+        ge=1,
+        description="Image models: most images admitted and not yet running, per model; past it, Classify "
+        "fails at once with RESOURCE_EXHAUSTED (default for dynamic_batching.max_queue_size).",
+    )
     model_control_mode: ControlMode = Field(
         default="none",
         description="none: load every model at start; explicit: load only --load-model models, and the "

@@ -1,4 +1,5 @@
-"""Failed calls raise typed exceptions; only UNAVAILABLE is retried, a stream only before its first chunk."""
+"""Failed calls raise typed exceptions; UNAVAILABLE is retried (RESOURCE_EXHAUSTED only if asked), a stream
+only before its first chunk."""
 
 from __future__ import annotations
 
@@ -74,6 +75,25 @@ def test_unavailable_is_retried_until_the_call_succeeds(scripted_server: Any, ca
         assert client.generate("ROMEO:", model="only-gpt").text == "hello"
     assert scripted_server.script.calls == 3
     assert len(_retry_records(caplog)) == 2
+
+
+def test_overloaded_is_retried_only_when_the_caller_asks(scripted_server: Any) -> None:
+    scripted_server.script.failures = [grpc.StatusCode.RESOURCE_EXHAUSTED]
+    with Client(scripted_server.address, retries=2) as client, pytest.raises(OverloadedError):
+        client.generate("ROMEO:", model="only-gpt")
+    assert scripted_server.script.calls == 1
+    scripted_server.script.failures = [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+    with Client(scripted_server.address, retries=2, retry_overloaded=True) as client:
+        assert client.generate("ROMEO:", model="only-gpt").text == "hello"
+    assert scripted_server.script.calls == 1 + 3
+
+
+async def test_async_client_retries_overloaded_when_asked(scripted_server: Any) -> None:
+    scripted_server.script.failures = [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+    async with AsyncClient(scripted_server.address, retries=2, retry_overloaded=True) as client:
+        with pytest.raises(OverloadedError):
+            await client.models()
+    assert scripted_server.script.calls == 3
 
 
 def test_unavailable_is_raised_once_the_retries_are_spent(scripted_server: Any) -> None:

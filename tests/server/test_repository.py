@@ -12,6 +12,7 @@ import pytest
 
 from attnserve_server.errors import ModelLoadError, ModelNotFoundError, RepositoryError, UnavailableError
 from attnserve_server.repository import ModelRepository
+from attnserve_server.vision.batcher import BatchingConfig
 
 NAME = "tiny-gpt"
 
@@ -256,3 +257,36 @@ def test_labels_must_be_a_list_of_strings(image_repo_copy: Path, executor: Threa
     (image_repo_copy / IMAGE / "1" / "labels.json").write_text('{"0": "zero"}')
     with pytest.raises(ModelLoadError, match="JSON list of strings"):
         load(image_repo_copy, executor)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("dynamic_batching:\n  max_batch_size: 4\n", "only applies to image-classification models"),
+        ("dynamic_batching:\n  max_batch_sise: 4\n", "dynamic_batching.max_batch_sise: Extra inputs are not permitted"),
+        ("dynamic_batching:\n  max_queue_size: 0\n", "dynamic_batching.max_queue_size"),
+        ("dynamic_batching:\n  max_queue_delay_ms: -1\n", "dynamic_batching.max_queue_delay_ms"),
+    ],
+    ids=["text-model", "typo", "zero-queue", "negative-delay"],
+)
+def test_bad_dynamic_batching_config_fails_the_load(
+    repo_copy: Path, executor: ThreadPoolExecutor, config: str, message: str
+) -> None:
+    (repo_copy / NAME / "config.yaml").write_text(config)
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        load(repo_copy, executor)
+
+
+def test_dynamic_batching_config_overrides_the_server_defaults(
+    image_repository: Path, tmp_path: Path, executor: ThreadPoolExecutor
+) -> None:
+    root = tmp_path / "images"
+    shutil.copytree(image_repository / "tiny-digits", root / "tiny-digits")
+    (root / "tiny-digits" / "config.yaml").write_text("dynamic_batching:\n  max_queue_delay_ms: 7.5\n")
+    repository = ModelRepository(
+        root, default_max_new_tokens_limit=1, batching=BatchingConfig(max_batch_size=3, max_queue_size=9)
+    )
+    model = repository.load_model(root / "tiny-digits", executor)
+    assert model.version().image_classifier.batcher.config == BatchingConfig(
+        max_batch_size=3, max_queue_delay_s=0.0075, max_queue_size=9
+    )

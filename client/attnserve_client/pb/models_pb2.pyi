@@ -63,14 +63,18 @@ class TextGenerationInfo(_message.Message):
     def __init__(self, context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., defaults: _Optional[_Union[GenerationDefaults, _Mapping]] = ..., max_new_tokens_limit: _Optional[int] = ..., eos_token: _Optional[str] = ...) -> None: ...
 
 class ModelCounters(_message.Message):
-    __slots__ = ("requests", "tokens_generated", "failures")
+    __slots__ = ("requests", "tokens_generated", "failures", "batches", "batched_items")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     requests: int
     tokens_generated: int
     failures: int
-    def __init__(self, requests: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., failures: _Optional[int] = ...) -> None: ...
+    batches: int
+    batched_items: int
+    def __init__(self, requests: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., failures: _Optional[int] = ..., batches: _Optional[int] = ..., batched_items: _Optional[int] = ...) -> None: ...
 
 class ImageInputSpec(_message.Message):
     __slots__ = ("channels", "height", "width", "resample", "resize_policy", "mean", "std")

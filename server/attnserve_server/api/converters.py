@@ -88,6 +88,7 @@ def stream_chunk(
 def model_info(model: Model, state: ModelState | None = None) -> models_pb2.ModelInfo:
     """Everything a client needs to use a model, plus its live counters and load state."""
     default = model.version()
+    batches = model.batch_stats()
     info = models_pb2.ModelInfo(
         state=state.state if state else "",
         state_reason=state.reason if state else "",
@@ -100,6 +101,8 @@ def model_info(model: Model, state: ModelState | None = None) -> models_pb2.Mode
             requests=model.counters.requests,
             tokens_generated=model.counters.tokens_generated,
             failures=model.counters.failures,
+            batches=batches.batches,
+            batched_items=batches.items,
         ),
     )
     if default.metadata.image_classification is not None:
@@ -148,13 +151,16 @@ def _image_classification_info(model: Model) -> models_pb2.ImageClassificationIn
     )
 
 
-def classification_request_from_proto(request: image_classification_pb2.ClassifyRequest) -> ClassificationRequest:
+def classification_request_from_proto(
+    request: image_classification_pb2.ClassifyRequest, deadline: float | None = None
+) -> ClassificationRequest:
     """A domain request from the wire request; an unset top_k stays None (the default)."""
     return ClassificationRequest(
         model=request.model,
         images=tuple(request.images),
         top_k=request.top_k if request.HasField("top_k") else None,
         model_version=request.model_version,
+        deadline=deadline,
     )
 
 

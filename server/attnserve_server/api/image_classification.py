@@ -9,7 +9,7 @@ import grpc
 from attnserve_client.pb import image_classification_pb2, image_classification_pb2_grpc
 from attnserve_server.api import converters
 from attnserve_server.errors import grpc_errors
-from attnserve_server.handlers import ImageClassificationHandler
+from attnserve_server.handlers import ImageClassificationHandler, deadline_from_timeout
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -24,5 +24,6 @@ class ImageClassificationServicer(image_classification_pb2_grpc.ImageClassificat
     async def Classify(  # noqa: N802 (gRPC method name)
         self, request: image_classification_pb2.ClassifyRequest, context: Context
     ) -> image_classification_pb2.ClassifyResponse:
-        result = await self._handler.classify(converters.classification_request_from_proto(request))
+        domain = converters.classification_request_from_proto(request, deadline_from_timeout(context.time_remaining()))
+        result = await self._handler.classify(domain)
         return converters.classify_response(result)

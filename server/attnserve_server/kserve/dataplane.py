@@ -211,7 +211,12 @@ class DataPlane:
                 raise InvalidArgumentError(
                     f"input {tensor.name!r} must have shape [batch] or [batch, 1], got {list(tensor.array.shape)}"
                 )
-            logits_request = LogitsRequest(model.name, version.version, images=tuple(tensor.array.reshape(-1).tolist()))
+            logits_request = LogitsRequest(
+                model.name,
+                version.version,
+                images=tuple(tensor.array.reshape(-1).tolist()),
+                deadline=request.deadline,
+            )
         else:
             if tensor.datatype not in PIXEL_DATATYPES:
                 raise InvalidArgumentError(f"input {tensor.name!r} must be FP32 (or FP16/FP64), got {tensor.datatype}")
@@ -221,7 +226,7 @@ class DataPlane:
                     f"input {tensor.name!r} has shape {list(tensor.array.shape)}, the model takes {expected}"
                 )
             pixels = np.ascontiguousarray(tensor.array, dtype=np.float32)
-            logits_request = LogitsRequest(model.name, version.version, pixels=pixels)
+            logits_request = LogitsRequest(model.name, version.version, pixels=pixels, deadline=request.deadline)
         started = time.perf_counter_ns()
         result = await self._images.logits(logits_request)
         batch = int(result.logits.shape[0])

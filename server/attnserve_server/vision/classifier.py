@@ -1,17 +1,18 @@
-"""The image classifier engine: decode and preprocess a request's images, one batched ORT call, softmax, top-k."""
+"""The image classifier engine: decode and preprocess a request's images, batched ORT calls, softmax, top-k."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from attnserve_server.errors import InvalidArgumentError
-from attnserve_server.runtime import RuntimeSession
+from attnserve_server.runtime import RuntimeSession, available_cpus
+from attnserve_server.vision.batcher import BatchingConfig, BatchObserver, BatchTiming, DynamicBatcher
 from attnserve_server.vision.decode import decode_image
 from attnserve_server.vision.preprocess import InputSpec, preprocess
 
@@ -59,10 +60,25 @@ def top_k(probs: npt.NDArray[np.float64], k: int, labels: Sequence[str]) -> list
 class ImageClassifier:
     """A loaded image-classification model version."""
 
-    def __init__(self, spec: ImageModelSpec, session: RuntimeSession, executor: Executor) -> None:
+    def __init__(
+        self,
+        spec: ImageModelSpec,
+        session: RuntimeSession,
+        *,
+        name: str = "",
+        batching: BatchingConfig | None = None,
+        decode_threads: int = 0,
+        observer: BatchObserver | None = None,
+    ) -> None:
         self.spec = spec
         self._session = session
-        self._executor = executor
+        # Decoding has its own pool: a burst of image requests must not queue ahead of text
+        # generation in the server's shared pool, and the batcher's queue already bounds the burst.
+        self._decode_pool = ThreadPoolExecutor(
+            max_workers=decode_threads or available_cpus(), thread_name_prefix=f"decode-{name}"
+        )
+        # The batcher owns this model's ORT calls, so concurrent requests merge into one call.
+        self.batcher = DynamicBatcher(name, self.forward, batching or BatchingConfig(), observer=observer)
 
     def forward(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Logits ``(batch, num_classes)`` of a preprocessed ``(batch, C, H, W)`` array (blocking)."""
@@ -87,24 +103,49 @@ class ImageClassifier:
                     ) from None
         return np.stack(arrays)  # (B, C, H, W)
 
-    def _classify(self, images: Sequence[bytes], k: int, max_pixels: int) -> list[list[Prediction]]:
-        logits = self.forward(self.prepare(images, max_pixels))
+    async def classify(
+        self, images: Sequence[bytes], k: int, *, max_pixels: int, deadline: float | None = None
+    ) -> list[list[Prediction]]:
+        """The top ``k`` predictions of each image.
+
+        Room in the batcher's queue is reserved first, so an overloaded model refuses the request
+        (ResourceExhaustedError) before decoding it; decoding runs in the decode pool, and the model
+        call in the batcher, merged with other requests'. ``deadline`` is a ``time.monotonic()`` instant.
+        """
+        logits = await self.logits_of_images(images, max_pixels=max_pixels, deadline=deadline)
         return top_k(softmax(logits), k, self.spec.labels)
 
-    def _logits_of_images(self, images: Sequence[bytes], max_pixels: int) -> npt.NDArray[np.float32]:
-        return self.forward(self.prepare(images, max_pixels))
-
-    async def logits_of_images(self, images: Sequence[bytes], *, max_pixels: int) -> npt.NDArray[np.float32]:
-        """Logits ``(batch, num_classes)`` of encoded images; decoding and the model call run in the executor."""
+    async def logits_of_images(
+        self,
+        images: Sequence[bytes],
+        *,
+        max_pixels: int,
+        deadline: float | None = None,
+        timing: BatchTiming | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Logits ``(batch, num_classes)`` of encoded images, decoded in the decode pool and run in the
+        batcher; ``timing``, if given, learns how long they queued and computed."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._logits_of_images, images, max_pixels)
+        with self.batcher.reserve(len(images)) as reservation:
+            batch = await loop.run_in_executor(self._decode_pool, self.prepare, images, max_pixels)
+            try:
+                return await reservation.run(batch, deadline)
+            finally:
+                if timing is not None:
+                    timing.queue_s, timing.compute_s = reservation.timing.queue_s, reservation.timing.compute_s
 
-    async def logits_of_pixels(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Logits of an already preprocessed ``(batch, C, H, W)`` array; the model call runs in the executor."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.forward, batch)
+    async def logits_of_pixels(
+        self, batch: npt.NDArray[np.float32], *, deadline: float | None = None, timing: BatchTiming | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Logits of an already preprocessed ``(batch, C, H, W)`` array, run in the batcher with other requests."""
+        with self.batcher.reserve(len(batch)) as reservation:
+            try:
+                return await reservation.run(np.ascontiguousarray(batch, dtype=np.float32), deadline)
+            finally:
+                if timing is not None:
+                    timing.queue_s, timing.compute_s = reservation.timing.queue_s, reservation.timing.compute_s
 
-    async def classify(self, images: Sequence[bytes], k: int, *, max_pixels: int) -> list[list[Prediction]]:
-        """The top ``k`` predictions of each image; decoding and the model call run in the executor."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._classify, images, k, max_pixels)
+    def close(self) -> None:
+        """Stop the batcher and the decode pool (after the server has drained)."""
+        self.batcher.close()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,342 @@
+"""Int8 dynamic quantization of a repository entry, with what it costs in accuracy and gains in speed.
+
+ONNX Runtime's dynamic quantization stores the weights of MatMul and Gemm nodes as int8 and
+quantizes their activations on the fly, so it needs no calibration data. The quantized graph is
+written as a new version of the same entry (the server then serves it by default), but only
+when it is faster than the fp32 version it came from and its accuracy cost is within the
+tolerances: test bits per character for a text generator, test accuracy for a classifier,
+both measured here with ONNX Runtime on the fp32 and int8 graphs of the same test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from attnserve_export.image_data import ImageSpec, to_batch
+from attnserve_export.image_train import load_splits
+from attnserve_export.onnx_export import next_version_dir
+from attnserve_export.text_data import load_corpus
+from attnserve_export.tokenizer import load_tokenizer
+from attnserve_export.train import score_bpc
+
+logger = logging.getLogger(__name__)
+
+# Attention and MLP projections: where nearly all the weights and FLOPs are. Convolutions (the
+# ViT patch embedding) stay fp32: ONNX Runtime's ConvInteger is slower than its fp32 Conv.
+QUANTIZED_OPS = ("MatMul", "Gemm")
+MAX_BPC_INCREASE = 0.05
+MAX_ACCURACY_DROP = 0.5  # percentage points
+SPEED_REPEATS = 30
+
+
+@dataclass
+class SpeedCase:
+    """Median latency of one input shape, fp32 against int8 (in-process ONNX Runtime)."""
+
+    name: str
+    fp32_ms: float
+    int8_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_ms / self.int8_ms
+
+
+@dataclass
+class QuantizationReport:
+    """What ``quantize`` measured and decided. ``metric`` is ``test_bpc`` or ``test_accuracy`` (%)."""
+
+    name: str
+    source_version: str
+    task: str
+    metric: str
+    fp32: float
+    int8: float
+    fp32_bytes: int
+    int8_bytes: int
+    threads: int
+    speed: list[SpeedCase] = field(default_factory=list)
+    max_cost: float = 0.0
+    version: str | None = None  # set once written
+    reasons: list[str] = field(default_factory=list)  # why it was rejected; empty if accepted
+
+    @property
+    def cost(self) -> float:
+        """How much worse int8 is: bpc added, or accuracy points lost (negative: it got better)."""
+        return self.int8 - self.fp32 if self.metric == "test_bpc" else self.fp32 - self.int8
+
+    @property
+    def accepted(self) -> bool:
+        return not self.reasons
+
+    def judge(self, max_cost: float) -> None:
+        """Fill ``reasons``: the variant must be faster in every case and cost at most ``max_cost``."""
+        self.max_cost = max_cost
+        self.reasons = []
+        slower = [c.name for c in self.speed if c.speedup <= 1.0]
+        if slower:
+            self.reasons.append(f"not faster than fp32 for: {', '.join(slower)}")
+        if self.cost > max_cost:
+            unit = "bits per character" if self.metric == "test_bpc" else "accuracy points"
+            self.reasons.append(f"costs {self.cost:.4f} {unit}, more than the {max_cost} allowed")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["speed"] = [{**asdict(c), "speedup": round(c.speedup, 3)} for c in self.speed]
+        out |= {"cost": self.cost, "accepted": self.accepted}
+        return out
+
+
+def quantize_file(source: Path, target: Path) -> None:
+    """Write the int8 dynamically quantized graph of ``source`` to ``target``.
+
+    ONNX Runtime's pre-processing runs first: shape inference, and constant folding, which turns
+    the GPT export's ``Transpose(weight)`` inputs into plain initializers, the only MatMul weights
+    the quantizer recognises.
+    """
+    prepared = target.with_name(target.name + ".prep.onnx")
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    quantize_dynamic(
+        prepared,
+        target,
+        weight_type=QuantType.QInt8,
+        per_channel=True,  # one scale per output column: much less error than one per matrix
+        op_types_to_quantize=list(QUANTIZED_OPS),
+    )
+    prepared.unlink()
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    # The server's settings (attnserve_server.runtime), so the speed measured is the speed served.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _median_ms(run: Callable[[], object], repeats: int) -> float:
+    run()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def compare_speed(
+    fp32: ort.InferenceSession, int8: ort.InferenceSession, cases: dict[str, dict[str, np.ndarray]], repeats: int
+) -> list[SpeedCase]:
+    """Median latency of each feed on both sessions, alternating them so drift hits both alike."""
+    results = []
+    for name, feed in cases.items():
+        fp32_ms, int8_ms = [], []
+        for _ in range(3):
+            fp32_ms.append(_median_ms(lambda: fp32.run(None, feed), max(1, repeats // 3)))  # noqa: B023 (called now)
+            int8_ms.append(_median_ms(lambda: int8.run(None, feed), max(1, repeats // 3)))  # noqa: B023 (called now)
+        results.append(SpeedCase(name, statistics.median(fp32_ms), statistics.median(int8_ms)))
+    return results
+
+
+# --- classifiers ----------------------------------------------------------------------------
+
+
+def _accuracy(session: ort.InferenceSession, meta: dict[str, Any], x: np.ndarray, y: np.ndarray) -> float:
+    correct = 0
+    for start in range(0, len(x), 64):
+        (logits,) = session.run([meta["output_name"]], {meta["input_name"]: x[start : start + 64]})
+        correct += int((logits.argmax(-1) == y[start : start + 64]).sum())
+    return 100.0 * correct / len(x)
+
+
+def _classifier_report(
+    version_dir: Path, quantized: Path, metadata: dict[str, Any], threads: int, repeats: int
+) -> QuantizationReport:
+    meta = metadata["image_classification"]
+    spec_keys = ("channels", "height", "width", "resample", "resize_policy", "crop_ratio", "mean", "std")
+    spec = ImageSpec.from_dict({k: meta[k] for k in spec_keys if k in meta})
+    data = metadata.get("provenance", {}).get("train_config", {}).get("data", "")
+    images, labels = to_batch(load_splits(data).test, spec)
+    x, y = images.numpy().astype(np.float32), labels.numpy()
+    fp32 = _session(version_dir / metadata["model_file"], threads)
+    int8 = _session(quantized, threads)
+    report = QuantizationReport(
+        name=version_dir.parent.name,
+        source_version=version_dir.name,
+        task="image-classification",
+        metric="test_accuracy",
+        fp32=_accuracy(fp32, meta, x, y),
+        int8=_accuracy(int8, meta, x, y),
+        fp32_bytes=(version_dir / metadata["model_file"]).stat().st_size,
+        int8_bytes=quantized.stat().st_size,
+        threads=threads,
+    )
+    cases = {f"batch {b}": {meta["input_name"]: np.ascontiguousarray(x[:b])} for b in (1, 8)}
+    report.speed = compare_speed(fp32, int8, cases, repeats)
+    return report
+
+
+# --- text generators ------------------------------------------------------------------------
+
+
+def _gpt_feeds(meta: dict[str, Any], ids: np.ndarray, past_len: int = 0) -> dict[str, np.ndarray]:
+    """Feeds for ``ids`` ``(B, T)`` after ``past_len`` cached positions (zeros: speed only)."""
+    batch, seq = ids.shape
+    feed: dict[str, np.ndarray] = {
+        meta["inputs"]["input_ids"]: ids.astype(np.int64),
+        meta["inputs"]["attention_mask"]: np.ones((batch, past_len + seq), dtype=np.int64),
+        meta["inputs"]["position_ids"]: np.broadcast_to(
+            np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)
+        ).copy(),
+    }
+    past = np.zeros((batch, meta["num_heads"], past_len, meta["head_dim"]), dtype=np.float32)
+    for layer in range(meta["num_layers"]):
+        feed[meta["past_key_template"].format(layer=layer)] = past
+        feed[meta["past_value_template"].format(layer=layer)] = past
+    return feed
+
+
+def _gpt_bpc(session: ort.InferenceSession, meta: dict[str, Any], tokenizer: Any, docs: list[Any]) -> float:
+    logits_name = meta["outputs"]["logits"]
+
+    def logits_of(batch: torch.Tensor) -> torch.Tensor:
+        (logits,) = session.run([logits_name], _gpt_feeds(meta, batch.numpy()))
+        return torch.from_numpy(logits)  # (B, T, vocab)
+
+    return score_bpc(logits_of, meta["context_length"], tokenizer, docs)
+
+
+def _text_report(
+    version_dir: Path,
+    quantized: Path,
+    metadata: dict[str, Any],
+    *,
+    threads: int,
+    repeats: int,
+    corpus: list[Path] | None,
+) -> QuantizationReport:
+    meta = metadata["text_generation"]
+    tokenizer = load_tokenizer(version_dir / meta["tokenizer_file"])
+    if corpus is None:  # the corpus the model was trained on: its test split
+        trained_on = metadata.get("provenance", {}).get("train_config", {}).get("corpus") or []
+        corpus = [Path(p) for p in trained_on] or None
+    docs = load_corpus(corpus).test
+    fp32 = _session(version_dir / metadata["model_file"], threads)
+    int8 = _session(quantized, threads)
+    report = QuantizationReport(
+        name=version_dir.parent.name,
+        source_version=version_dir.name,
+        task="text-generation",
+        metric="test_bpc",
+        fp32=_gpt_bpc(fp32, meta, tokenizer, docs),
+        int8=_gpt_bpc(int8, meta, tokenizer, docs),
+        fp32_bytes=(version_dir / metadata["model_file"]).stat().st_size,
+        int8_bytes=quantized.stat().st_size,
+        threads=threads,
+    )
+    ids = np.random.default_rng(0).integers(0, meta["vocab_size"], size=(1, 129))
+    past_len = min(128, meta["context_length"] - 1)
+    prefill = min(128, meta["context_length"])
+    cases = {
+        f"decode step at position {past_len}": _gpt_feeds(meta, ids[:, :1], past_len),
+        f"prefill of {prefill} tokens": _gpt_feeds(meta, ids[:, :prefill]),
+    }
+    report.speed = compare_speed(fp32, int8, cases, repeats)
+    return report
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def latest_version(model_dir: Path) -> Path:
+    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    if not versions:
+        raise FileNotFoundError(f"{model_dir} holds no version directories")
+    return model_dir / str(versions[-1])
+
+
+def quantize_entry(
+    repository: Path,
+    name: str,
+    *,
+    from_version: str | None = None,
+    version: int | None = None,
+    corpus: list[Path] | None = None,
+    threads: int = 2,
+    repeats: int = SPEED_REPEATS,
+    max_bpc_increase: float = MAX_BPC_INCREASE,
+    max_accuracy_drop: float = MAX_ACCURACY_DROP,
+    force: bool = False,
+    command: str = "",
+) -> QuantizationReport:
+    """Quantize ``repository/name/<from_version>`` and measure it; write it as a new version if it
+    is accepted (faster, and within the tolerance), or whatever the result with ``force``.
+
+    The new version is a copy of the source version with the int8 ``model.onnx`` and a
+    ``provenance.quantization`` entry holding the report.
+    """
+    model_dir = repository / name
+    source = model_dir / from_version if from_version else latest_version(model_dir)
+    metadata = json.loads((source / "metadata.json").read_text())
+    if metadata.get("provenance", {}).get("quantization"):
+        raise ValueError(f"{source} is already quantized; quantize its fp32 source version instead")
+    with tempfile.TemporaryDirectory(prefix="attnserve-quantize-") as tmp:
+        staged = Path(tmp) / "version"
+        shutil.copytree(source, staged)
+        quantized = staged / metadata["model_file"]
+        quantize_file(source / metadata["model_file"], quantized)
+        if metadata["task"] == "image-classification":
+            report = _classifier_report(source, quantized, metadata, threads, repeats)
+            report.judge(max_accuracy_drop)
+        else:
+            report = _text_report(source, quantized, metadata, threads=threads, repeats=repeats, corpus=corpus)
+            report.judge(max_bpc_increase)
+        logger.info(
+            "%s %s: fp32 %.4f, int8 %.4f; speedups %s; %s",
+            name,
+            report.metric,
+            report.fp32,
+            report.int8,
+            ", ".join(f"{c.name} {c.speedup:.2f}x" for c in report.speed),
+            "accepted" if report.accepted else "rejected: " + "; ".join(report.reasons),
+        )
+        if not (report.accepted or force):
+            return report
+        target = model_dir / str(version) if version else next_version_dir(repository, name)
+        if target.exists():
+            raise FileExistsError(f"{target} already exists")
+        report.version = target.name
+        metadata["description"] = (
+            f"{metadata.get('description', '')} (int8 dynamic quantization of version {source.name})".strip()
+        )
+        metadata.setdefault("provenance", {})["quantization"] = {
+            "command": command,
+            "method": "onnxruntime.quantization.quantize_dynamic",
+            "weight_type": "QInt8",
+            "per_channel": True,
+            "op_types": list(QUANTIZED_OPS),
+            "onnxruntime": ort.__version__,
+            **report.to_dict(),
+        }
+        (staged / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        shutil.move(str(staged), target)
+    logger.info("wrote %s", target)
+    return report

@@ -1,0 +1,119 @@
+"""``attnserve-export quantize``: the int8 round trip on tiny models, from repository entry to a served version.
+
+The tiny random-weight models are not faster in int8 (they are too small for int8 kernels to pay
+off), so the round trip uses ``--force``; the gate itself is tested with an impossible tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from attnserve_client import Client
+from attnserve_export.__main__ import main
+from attnserve_export.quantize import QuantizationReport, quantize_entry
+
+QUANTIZED_NODES = {"MatMulInteger", "DynamicQuantizeLinear"}
+
+
+@pytest.fixture(scope="module")
+def repository(
+    tmp_path_factory: pytest.TempPathFactory,
+    export_text_model: Callable[..., Path],
+    export_image_classifier: Callable[..., Path],
+) -> Path:
+    root = tmp_path_factory.mktemp("quantize-models")
+    export_text_model(root, "gpt")
+    export_image_classifier(root, "digits")
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
+    path.write_text(corpus_text)
+    return path
+
+
+def _ops(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def _report(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def test_a_quantized_variant_that_misses_the_tolerance_is_not_written(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    versions = sorted(p.name for p in (repository / "digits").iterdir())
+    code = main(["quantize", "--repository", str(repository), "--name", "digits", "--from-version", "1",
+                 "--max-accuracy-drop", "-1", "--repeats", "3"])  # fmt: skip
+    report = _report(capsys)
+    assert code == 4
+    assert not report["accepted"]
+    assert report["version"] is None
+    assert any("accuracy points" in reason for reason in report["reasons"])
+    assert sorted(p.name for p in (repository / "digits").iterdir()) == versions
+
+
+@pytest.fixture(scope="module")
+def quantized(repository: Path, corpus: Path) -> dict[str, QuantizationReport]:
+    """Both models quantized as version 2 (forced: tiny models are not faster in int8)."""
+    return {
+        "digits": quantize_entry(repository, "digits", repeats=3, force=True),
+        "gpt": quantize_entry(repository, "gpt", corpus=[corpus], repeats=3, force=True),
+    }
+
+
+def test_classifier_round_trip(repository: Path, quantized: dict[str, QuantizationReport]) -> None:
+    report = quantized["digits"].to_dict()
+    fp32, int8 = repository / "digits" / "1", repository / "digits" / "2"
+    assert report["version"] == "2"
+    assert report["metric"] == "test_accuracy"
+    assert 0 <= report["int8"] <= 100 and 0 <= report["fp32"] <= 100
+    assert [case["name"] for case in report["speed"]] == ["batch 1", "batch 8"]
+    assert _ops(int8 / "model.onnx") >= QUANTIZED_NODES
+    assert not QUANTIZED_NODES & _ops(fp32 / "model.onnx")
+    metadata = json.loads((int8 / "metadata.json").read_text())
+    assert metadata["provenance"]["quantization"]["fp32"] == report["fp32"]
+    assert metadata["image_classification"] == json.loads((fp32 / "metadata.json").read_text())["image_classification"]
+    assert (int8 / "labels.json").read_bytes() == (fp32 / "labels.json").read_bytes()
+    # The int8 graph computes nearly the same logits as the fp32 one (random tiny weights give flat
+    # logits, so compare their pattern rather than their top-1).
+    x = np.random.default_rng(0).standard_normal((8, 1, 16, 16)).astype(np.float32)
+    want, got = (ort.InferenceSession(str(d / "model.onnx")).run(None, {"pixel_values": x})[0] for d in (fp32, int8))
+    assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.95
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_entry(repository, "digits", from_version="2", force=True)
+
+
+def test_text_round_trip(repository: Path, quantized: dict[str, QuantizationReport]) -> None:
+    report = quantized["gpt"]
+    assert report.version == "2"
+    assert report.metric == "test_bpc"
+    assert math.isfinite(report.fp32) and report.fp32 > 0
+    assert abs(report.int8 - report.fp32) < 0.1
+    assert len(report.speed) == 2 and all(case.int8_ms > 0 for case in report.speed)
+    assert _ops(repository / "gpt" / "2" / "model.onnx") >= QUANTIZED_NODES
+
+
+def test_the_server_serves_the_quantized_versions(
+    repository: Path, quantized: dict[str, QuantizationReport], server_launcher: Callable[..., Any]
+) -> None:
+    server = server_launcher(repository)
+    with Client(server.address) as client:
+        assert client.get_model("digits").default_version == "2"
+        assert client.get_model("gpt").default_version == "2"
+        image = np.random.default_rng(1).integers(0, 256, (16, 16)).astype(np.uint8)
+        assert len(client.classify(image, model="digits", top_k=3)) == 3
+        generation = client.generate("ROMEO.", model="gpt", max_new_tokens=8, temperature=0)
+        assert 1 <= generation.usage.completion_tokens <= 8
