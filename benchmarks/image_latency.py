@@ -194,7 +194,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--resolutions", default="112,224,448")
+    parser.add_argument("--resolutions", default="112,224,448", help="resolution sweep; empty to skip it")
+    parser.add_argument("--tag", default="", help="write results/image_latency-TAG.{json,png} instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -235,7 +236,7 @@ def main() -> None:
 
     sweep: list[dict[str, Any]] = []
     for family in FAMILIES:
-        for resolution in (int(r) for r in args.resolutions.split(",")):
+        for resolution in (int(r) for r in args.resolutions.split(",") if r):
             _, _, version_dir = entry(family, resolution)
             session = RuntimeSession(version_dir / "model.onnx", RuntimeOptions(intra_op_threads=args.threads))
             x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution)).astype(np.float32)
@@ -253,8 +254,9 @@ def main() -> None:
         "resolution_sweep": sweep,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "image_latency.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(rows, sweep, RESULTS / "image_latency.png")
+    stem = "image_latency" + (f"-{args.tag}" if args.tag else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(rows, sweep, RESULTS / f"{stem}.png")
     print(json.dumps(report, indent=2))
 
 
