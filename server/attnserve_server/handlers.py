@@ -6,10 +6,10 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
-from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.errors import DeadlineExceededError, InvalidArgumentError
 from attnserve_server.repository import Model, ModelRepository
 from attnserve_server.text.params import (
     FinishReason,
@@ -62,11 +62,10 @@ class GenerationResult:
 
 
 class TextGenerationHandler:
-    """Validates requests, admits them, runs them and keeps the model's counters."""
+    """Validates requests, hands them to the model's continuous batcher and keeps the model's counters."""
 
-    def __init__(self, repository: ModelRepository, limiter: ConcurrencyLimiter) -> None:
+    def __init__(self, repository: ModelRepository) -> None:
         self._repository = repository
-        self._limiter = limiter
 
     async def start(self, request: GenerationRequest) -> GenerationStream:
         """Validate everything and return the (not yet started) stream of chunks.
@@ -86,6 +85,8 @@ class TextGenerationHandler:
         generator = version.text_generator
         prompt_ids = await generator.encode(request.prompt)
         max_new_tokens = fit_context(params, len(prompt_ids), generator.spec.context_length)
+        # Refused here (RESOURCE_EXHAUSTED) when the model's wait queue is full.
+        batched = version.text_batcher.submit(prompt_ids, params, max_new_tokens, deadline=request.deadline)
         model.counters.requests += 1
         logger.debug(
             "generate %s/%s: %d prompt tokens, up to %d new, seed %d",
@@ -95,7 +96,7 @@ class TextGenerationHandler:
             max_new_tokens,
             params.seed,
         )
-        chunks = self._run(model, generator.generate(prompt_ids, params, max_new_tokens, deadline=request.deadline))
+        chunks = self._run(model, batched)
         return GenerationStream(
             model=model.name,
             model_version=version.version,
@@ -104,20 +105,23 @@ class TextGenerationHandler:
             chunks=chunks,
         )
 
-    async def _run(self, model: Model, chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
+    async def _run(self, model: Model, chunks: AsyncGenerator[GenerationChunk]) -> AsyncIterator[GenerationChunk]:
         try:
-            async with self._limiter.slot():
-                async for chunk in chunks:
-                    model.counters.tokens_generated += len(chunk.token_ids)
-                    if chunk.finish_reason is not None:
-                        logger.debug("finished %s: %s, %s", model.name, chunk.finish_reason.value, chunk.usage)
-                    yield chunk
+            async for chunk in chunks:
+                model.counters.tokens_generated += len(chunk.token_ids)
+                if chunk.finish_reason is not None:
+                    logger.debug("finished %s: %s, %s", model.name, chunk.finish_reason.value, chunk.usage)
+                yield chunk
         except asyncio.CancelledError:
             logger.debug("generation for %s cancelled (the client left or its deadline passed)", model.name)
             raise  # not a failure of the model
+        except DeadlineExceededError:
+            raise  # the client's deadline, not a failure of the model
         except Exception:
             model.counters.failures += 1
             raise
+        finally:
+            await chunks.aclose()  # a client that left early takes its sequence out of the batch
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Run a generation to the end and return it whole."""

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +37,8 @@ from attnserve_server.errors import (
     UnavailableError,
 )
 from attnserve_server.runtime import RuntimeSession, Shape
-from attnserve_server.text.generator import TextGenerator, TextModelSpec
+from attnserve_server.text.continuous import BatchingLimits, ContinuousBatcher
+from attnserve_server.text.generator import KVCacheLayout, TextGenerator, TextModelSpec
 from attnserve_server.text.params import GenerationDefaults
 from attnserve_server.text.tokenizer import TextTokenizer
 from attnserve_server.vision.classifier import ImageClassifier, ImageModelSpec
@@ -56,11 +57,13 @@ class _Strict(BaseModel):
 
 
 class InputNames(_Strict):
-    """ONNX input names of a text-generation model."""
+    """ONNX input names of a text-generation model (which ones depend on ``kv_cache_layout``)."""
 
     input_ids: str
-    attention_mask: str
     position_ids: str
+    attention_mask: str | None = None  # kv_cache_layout "concat"
+    seqlens_k: str | None = None  # kv_cache_layout "shared_buffer"
+    total_sequence_length: str | None = None  # kv_cache_layout "shared_buffer"
 
 
 class OutputNames(_Strict):
@@ -97,7 +100,16 @@ class TextGenerationMetadata(_Strict):
     eos_token: str | None = None
     eos_token_id: NonNegativeInt | None = None
     pad_token_id: NonNegativeInt
+    kv_cache_layout: KVCacheLayout = "concat"
     defaults: DefaultsMetadata = DefaultsMetadata()
+
+    @model_validator(mode="after")
+    def _inputs_of_layout(self) -> TextGenerationMetadata:
+        needed = ("attention_mask",) if self.kv_cache_layout == "concat" else ("seqlens_k", "total_sequence_length")
+        missing = [name for name in needed if getattr(self.inputs, name) is None]
+        if missing:
+            raise ValueError(f"kv_cache_layout {self.kv_cache_layout} needs inputs.{', inputs.'.join(missing)}")
+        return self
 
 
 class ImageClassificationMetadata(_Strict):
@@ -170,6 +182,17 @@ class ModelConfig(_Strict):
     """``config.yaml``: serving settings that are not a property of the weights."""
 
     max_new_tokens_limit: PositiveInt | None = None
+    # Continuous batching limits; unset ones take the server-wide settings.
+    max_active_sequences: PositiveInt | None = None
+    max_kv_cache_tokens: PositiveInt | None = None
+    max_waiting_sequences: NonNegativeInt | None = None
+    max_prefill_tokens_per_step: PositiveInt | None = None
+
+    def batching_limits(self, defaults: BatchingLimits) -> BatchingLimits:
+        """The server-wide limits with this model's overrides."""
+        names = ("max_active_sequences", "max_kv_cache_tokens", "max_waiting_sequences", "max_prefill_tokens_per_step")
+        overrides = {name: value for name in names if (value := getattr(self, name)) is not None}
+        return replace(defaults, **overrides)
 
 
 @dataclass
@@ -192,6 +215,7 @@ class ModelVersion:
     metadata: ModelMetadata
     generator: TextGenerator | None = None
     classifier: ImageClassifier | None = None
+    batcher: ContinuousBatcher | None = None
 
     @property
     def text_generation(self) -> TextGenerationMetadata:
@@ -212,6 +236,12 @@ class ModelVersion:
         if self.generator is None:
             raise TypeError(f"version {self.version} is a {self.metadata.task} model")
         return self.generator
+
+    @property
+    def text_batcher(self) -> ContinuousBatcher:
+        if self.batcher is None:
+            raise TypeError(f"version {self.version} is a {self.metadata.task} model")
+        return self.batcher
 
     @property
     def image_classifier(self) -> ImageClassifier:
@@ -321,8 +351,11 @@ def _spec(name: str, meta: TextGenerationMetadata, tokenizer: TextTokenizer) -> 
         num_heads=meta.num_heads,
         head_dim=meta.head_dim,
         input_ids_name=meta.inputs.input_ids,
-        attention_mask_name=meta.inputs.attention_mask,
+        attention_mask_name=meta.inputs.attention_mask or "",
         position_ids_name=meta.inputs.position_ids,
+        kv_cache_layout=meta.kv_cache_layout,
+        seqlens_k_name=meta.inputs.seqlens_k or "",
+        total_sequence_length_name=meta.inputs.total_sequence_length or "",
         logits_name=meta.outputs.logits,
         past_key_names=tuple(meta.past_key_template.format(layer=i) for i in layers),
         past_value_names=tuple(meta.past_value_template.format(layer=i) for i in layers),
@@ -335,7 +368,11 @@ def _spec(name: str, meta: TextGenerationMetadata, tokenizer: TextTokenizer) -> 
 
 def _check_graph(name: str, spec: TextModelSpec, session: RuntimeSession) -> None:
     """The ONNX graph must have the tensors the metadata promises, and logits of the stated width."""
-    wanted_inputs = {spec.input_ids_name, spec.attention_mask_name, spec.position_ids_name}
+    wanted_inputs = {spec.input_ids_name, spec.position_ids_name}
+    if spec.kv_cache_layout == "concat":
+        wanted_inputs.add(spec.attention_mask_name)
+    else:
+        wanted_inputs.update((spec.seqlens_k_name, spec.total_sequence_length_name))
     wanted_inputs.update(spec.past_key_names + spec.past_value_names)
     missing = sorted(wanted_inputs - set(session.input_names))
     if missing:
@@ -441,7 +478,37 @@ def _load_image_version(
     return ModelVersion(version=version_dir.name, path=version_dir, metadata=metadata, classifier=classifier)
 
 
-def load_version(name: str, version_dir: Path, executor: Executor, *, intra_op_threads: int = 0) -> ModelVersion:
+def _test_run(name: str, generator: TextGenerator) -> None:
+    """A one-token forward pass catches shape mismatches now rather than on the first request."""
+    spec = generator.spec
+    try:
+        if spec.kv_cache_layout == "shared_buffer":
+            logits = generator.new_kv_cache(slots=1).prefill(0, [0])[None, :]
+            present: list[np.ndarray] = []  # written in place, nothing comes back
+        else:
+            logits, present = generator.forward(
+                np.zeros((1, 1), dtype=np.int64),
+                np.ones((1, 1), dtype=np.int64),
+                np.zeros((1, 1), dtype=np.int64),
+                generator.empty_past(batch=1),
+            )
+    except Exception as exc:  # ORT's errors carry the useful detail in their message
+        raise ModelLoadError(name, f"test run of model.onnx failed: {exc}") from None
+    if logits.shape != (1, spec.vocab_size):
+        raise ModelLoadError(name, f"logits have shape {logits.shape[1:]}, metadata says vocab_size {spec.vocab_size}")
+    expected = (1, spec.num_heads, 1, spec.head_dim)
+    if any(p.shape != expected for p in present):
+        raise ModelLoadError(name, f"present tensors do not have the shape {expected} that metadata.json implies")
+
+
+def load_version(
+    name: str,
+    version_dir: Path,
+    executor: Executor,
+    *,
+    intra_op_threads: int = 0,
+    batching: BatchingLimits | None = None,
+) -> ModelVersion:
     """Load one version directory: metadata, tokenizer or labels, ONNX session; check they agree."""
     metadata = read_metadata(name, version_dir)
     if metadata.task == IMAGE_CLASSIFICATION:
@@ -462,22 +529,11 @@ def load_version(name: str, version_dir: Path, executor: Executor, *, intra_op_t
     session = _session(name, model_path, intra_op_threads)
     _check_graph(name, spec, session)
     generator = TextGenerator(spec, session, tokenizer, executor)
-    # A one-token forward pass catches shape mismatches now rather than on the first request.
-    try:
-        logits, present = generator.forward(
-            np.zeros((1, 1), dtype=np.int64),
-            np.ones((1, 1), dtype=np.int64),
-            np.zeros((1, 1), dtype=np.int64),
-            generator.empty_past(batch=1),
-        )
-    except Exception as exc:  # ORT's errors carry the useful detail in their message
-        raise ModelLoadError(name, f"test run of model.onnx failed: {exc}") from None
-    if logits.shape != (1, text.vocab_size):
-        raise ModelLoadError(name, f"logits have shape {logits.shape[1:]}, metadata says vocab_size {text.vocab_size}")
-    expected = (1, text.num_heads, 1, text.head_dim)
-    if any(p.shape != expected for p in present):
-        raise ModelLoadError(name, f"present tensors do not have the shape {expected} that metadata.json implies")
-    return ModelVersion(version=version_dir.name, path=version_dir, metadata=metadata, generator=generator)
+    _test_run(name, generator)
+    batcher = ContinuousBatcher(generator, batching or BatchingLimits(), executor)
+    return ModelVersion(
+        version=version_dir.name, path=version_dir, metadata=metadata, generator=generator, batcher=batcher
+    )
 
 
 class ModelRepository:
@@ -490,8 +546,10 @@ class ModelRepository:
         default_max_new_tokens_limit: int,
         intra_op_threads: int = 0,
         max_images_per_request: int = 64,
+        batching: BatchingLimits | None = None,
     ) -> None:
         self.root = root
+        self._batching = batching or BatchingLimits()
         self._default_limit = default_max_new_tokens_limit
         self._max_images = max_images_per_request
         self._intra_op_threads = intra_op_threads
@@ -524,7 +582,13 @@ class ModelRepository:
         if not versions:
             raise ModelLoadError(name, f"no version directories (positive integers) in {model_dir}")
         latest = versions[-1][1]
-        loaded = load_version(name, latest, executor, intra_op_threads=self._intra_op_threads)
+        loaded = load_version(
+            name,
+            latest,
+            executor,
+            intra_op_threads=self._intra_op_threads,
+            batching=config.batching_limits(self._batching),
+        )
         model = Model(
             name=name,
             config=config,

@@ -65,7 +65,7 @@ def build_server(
         ("grpc.so_reuseport", 0),  # two servers on one port would split traffic silently
     ]
     server = grpc.aio.server(options=options)
-    add_servicer(server, TextGenerationServicer(TextGenerationHandler(repository, limiter)), TEXT_GENERATION_SERVICE)
+    add_servicer(server, TextGenerationServicer(TextGenerationHandler(repository)), TEXT_GENERATION_SERVICE)
     classify = ImageClassificationHandler(repository, limiter, max_image_pixels=settings.max_image_pixels)
     add_servicer(server, ImageClassificationServicer(classify), IMAGE_CLASSIFICATION_SERVICE)
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
@@ -91,6 +91,7 @@ async def serve(settings: ServerSettings) -> None:
         default_max_new_tokens_limit=settings.max_new_tokens_limit,
         intra_op_threads=settings.intra_op_threads,
         max_images_per_request=settings.max_images_per_request,
+        batching=settings.batching_limits(),
     )
     try:
         model_dirs = repository.discover()

@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from attnserve_server.text.continuous import BatchingLimits
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -73,7 +75,40 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="Requests that may wait for a free slot; beyond that requests fail with RESOURCE_EXHAUSTED.",
     )
+    max_active_sequences: int = Field(
+        default=16,
+        ge=1,
+        description="Continuous batching: generations of one text model decoded together in each step "
+        "(a model's config.yaml may override it).",
+    )
+    max_kv_cache_tokens: int = Field(
+        default=16384,
+        ge=1,
+        description="Continuous batching: KV cache positions (prompt + max_new_tokens of every running "
+        "generation) one text model may hold; further requests wait.",
+    )
+    max_waiting_sequences: int = Field(
+        default=64,
+        ge=0,
+        description="Continuous batching: generations that may wait to join a text model's batch; beyond "
+        "that requests fail at once with RESOURCE_EXHAUSTED.",
+    )
+    max_prefill_tokens_per_step: int = Field(
+        default=128,
+        ge=1,
+        description="Continuous batching: prompt tokens prefilled per step, so that long prompts are "
+        "processed in chunks and running streams keep getting tokens.",
+    )
     log_level: LogLevel = Field(default="INFO", description="Logging level.")
+
+    def batching_limits(self) -> BatchingLimits:
+        """The continuous batching defaults for every text model."""
+        return BatchingLimits(
+            max_active_sequences=self.max_active_sequences,
+            max_kv_cache_tokens=self.max_kv_cache_tokens,
+            max_waiting_sequences=self.max_waiting_sequences,
+            max_prefill_tokens_per_step=self.max_prefill_tokens_per_step,
+        )
 
 
 def _flag(name: str) -> str:
