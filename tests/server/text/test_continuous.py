@@ -31,10 +31,21 @@ def executor() -> Iterator[ThreadPoolExecutor]:
         yield pool
 
 
-@pytest.fixture(scope="module")
-def generator(tiny_repository: Path, executor: ThreadPoolExecutor) -> TextGenerator:
-    model_dir = tiny_repository / "tiny-gpt"
-    return load_version(model_dir.name, model_dir / "1", executor).text_generator
+@pytest.fixture(scope="module", params=["shared_buffer", "concat"])
+def generator(
+    request: pytest.FixtureRequest,
+    tiny_repository: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    export_text_model: Callable[..., Path],
+    executor: ThreadPoolExecutor,
+) -> TextGenerator:
+    if request.param == "shared_buffer":  # how the tiny model is exported by default
+        model_dir = tiny_repository / "tiny-gpt"
+    else:
+        model_dir = export_text_model(tmp_path_factory.mktemp("concat"), "tiny-gpt", kv_cache_layout=request.param)
+    generator = load_version(model_dir.name, model_dir / "1", executor).text_generator
+    assert generator.spec.kv_cache_layout == request.param
+    return generator
 
 
 @pytest.fixture

@@ -25,7 +25,11 @@ def executor() -> Iterator[ThreadPoolExecutor]:
     yield generator_executor
 
 
-@pytest.fixture(scope="module", params=["learned", "rotary"])
+@pytest.fixture(
+    scope="module",
+    params=[("shared_buffer", "learned"), ("shared_buffer", "rotary"), ("concat", "learned"), ("concat", "rotary")],
+    ids="-".join,
+)
 def generator(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -33,10 +37,16 @@ def generator(
     tiny_repository: Path,
     executor: ThreadPoolExecutor,
 ) -> TextGenerator:
-    if request.param == "learned":  # the tiny preset's own encoding: reuse the shared model
+    layout, pos_encoding = request.param
+    if (layout, pos_encoding) == ("shared_buffer", "learned"):  # the tiny preset as exported by default
         model_dir = tiny_repository / "tiny-gpt"
     else:
-        model_dir = export_text_model(tmp_path_factory.mktemp("rotary"), "gpt", pos_encoding=request.param)
+        model_dir = export_text_model(
+            tmp_path_factory.mktemp(f"{layout}-{pos_encoding}"),
+            "gpt",
+            kv_cache_layout=layout,
+            pos_encoding=pos_encoding,
+        )
     return load_version(model_dir.name, model_dir / "1", executor).generator
 
 
@@ -55,14 +65,8 @@ def recompute_greedy(generator: TextGenerator, prompt: list[int], steps: int) ->
     """Greedy decoding that runs the whole sequence every step, with no cache."""
     ids = list(prompt)
     for _ in range(steps):
-        n = len(ids)
-        logits, _ = generator.forward(
-            np.asarray([ids], dtype=np.int64),
-            np.ones((1, n), dtype=np.int64),
-            np.arange(n, dtype=np.int64)[None, :],
-            generator.empty_past(batch=1),
-        )
-        ids.append(int(np.argmax(logits[0])))
+        logits = generator.new_kv_cache(1).prefill(0, ids)  # a fresh, empty cache every time
+        ids.append(int(np.argmax(logits)))
     return ids[len(prompt) :]
 
 
