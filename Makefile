@@ -53,6 +53,7 @@ proto-check: install-test
 bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/text_decode_latency.py
 	$(TEST_VENV)/bin/python benchmarks/server_ttft.py
+	$(TEST_VENV)/bin/python benchmarks/text_throughput.py
 	$(TEST_VENV)/bin/python benchmarks/image_latency.py
 
 clean:
