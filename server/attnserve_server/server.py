@@ -82,9 +82,6 @@ async def serve(settings: ServerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    # One worker thread per concurrent generation or classification (the limiter caps them), plus one for loading
-    # and tokenizing so those never wait behind a long generation.
-    executor = ThreadPoolExecutor(max_workers=settings.max_concurrent_requests + 1, thread_name_prefix="ort")
     limiter = ConcurrencyLimiter(settings.max_concurrent_requests, settings.max_queued_requests)
     repository = ModelRepository(
         settings.model_repository,
@@ -97,6 +94,12 @@ async def serve(settings: ServerSettings) -> None:
         model_dirs = repository.discover()
     except RepositoryError as exc:
         raise StartupError(str(exc)) from None
+    # One worker thread per concurrent classification (the limiter caps them), one per model for its
+    # continuous-batching steps (a text model runs one step at a time), plus one for loading and
+    # tokenizing so those never wait behind model calls.
+    executor = ThreadPoolExecutor(
+        max_workers=settings.max_concurrent_requests + len(model_dirs) + 1, thread_name_prefix="ort"
+    )
     server, health_servicer = build_server(settings, repository, limiter)
     # The aio servicer starts out SERVING; nothing is loaded yet.
     await health_servicer.set(OVERALL, NOT_SERVING)

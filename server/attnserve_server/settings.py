@@ -68,12 +68,13 @@ class ServerSettings(BaseSettings):
     max_concurrent_requests: int = Field(
         default=4,
         ge=1,
-        description="Generations or classifications that run at the same time; further requests wait in a queue.",
+        description="Classifications that run at the same time; further requests wait in a queue. (Text "
+        "generation is batched per model instead: see max_active_sequences.)",
     )
     max_queued_requests: int = Field(
         default=64,
         ge=0,
-        description="Requests that may wait for a free slot; beyond that requests fail with RESOURCE_EXHAUSTED.",
+        description="Classifications that may wait for a free slot; beyond that requests fail with RESOURCE_EXHAUSTED.",
     )
     max_active_sequences: int = Field(
         default=16,
