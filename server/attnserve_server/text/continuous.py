@@ -4,10 +4,11 @@ Every step of a model's loop
 
 1. drops sequences that were cancelled or whose deadline passed, and frees their cache;
 2. admits waiting requests while ``max_active_sequences`` and the KV token budget allow;
-3. runs, in a worker thread, ONE batched decode call for every sequence that has a token to feed,
-   then up to ``max_prefill_tokens_per_step`` prompt tokens of newly admitted sequences (a long
-   prompt is prefilled in chunks over several steps, so it never stalls the running streams for
-   long), and samples each sequence's next token with its own sampler;
+3. runs, in a worker thread, up to ``max_prefill_tokens_per_step`` prompt tokens of newly admitted
+   sequences (a long prompt is prefilled in chunks over several steps, so it never stalls the
+   running streams for long; a prompt that completes yields its first token at once), then ONE
+   batched decode call for every sequence that has a token to feed, and samples each sequence's
+   next token with its own sampler;
 4. hands each sequence its chunk; finished and stopped ones leave at once.
 
 Requests join at the next step. Each sequence keeps its own sampler (and seeded RNG stream), stop
@@ -157,14 +158,24 @@ class ContinuousBatcher:
                 await self._wakeup.wait()
                 continue
             plan = self._plan()
-            try:
-                sampled = await loop.run_in_executor(self._executor, self._step, plan)
-            except Exception as exc:  # a failed model call fails the sequences in it, not the loop
-                logger.exception("text generation step failed")
-                for sequence in [*plan.decode, *(s for s, _ in plan.prefill)]:
-                    self._retire(sequence, exc)
-                continue
-            self._deliver(plan, sampled)
+            # Prefill first, in its own call, so that a new request's first token goes out before
+            # the batch's decode call rather than after it: the time to first token does not
+            # include a whole decode step of the running batch.
+            calls = [plan]
+            if plan.prefill and plan.decode:
+                calls = [
+                    _Plan(decode=[], prefill=plan.prefill, released=plan.released),
+                    _Plan(decode=plan.decode, prefill=[], released=[]),
+                ]
+            for call in calls:
+                try:
+                    sampled = await loop.run_in_executor(self._executor, self._step, call)
+                except Exception as exc:  # a failed model call fails the sequences in it, not the loop
+                    logger.exception("text generation step failed")
+                    for sequence in [*call.decode, *(s for s, _ in call.prefill)]:
+                        self._retire(sequence, exc)
+                    continue
+                self._deliver(call, sampled)
 
     def _update_gauges(self) -> None:
         self.stats.active = len(self._active)
