@@ -21,6 +21,7 @@ import asyncio
 import collections
 import logging
 import time
+import weakref
 from collections.abc import AsyncGenerator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -123,7 +124,17 @@ class ContinuousBatcher:
         )
         self._waiting.append(sequence)
         self._wake()
-        return self._stream(sequence)
+        stream = self._stream(sequence)
+        # A stream dropped before its first iteration never runs its finally (a call cancelled
+        # between validation and streaming): its collection still frees the sequence's place.
+        weakref.finalize(stream, self._abandon, sequence)
+        return stream
+
+    def _abandon(self, sequence: GenerationSequence) -> None:
+        if not sequence.finished:
+            sequence.cancelled = True
+            if self._wakeup is not None:
+                self._wakeup.set()
 
     async def _stream(self, sequence: GenerationSequence) -> AsyncGenerator[GenerationChunk]:
         try:

@@ -7,6 +7,7 @@ object the server uses, and compares batched runs with the same requests run alo
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -161,6 +162,28 @@ async def test_cancel_in_the_middle_of_a_batch(
     assert tokens(heads[2] + rest[1]) == expected[2]
     await asyncio.sleep(0)
     assert batcher.stats.active == 0 and batcher.stats.kv_tokens_reserved == 0
+
+
+async def test_a_stream_dropped_before_it_starts_leaves_the_batch(
+    generator: TextGenerator, make_batcher: Callable[..., ContinuousBatcher]
+) -> None:
+    prompt = encode(generator, PROMPTS[0])
+    batcher = make_batcher(max_active_sequences=1, max_waiting_sequences=0)
+    abandoned = batcher.submit(prompt, params(40), 40)
+    del abandoned  # never iterated, as when a call is cancelled between validation and streaming
+    gc.collect()
+    # The abandoned sequence gave its only slot back: the next request runs to the end.
+    for _ in range(100):
+        try:
+            chunks = await drain(batcher.submit(prompt, params(3), 3))
+            break
+        except ResourceExhaustedError:
+            await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the abandoned sequence kept its slot")
+    assert chunks[-1].finish_reason is not None
+    # It left before decoding: only the second request's tokens were fed (not 40 more).
+    assert batcher.stats.decoded_tokens <= 3
 
 
 async def test_a_full_wait_queue_refuses_at_once(
