@@ -5,8 +5,11 @@ For each model (the shipped ``shakespeare-gpt`` and ``gpt2-small`` with random w
 generator in this process (one gRPC channel, ``AsyncClient`` with no retries):
 
 1. **Concurrency sweep.** A closed loop of 1, 4 and 16 concurrent streams; each stream sends
-   ``GenerateStream`` requests back to back for ``--seconds``. Reported: aggregate tokens/s, time
-   to first token (TTFT) p50/p99 and request latency p50/p99. Targets of issue 4: tokens/s at 16
+   ``GenerateStream`` requests back to back. After ``--warmup`` seconds (so that the streams no
+   longer start in step) a window of ``--seconds`` is measured: aggregate tokens/s counts the tokens
+   that arrived in the window, and time to first token (TTFT) p50/p99 and request latency p50/p99
+   are over the requests that started and ended in it; requests still running at its end are
+   cancelled. Targets of issue 4: tokens/s at 16
    streams >= 6 x at 1 stream; TTFT p99 at 16 streams <= 3 x the idle TTFT (p50 at 1 stream).
 2. **Overload.** A second server, configured to shed load (``--overload-active`` sequences in the
    batch, no wait queue). Its saturating rate is the request rate of a closed loop that keeps
@@ -56,6 +59,7 @@ class Outcome:
     """One request as the client saw it."""
 
     ok: bool
+    started: float = 0.0
     tokens: int = 0
     ttft_ms: float = 0.0
     latency_ms: float = 0.0
@@ -67,16 +71,23 @@ class Outcome:
 class Window:
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+    # Tokens received in the window, whatever request they belong to (closed loops); None: those of
+    # the completed requests (the open loop, which waits for every request).
+    tokens_in_window: int | None = None
+    # Requests that ended in the window, wherever they started (closed loops).
+    completed_in_window: int | None = None
 
     def summary(self) -> dict[str, Any]:
         done = [o for o in self.outcomes if o.ok]
-        tokens = sum(o.tokens for o in done)
+        tokens = sum(o.tokens for o in done) if self.tokens_in_window is None else self.tokens_in_window
         return {
             "requests": len(done),
             "tokens": tokens,
             "seconds": round(self.seconds, 2),
             "tokens_per_s": round(tokens / self.seconds, 1),
-            "requests_per_s": round(len(done) / self.seconds, 3),
+            "requests_per_s": round(
+                (len(done) if self.completed_in_window is None else self.completed_in_window) / self.seconds, 3
+            ),
             "ttft_ms": quantiles([o.ttft_ms for o in done]),
             "latency_ms": quantiles([o.latency_ms for o in done]),
             "errors": sorted({o.error for o in self.outcomes if not o.ok and o.error}),
@@ -90,41 +101,71 @@ def quantiles(samples: list[float]) -> dict[str, float]:
     return {"p50": round(float(np.percentile(data, 50)), 2), "p99": round(float(np.percentile(data, 99)), 2)}
 
 
-async def one_request(client: AsyncClient, model: str, max_new_tokens: int, seed: int) -> Outcome:
+async def one_request(
+    client: AsyncClient, model: str, max_new_tokens: int, seed: int, arrivals: list[float] | None = None
+) -> Outcome:
+    """One streamed generation; each token's arrival time goes to ``arrivals``."""
     start = time.perf_counter()
     first: float | None = None
     tokens = 0
     try:
         async for chunk in client.generate_stream(PROMPT, model=model, max_new_tokens=max_new_tokens, seed=seed):
+            now = time.perf_counter()
             if first is None:
-                first = time.perf_counter()
+                first = now
             tokens += len(chunk.token_ids)
+            if arrivals is not None:
+                arrivals.extend([now] * len(chunk.token_ids))
     except OverloadedError:
         return Outcome(ok=False, refused=True, latency_ms=(time.perf_counter() - start) * 1e3)
     except Exception as exc:  # reported, not hidden: a benchmark must not crash on one failure
         return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}"[:200])
     end = time.perf_counter()
-    return Outcome(ok=True, tokens=tokens, ttft_ms=((first or end) - start) * 1e3, latency_ms=(end - start) * 1e3)
+    return Outcome(
+        ok=True,
+        started=start,
+        tokens=tokens,
+        ttft_ms=((first or end) - start) * 1e3,
+        latency_ms=(end - start) * 1e3,
+    )
 
 
-async def closed_loop(address: str, model: str, concurrency: int, seconds: float, max_new_tokens: int) -> Window:
-    """``concurrency`` streams, each sending its next request as soon as the previous one ends."""
-    window = Window()
+async def closed_loop(
+    address: str, model: str, concurrency: int, seconds: float, max_new_tokens: int, *, warmup: float
+) -> Window:
+    """``concurrency`` streams, each sending its next request as soon as the previous one ends.
+
+    Only the steady state counts: tokens that arrive in ``[warmup, warmup + seconds]`` and requests
+    that start and end in it.
+    """
+    arrivals: list[float] = []
+    outcomes: list[Outcome] = []
     async with AsyncClient(address, timeout=300.0, retries=0) as client:
-        # Warm-up: one request per stream, not measured (arenas, batch shapes, connections).
+        # Connections, ORT arenas and batch shapes, before anything is timed.
         await asyncio.gather(*(one_request(client, model, 4, seed) for seed in range(concurrency)))
-        start = time.perf_counter()
-        stop_at = start + seconds
+        window_start = time.perf_counter() + warmup
+        window_end = window_start + seconds
 
         async def stream(worker: int) -> None:
             n = 0
-            while time.perf_counter() < stop_at:
-                window.outcomes.append(await one_request(client, model, max_new_tokens, worker * 100_000 + n))
+            while True:
+                outcomes.append(await one_request(client, model, max_new_tokens, worker * 100_000 + n, arrivals))
                 n += 1
 
-        await asyncio.gather(*(stream(w) for w in range(concurrency)))
-        window.seconds = time.perf_counter() - start
-    return window
+        workers = [asyncio.create_task(stream(w)) for w in range(concurrency)]
+        await asyncio.sleep(window_end - time.perf_counter())
+        for worker in workers:  # cut off the requests still running; their tokens so far are counted
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    in_window = [o for o in outcomes if window_start <= o.started and o.started + o.latency_ms / 1e3 <= window_end]
+    return Window(
+        outcomes=in_window,
+        seconds=seconds,
+        tokens_in_window=sum(window_start <= t <= window_end for t in arrivals),
+        completed_in_window=sum(
+            o.ok and window_start <= o.started + o.latency_ms / 1e3 <= window_end for o in outcomes
+        ),
+    )
 
 
 async def open_loop(address: str, model: str, rate: float, seconds: float, max_new_tokens: int) -> Window:
@@ -168,7 +209,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         sweep = {}
         for concurrency in CONCURRENCY:
-            window = asyncio.run(closed_loop(address, name, concurrency, args.seconds, tokens))
+            window = asyncio.run(closed_loop(address, name, concurrency, args.seconds, tokens, warmup=args.warmup))
             sweep[concurrency] = window.summary()
             print(f"{name} c={concurrency}: {sweep[concurrency]}", file=sys.stderr)
     finally:
@@ -186,8 +227,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         repository, args.threads, "--max-active-sequences", str(active), "--max-waiting-sequences", "0"
     )
     try:
-        unloaded = asyncio.run(closed_loop(address, name, 1, args.seconds, tokens)).summary()
-        saturated = asyncio.run(closed_loop(address, name, active, args.seconds, tokens)).summary()
+        unloaded = asyncio.run(closed_loop(address, name, 1, args.seconds, tokens, warmup=args.warmup)).summary()
+        saturated = asyncio.run(closed_loop(address, name, active, args.seconds, tokens, warmup=args.warmup)).summary()
         offered = 2.0 * saturated["requests_per_s"]
         overload = asyncio.run(open_loop(address, name, offered, args.seconds, tokens))
     finally:
@@ -259,6 +300,7 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=REPO / "models")
     parser.add_argument("--threads", type=int, default=available_cpus(), help="the server's ONNX Runtime threads")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each measured window")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds of load before each closed-loop window")
     parser.add_argument(
         "--overload-active", type=int, default=4, help="max_active_sequences of the load-shedding server"
     )
@@ -268,6 +310,7 @@ def main() -> None:
         "benchmark": "text_throughput",
         "cpus": available_cpus(),
         "seconds_per_window": args.seconds,
+        "warmup_seconds": args.warmup,
         "prompt": PROMPT,
         "results": results,
     }
