@@ -14,8 +14,10 @@ the same as :class:`GPT`'s, op for op), and :func:`check_shared_buffer_parity` c
 PyTorch the way the server calls it: prefill per sequence (whole and chunked), then batched decode
 steps of sequences at different positions.
 
-Linear layers are ``Gemm(x, W, b, transB=1)`` on ``(batch * seq, dim)`` rows, so every parameter is
-stored once, untransposed, under its PyTorch name (``wte.weight`` doubles as the tied output layer).
+Linear layers are ``MatMul(x, W.T) + b`` on ``(batch * seq, dim)`` rows, with ``W.T`` stored as
+``<parameter>.weight_t`` (MatMul, not Gemm, because ONNX Runtime's dynamic int8 quantization
+handles MatMul only); every other parameter is stored under its PyTorch name, and ``wte.weight``
+doubles as the tied output layer through ``Gemm(x, wte, transB=1)``.
 Rotary positions are applied by the operator (``do_rotary``) from its own per-sequence positions,
 which equal ``position_ids`` because sequences are never padded in this layout; learned and
 sinusoidal positions are embedded from ``position_ids``.
@@ -44,6 +46,8 @@ TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
 HEAD_DIM_MULTIPLE = 16
 LN_EPS = 1e-5  # nn.LayerNorm's default
 ROTARY_TABLE_MIN = 1024
+# Initializer-name suffix of a linear layer's weight stored transposed, (in, out).
+TRANSPOSED_SUFFIX = "_t"
 
 
 def supports_shared_buffer(model: GPT) -> bool:
@@ -104,10 +108,11 @@ def build_shared_buffer_graph(model: GPT, names: TensorNames) -> onnx.ModelProto
     c, nh, hs = cfg.dim, cfg.num_heads, cfg.head_dim
 
     def linear(x: str, prefix: str) -> str:
-        inputs = [x, g.param(f"{prefix}.weight", state[f"{prefix}.weight"])]
+        weight_t = g.param(f"{prefix}.weight{TRANSPOSED_SUFFIX}", state[f"{prefix}.weight"].t())  # (in, out)
+        y = g.one("MatMul", [x, weight_t], prefix)  # (N, out)
         if f"{prefix}.bias" in state:
-            inputs.append(g.param(f"{prefix}.bias", state[f"{prefix}.bias"]))
-        return g.one("Gemm", inputs, prefix, transB=1)  # (N, out)
+            y = g.one("Add", [y, g.param(f"{prefix}.bias", state[f"{prefix}.bias"])], f"{prefix}.bias_add")
+        return y
 
     def layer_norm(x: str, prefix: str) -> str:
         inputs = [x, g.param(f"{prefix}.weight", state[f"{prefix}.weight"])]
