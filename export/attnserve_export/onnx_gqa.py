@@ -159,6 +159,9 @@ def build_shared_buffer_graph(model: GPT, names: TensorNames) -> onnx.ModelProto
 
     # 2. Blocks.
     presents: list[str] = []
+    # ONNX shape inference cannot see through a com.microsoft operator; declaring its output's type
+    # lets tools that rely on it (onnxruntime.quantization.quantize_dynamic) type the layers after it.
+    attention_outputs: list[str] = []
     for i in range(cfg.num_layers):
         p = f"blocks.{i}"
         h = layer_norm(x, f"{p}.ln_1")
@@ -183,6 +186,7 @@ def build_shared_buffer_graph(model: GPT, names: TensorNames) -> onnx.ModelProto
             do_rotary=1 if rotary_inputs else 0,
             rotary_interleaved=0,  # GPT-NeoX "rotate half", as apply_rotary
         )  # (B, S, C)
+        attention_outputs.append(attn)
         # Graph outputs need their declared names.
         g.nodes[-1].output[1] = names.present_key.format(layer=i)
         g.nodes[-1].output[2] = names.present_value.format(layer=i)
@@ -217,7 +221,16 @@ def build_shared_buffer_graph(model: GPT, names: TensorNames) -> onnx.ModelProto
             inputs.append(helper.make_tensor_value_info(template.format(layer=i), TensorProto.FLOAT, cache_shape))
     for name in presents:
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape))
-    graph = helper.make_graph(g.nodes, "gpt_shared_kv_cache", inputs, outputs, initializer=g.initializers)
+    graph = helper.make_graph(
+        g.nodes,
+        "gpt_shared_kv_cache",
+        inputs,
+        outputs,
+        initializer=g.initializers,
+        value_info=[
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "seq", c]) for name in attention_outputs
+        ],
+    )
     proto = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
