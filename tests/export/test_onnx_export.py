@@ -170,3 +170,18 @@ def test_cli_random_init_preset(tiny_tokenizer: Tokenizer, tmp_path: Path) -> No
     assert meta["provenance"]["random_init"] is True
     assert meta["text_generation"]["vocab_size"] == PRESETS["tiny"].vocab_size
     assert meta["text_generation"]["defaults"]["max_new_tokens"] == PRESETS["tiny"].context_length // 2
+
+
+def test_shared_buffer_graph_quantizes_dynamically(exported, tmp_path: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantization must reach the linear layers of the shared_buffer graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _, version_dir, _ = exported
+    if json.loads((version_dir / "metadata.json").read_text())["text_generation"]["kv_cache_layout"] != "shared_buffer":
+        pytest.skip("concat layout")
+    quantized = tmp_path / "model.int8.onnx"
+    quantize_dynamic(str(version_dir / "model.onnx"), str(quantized), weight_type=QuantType.QInt8)
+    op_types = [n.op_type for n in onnx.load(str(quantized)).graph.node]
+    assert "MatMul" not in op_types
+    assert op_types.count("MatMulInteger") >= 4 * PRESETS["tiny"].num_layers  # qkv, proj, fc, mlp proj per block
+    ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])  # and ONNX Runtime loads it
