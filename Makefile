@@ -82,6 +82,7 @@ image:
 bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/text_decode_latency.py
 	$(TEST_VENV)/bin/python benchmarks/server_ttft.py
+	$(TEST_VENV)/bin/python benchmarks/text_throughput.py
 	$(TEST_VENV)/bin/python benchmarks/image_latency.py
 	$(TEST_VENV)/bin/python benchmarks/kserve_overhead.py
 	$(TEST_VENV)/bin/python benchmarks/image_throughput.py

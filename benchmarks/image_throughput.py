@@ -48,7 +48,7 @@ from attnserve_export import vit
 from attnserve_export.image_data import ImageSpec
 from attnserve_export.image_export import export_classifier
 from attnserve_server.repository import ModelRepository
-from attnserve_server.runtime import available_cpus
+from attnserve_server.runtime import RuntimeOptions, available_cpus
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "benchmarks" / ".cache" / "throughput"
@@ -98,7 +98,9 @@ def png_images(count: int) -> list[bytes]:
 
 def load_classifier(version_dir: Path, threads: int) -> Any:
     """The server's own classifier (decode, preprocess, ONNX Runtime session), in this process."""
-    repository = ModelRepository(version_dir.parent.parent, default_max_new_tokens_limit=1, intra_op_threads=threads)
+    repository = ModelRepository(
+        version_dir.parent.parent, default_max_new_tokens_limit=1, runtime=RuntimeOptions(intra_op_threads=threads)
+    )
     return repository.load_model(version_dir.parent, ThreadPoolExecutor(1)).version("").image_classifier
 
 

@@ -43,7 +43,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(repository: Path, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(repository: Path, threads: int, *extra_args: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="attnserve-bench-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
@@ -61,6 +61,7 @@ def start_server(repository: Path, threads: int) -> tuple[subprocess.Popen[bytes
             str(threads),
             "--log-level",
             "WARNING",
+            *extra_args,
         ],
         stdout=log,
         stderr=log,
@@ -98,15 +99,30 @@ def main() -> None:
     past_names = [
         tg[f"past_{kind}_template"].format(layer=i) for i in range(tg["num_layers"]) for kind in ("key", "value")
     ]
+    n = len(prompt_ids)
     feed = {
         tg["inputs"]["input_ids"]: np.asarray([prompt_ids], dtype=np.int64),
-        tg["inputs"]["attention_mask"]: np.ones((1, len(prompt_ids)), dtype=np.int64),
-        tg["inputs"]["position_ids"]: np.arange(len(prompt_ids), dtype=np.int64)[None, :],
-        **{name: np.zeros((1, tg["num_heads"], 0, tg["head_dim"]), dtype=np.float32) for name in past_names},
+        tg["inputs"]["position_ids"]: np.arange(n, dtype=np.int64)[None, :],
     }
+    in_place: dict[str, str] = {}
+    if tg.get("kv_cache_layout", "concat") == "shared_buffer":
+        # As the server runs it: the prompt's keys and values go straight into the cache buffers.
+        feed[tg["inputs"]["seqlens_k"]] = np.asarray([n - 1], dtype=np.int32)
+        feed[tg["inputs"]["total_sequence_length"]] = np.asarray(n, dtype=np.int32)
+        for i in range(tg["num_layers"]):
+            for kind in ("key", "value"):
+                past = tg[f"past_{kind}_template"].format(layer=i)
+                feed[past] = np.zeros((1, tg["num_heads"], tg["context_length"], tg["head_dim"]), dtype=np.float32)
+                in_place[past] = tg[f"present_{kind}_template"].format(layer=i)
+    else:
+        feed[tg["inputs"]["attention_mask"]] = np.ones((1, n), dtype=np.int64)
+        feed |= {name: np.zeros((1, tg["num_heads"], 0, tg["head_dim"]), dtype=np.float32) for name in past_names}
 
     def in_process_prefill() -> None:
-        logits = session.run([tg["outputs"]["logits"]], feed)[0]
+        if in_place:
+            logits = session.run_in_place([tg["outputs"]["logits"]], feed, in_place)[0]
+        else:
+            logits = session.run([tg["outputs"]["logits"]], feed)[0]
         int(np.argmax(logits[0, -1]))
 
     process, address = start_server(args.repository, args.threads)

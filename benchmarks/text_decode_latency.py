@@ -1,16 +1,22 @@
-"""Per-token decode latency of the GPT models: ONNX Runtime with a KV cache, ONNX Runtime
-recomputing the whole prefix, and PyTorch eager with a KV cache, on the same weights.
+"""Per-token decode latency of the GPT models: ONNX Runtime with a KV cache in both graph layouts,
+ONNX Runtime recomputing the whole prefix, and PyTorch eager with a KV cache, on the same weights.
+
+KV cache layouts (docs/model-repository.md): ``concat`` returns ``past + new`` as a fresh tensor,
+so every step copies the whole cache; ``shared_buffer`` (GroupQueryAttention) updates a
+preallocated buffer in place through IO binding, the way the server runs it.
 
 For each model and each position p, one token is decoded after a p-token context, repeated
-``--repeats`` times; the median is reported. All three setups use the same thread count.
+``--repeats`` times; the median is reported. All setups use the same thread count. The report
+holds latency(512) / latency(32) of each layout next to FLOPs(512) / FLOPs(32), and whether
+the target latency ratio <= 1.1 x FLOP ratio is met.
 Prints one JSON object and writes ``benchmarks/results/text_decode_latency.{json,png}``.
 
     python benchmarks/text_decode_latency.py                  # both models
     python benchmarks/text_decode_latency.py --models shakespeare-gpt --repeats 50
 
 The shipped model's PyTorch weights are read back from its ONNX file (the exporter keeps the
-parameters as named initializers); gpt2-small uses random weights, exported once and cached
-under ``benchmarks/.cache``.
+parameters as named initializers); gpt2-small uses random weights. Both layouts of each model are
+exported (parity-checked) once and cached under ``benchmarks/.cache``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+from tokenizers import Tokenizer
 
 from attnserve_export.gpt import GPT, PRESETS, GPTConfig
 from attnserve_export.onnx_export import export_gpt
@@ -57,23 +64,43 @@ def torch_model_from_onnx(version_dir: Path) -> GPT:
         init.name.removeprefix("model."): torch.from_numpy(numpy_helper.to_array(init).copy())
         for init in graph.initializer
     }
+    # The shared_buffer graph stores linear weights transposed, as "<name>.weight_t".
+    weights |= {name.removesuffix("_t"): w.t() for name, w in weights.items() if name.endswith(".weight_t")}
     state = model.state_dict()
-    missing = [name for name in state if name not in weights and name != "wte.weight"]
+    missing = [name for name in state if name not in weights and name not in ("wte.weight", "lm_head.weight")]
     if missing:
         raise SystemExit(f"{version_dir}: ONNX initializers do not name these parameters: {missing[:5]}")
-    weights.setdefault("wte.weight", weights["lm_head.weight"])  # tied
+    # Tied: the concat export names the matrix lm_head.weight, the shared_buffer one wte.weight.
+    tied = weights.get("wte.weight", weights.get("lm_head.weight"))
+    weights.setdefault("wte.weight", tied)
+    weights.setdefault("lm_head.weight", tied)
     model.load_state_dict({name: weights[name] for name in state}, strict=True)
     return model
 
 
-def gpt2_small_entry() -> Path:
+def gpt2_small_entry(layout: str = "shared_buffer") -> Path:
     """A gpt2-small repository entry with random weights (exported once, then cached)."""
-    version_dir = CACHE / "gpt2-small" / "1"
+    version_dir = CACHE / ("gpt2-small" if layout == "shared_buffer" else f"gpt2-small-{layout}") / "1"
     if not (version_dir / "metadata.json").exists():
         torch.manual_seed(0)
         tokenizer = train_bpe_tokenizer(["a small corpus: only the model's shape matters here. " * 20], 300)
-        export_gpt(GPT(PRESETS["gpt2-small"]).eval(), tokenizer, version_dir, description="random gpt2-small")
+        model = GPT(PRESETS["gpt2-small"]).eval()
+        export_gpt(model, tokenizer, version_dir, description="random gpt2-small", kv_cache_layout=layout)
     return version_dir
+
+
+def layout_entry(name: str, version_dir: Path, model: GPT, layout: str) -> Path:
+    """``version_dir`` if it already has ``layout``, else the same weights exported in it (cached)."""
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    if metadata["text_generation"].get("kv_cache_layout", "concat") == layout:
+        return version_dir
+    if name == "gpt2-small":
+        return gpt2_small_entry(layout)
+    cached = CACHE / f"{name}-{layout}" / "1"
+    if not (cached / "metadata.json").exists():
+        tokenizer = Tokenizer.from_file(str(version_dir / metadata["text_generation"]["tokenizer_file"]))
+        export_gpt(model, tokenizer, cached, description=f"{name} as {layout}", kv_cache_layout=layout)
+    return cached
 
 
 def timed_ms(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -108,12 +135,48 @@ def decode_flops(config: GPTConfig, position: int) -> float:
     return 2.0 * (weights + attention)
 
 
+class SharedBufferDecoder:
+    """Decode steps of a ``shared_buffer`` entry through the server's RuntimeSession.run_in_place."""
+
+    def __init__(self, version_dir: Path, threads: int) -> None:
+        metadata = json.loads((version_dir / "metadata.json").read_text())
+        self.tg = tg = metadata["text_generation"]
+        self.session = RuntimeSession(version_dir / metadata["model_file"], RuntimeOptions(intra_op_threads=threads))
+        capacity = max(POSITIONS) + 1
+        shape = (1, tg["num_heads"], capacity, tg["head_dim"])
+        self.past = {
+            tg[f"past_{kind}_template"].format(layer=i): np.zeros(shape, dtype=np.float32)
+            for i in range(tg["num_layers"])
+            for kind in ("key", "value")
+        }
+        self.in_place = {
+            tg[f"past_{kind}_template"].format(layer=i): tg[f"present_{kind}_template"].format(layer=i)
+            for i in range(tg["num_layers"])
+            for kind in ("key", "value")
+        }
+
+    def run(self, ids: np.ndarray, start: int) -> np.ndarray:
+        """Feed ``ids`` (1, T) after ``start`` cached tokens (the buffer is written at start..start+T-1)."""
+        tg, new = self.tg, ids.shape[1]
+        names = tg["inputs"]
+        feed = {
+            names["input_ids"]: ids,
+            names["position_ids"]: np.arange(start, start + new, dtype=np.int64)[None, :],
+            names["seqlens_k"]: np.asarray([start + new - 1], dtype=np.int32),
+            names["total_sequence_length"]: np.asarray(start + new, dtype=np.int32),
+            **self.past,
+        }
+        return self.session.run_in_place([tg["outputs"]["logits"]], feed, self.in_place)[0]
+
+
 def bench_model(name: str, version_dir: Path, threads: int, repeats: int) -> dict[str, Any]:
+    model = torch_model_from_onnx(version_dir)
+    config = model.config
+    version_dir = layout_entry(name, version_dir, model, "concat")
+    shared = SharedBufferDecoder(layout_entry(name, version_dir, model, "shared_buffer"), threads)
     metadata = json.loads((version_dir / "metadata.json").read_text())
     tg = metadata["text_generation"]
     session = RuntimeSession(version_dir / metadata["model_file"], RuntimeOptions(intra_op_threads=threads))
-    model = torch_model_from_onnx(version_dir)
-    config = model.config
     layers = config.num_layers
     past_names = [tg[f"past_{kind}_template"].format(layer=i) for i in range(layers) for kind in ("key", "value")]
     present_names = [tg[f"present_{kind}_template"].format(layer=i) for i in range(layers) for kind in ("key", "value")]
@@ -133,28 +196,37 @@ def bench_model(name: str, version_dir: Path, threads: int, repeats: int) -> dic
         return session.run([logits_name, *present_names], feed)
 
     empty = [np.zeros((1, config.num_heads, 0, config.head_dim), dtype=np.float32) for _ in past_names]
-    rows = []
-    for position in POSITIONS:
-        context = rng.integers(0, tg["vocab_size"], size=(1, position), dtype=np.int64)
-        next_token = rng.integers(0, tg["vocab_size"], size=(1, 1), dtype=np.int64)
-        past = ort_run(context, empty)[1:]
-        full = np.concatenate([context, next_token], axis=1)
-        with torch.inference_mode():
+    # Every setup at every position is timed in the same alternating rounds, so that the machine's
+    # drift over minutes hits positions alike and the 512/32 ratios compare like with like.
+    # The shared_buffer decoder holds the longest context once: a step at position p reads
+    # positions 0..p-1 and writes p, whatever the values there, so each position costs what it would.
+    longest = rng.integers(0, tg["vocab_size"], size=(1, max(POSITIONS)), dtype=np.int64)
+    shared.run(longest, 0)
+    setups: dict[str, Callable[[], object]] = {}
+    recompute: dict[str, Callable[[], object]] = {}
+    with torch.inference_mode():
+        for position in POSITIONS:
+            context = longest[:, :position]
+            next_token = rng.integers(0, tg["vocab_size"], size=(1, 1), dtype=np.int64)
+            past = ort_run(context, empty)[1:]
             _, torch_past = model(torch.from_numpy(context))
             token = torch.from_numpy(next_token)
-            medians = interleaved_medians(
-                {
-                    "onnx_kv": lambda: ort_run(next_token, past),  # noqa: B023
-                    "torch_kv": lambda: model(token, past_key_values=torch_past),  # noqa: B023
-                },
-                repeats,
-            )
-            # The recompute is far slower and is only the reference; fewer samples do.
-            medians |= interleaved_medians({"onnx_full": lambda: ort_run(full, empty)}, max(5, repeats // 3))  # noqa: B023
-        ort_kv, torch_kv, ort_full = medians["onnx_kv"], medians["torch_kv"], medians["onnx_full"]
+            full = np.concatenate([context, next_token], axis=1)
+            setups[f"onnx_kv@{position}"] = lambda t=next_token, p=past: ort_run(t, p)
+            setups[f"onnx_shared_kv@{position}"] = lambda t=next_token, p=position: shared.run(t, p)
+            setups[f"torch_kv@{position}"] = lambda t=token, p=torch_past: model(t, past_key_values=p)
+            recompute[f"onnx_full@{position}"] = lambda f=full: ort_run(f, empty)
+        medians = interleaved_medians(setups, repeats)
+        # The recompute is far slower and is only the reference; fewer samples do.
+        medians |= interleaved_medians(recompute, max(5, repeats // 3))
+    rows = []
+    for position in POSITIONS:
+        ort_kv, torch_kv = medians[f"onnx_kv@{position}"], medians[f"torch_kv@{position}"]
+        ort_full = medians[f"onnx_full@{position}"]
         rows.append(
             {
                 "position": position,
+                "onnx_shared_kv_ms": round(medians[f"onnx_shared_kv@{position}"], 3),
                 "onnx_kv_ms": round(ort_kv, 3),
                 "onnx_recompute_ms": round(ort_full, 3),
                 "torch_eager_kv_ms": round(torch_kv, 3),
@@ -164,13 +236,19 @@ def bench_model(name: str, version_dir: Path, threads: int, repeats: int) -> dic
         )
         print(f"{name} p={position}: {rows[-1]}", file=sys.stderr)
     by_pos = {r["position"]: r for r in rows}
+    flop_ratio = decode_flops(config, 512) / decode_flops(config, 32)
+    shared_ratio = by_pos[512]["onnx_shared_kv_ms"] / by_pos[32]["onnx_shared_kv_ms"]
+    concat_ratio = by_pos[512]["onnx_kv_ms"] / by_pos[32]["onnx_kv_ms"]
     return {
         "model": name,
         "version_dir": str(version_dir),
         "parameters": model.num_parameters(),
         "rows": rows,
-        "latency_ratio_512_over_32": round(by_pos[512]["onnx_kv_ms"] / by_pos[32]["onnx_kv_ms"], 3),
-        "flop_ratio_512_over_32": round(decode_flops(config, 512) / decode_flops(config, 32), 3),
+        "flop_ratio_512_over_32": round(flop_ratio, 3),
+        "latency_ratio_512_over_32": {"shared_buffer": round(shared_ratio, 3), "concat": round(concat_ratio, 3)},
+        # Target of issue 4: latency(512) / latency(32) <= 1.1 x FLOPs(512) / FLOPs(32).
+        "target_latency_ratio": round(1.1 * flop_ratio, 3),
+        "meets_target": {"shared_buffer": shared_ratio <= 1.1 * flop_ratio, "concat": concat_ratio <= 1.1 * flop_ratio},
     }
 
 
@@ -184,7 +262,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for ax, result in zip(axes[0], results, strict=True):
         positions = [r["position"] for r in result["rows"]]
         for key, label in (
-            ("onnx_kv_ms", "ONNX Runtime, KV cache"),
+            ("onnx_shared_kv_ms", "ONNX Runtime, KV cache in place (shared_buffer)"),
+            ("onnx_kv_ms", "ONNX Runtime, KV cache copied (concat)"),
             ("onnx_recompute_ms", "ONNX Runtime, recompute"),
             ("torch_eager_kv_ms", "PyTorch eager, KV cache"),
         ):

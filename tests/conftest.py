@@ -141,8 +141,15 @@ def launch_server(
     return server
 
 
-def export_model(root: Path, name: str, *, max_new_tokens_limit: int | None = None, **changes: Any) -> Path:
-    """Export a random-weight GPT (``tiny`` preset with ``changes``) as ``root/name/1``."""
+def export_model(
+    root: Path,
+    name: str,
+    *,
+    max_new_tokens_limit: int | None = None,
+    kv_cache_layout: str = "shared_buffer",
+    **changes: Any,
+) -> Path:
+    """Export a random-weight GPT (``tiny`` preset with ``changes``) as ``root/name/1`` in the given graph layout."""
     import torch
 
     from attnserve_export.gpt import GPT, PRESETS
@@ -155,7 +162,12 @@ def export_model(root: Path, name: str, *, max_new_tokens_limit: int | None = No
     model = GPT(config)
     model_dir = root / name
     export_gpt(
-        model, tokenizer, model_dir / "1", description=f"{name}: random weights for tests", provenance={"seed": 0}
+        model,
+        tokenizer,
+        model_dir / "1",
+        description=f"{name}: random weights for tests",
+        provenance={"seed": 0},
+        kv_cache_layout=kv_cache_layout,
     )
     if max_new_tokens_limit is not None:
         (model_dir / "config.yaml").write_text(f"max_new_tokens_limit: {max_new_tokens_limit}\n")
@@ -232,7 +244,7 @@ def image_server_address(image_repository: Path, tiny_repository: Path) -> Itera
 
 @pytest.fixture(scope="session")
 def export_text_model() -> Callable[..., Path]:
-    """``export_text_model(root, name, max_new_tokens_limit=None, **GPTConfig changes)`` -> model dir."""
+    """``export_text_model(root, name, max_new_tokens_limit=None, kv_cache_layout=..., **GPTConfig changes)``."""
     return export_model
 
 

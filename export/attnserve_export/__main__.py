@@ -26,7 +26,7 @@ from attnserve_export.image_train import (
     model_config,
     train_image,
 )
-from attnserve_export.onnx_export import DEFAULT_GENERATION, export_gpt, next_version_dir
+from attnserve_export.onnx_export import DEFAULT_GENERATION, KV_CACHE_LAYOUTS, export_gpt, next_version_dir
 from attnserve_export.quantize import MAX_ACCURACY_DROP, MAX_BPC_INCREASE, SPEED_REPEATS, quantize_entry
 from attnserve_export.swin import PRESETS as SWIN_PRESETS
 from attnserve_export.tokenizer import load_tokenizer
@@ -168,6 +168,13 @@ def _add_onnx(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--repository", type=Path, default=Path("models"))
     p.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
     p.add_argument("--description", default="")
+    p.add_argument(
+        "--kv-cache-layout",
+        choices=list(KV_CACHE_LAYOUTS),
+        default="shared_buffer",
+        help="GPT graph format: shared_buffer (GroupQueryAttention, the server updates the KV cache in place) "
+        "or concat (each step returns past + new; needed when head_dim is not a multiple of 16)",
+    )
     g = p.add_argument_group("generation defaults (metadata.json; what unset request fields take)")
     g.add_argument(
         "--max-new-tokens",
@@ -240,6 +247,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
         provenance=provenance,
         max_abs_diff=max_abs,
         max_rel_diff=max_rel,
+        kv_cache_layout=args.kv_cache_layout,
     )
     logger.info("exported %s: %s", version_dir, report.summary())
     return 0

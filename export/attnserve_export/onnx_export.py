@@ -32,6 +32,15 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from attnserve_export.gpt import GPT, KVCache, left_pad
+from attnserve_export.onnx_gqa import OPSET as SHARED_BUFFER_OPSET
+from attnserve_export.onnx_gqa import (
+    SEQLENS_K,
+    TOTAL_SEQUENCE_LENGTH,
+    SharedBufferRunner,
+    TensorNames,
+    build_shared_buffer_graph,
+    supports_shared_buffer,
+)
 from attnserve_export.tokenizer import EOS_TOKEN
 
 logger = logging.getLogger(__name__)
@@ -45,6 +54,10 @@ PAST_KEY = "past_key_values.{layer}.key"
 PAST_VALUE = "past_key_values.{layer}.value"
 PRESENT_KEY = "present.{layer}.key"
 PRESENT_VALUE = "present.{layer}.value"
+NAMES = TensorNames(INPUT_IDS, POSITION_IDS, LOGITS, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE)
+# "shared_buffer" (GroupQueryAttention, KV cache updated in place; onnx_gqa) or "concat" (torch.onnx
+# export; each step returns past + new). See docs/model-repository.md.
+KV_CACHE_LAYOUTS = ("shared_buffer", "concat")
 
 DEFAULT_GENERATION: dict[str, float | int] = {
     "max_new_tokens": 200,
@@ -360,6 +373,71 @@ def check_parity(
     return cases
 
 
+def _case(name: str, expected: np.ndarray, got: np.ndarray, present_diff: float) -> ParityCase:
+    """A parity case from logits ``(N, vocab)`` of PyTorch and ONNX Runtime at real positions."""
+    diff = float(np.abs(expected - got).max())
+    top2 = np.sort(expected, axis=-1)[:, -2:]  # (N, 2)
+    differ = expected.argmax(-1) != got.argmax(-1)
+    ties = differ & ((top2[:, 1] - top2[:, 0]) <= diff)
+    return ParityCase(
+        name=name,
+        max_abs_diff=diff,
+        max_abs_logit=float(np.abs(expected).max()),
+        argmax_mismatches=int((differ & ~ties).sum()),
+        argmax_ties=int(ties.sum()),
+        present_max_abs_diff=present_diff,
+    )
+
+
+def _cache_diff(torch_cache: KVCache, ort_cache: list[np.ndarray]) -> float:
+    flat_torch = [t.numpy() for kv in torch_cache for t in kv]
+    return max(float(np.abs(a - b).max()) for a, b in zip(flat_torch, ort_cache, strict=True))
+
+
+def check_shared_buffer_parity(
+    model: GPT, onnx_path: Path, prompts: list[list[int]], *, decode_steps: int = PARITY_DECODE_STEPS
+) -> list[ParityCase]:
+    """PyTorch against the ``shared_buffer`` graph, called as the server calls it.
+
+    Each prompt is prefilled into its own slot (the first one in two chunks, as the server's
+    chunked prefill does); then every step decodes all prompts in one call, each at its own
+    position. PyTorch runs each sequence alone; the next tokens come from PyTorch's logits.
+    """
+    runner = SharedBufferRunner(str(onnx_path), model, len(prompts), NAMES)
+    cases: list[ParityCase] = []
+    caches: list[KVCache] = []
+    next_ids: list[int] = []
+    model.eval()
+    with torch.inference_mode():
+        for slot, prompt in enumerate(prompts):
+            logits, cache = model(torch.tensor([prompt], dtype=torch.int64))
+            split = len(prompt) // 2 if slot == 0 else 0
+            if split:
+                runner.run(slot, np.asarray([prompt[:split]], dtype=np.int64))
+            ort_logits = runner.run(slot, np.asarray([prompt[split:]], dtype=np.int64))
+            how = f"in chunks of {split} + {len(prompt) - split}" if split else "whole"
+            cases.append(
+                _case(
+                    f"prefill of prompt {slot} ({how})",
+                    logits[:, -1].numpy(),
+                    ort_logits,
+                    _cache_diff(cache, runner.cache_of(slot)),
+                )
+            )
+            caches.append(cache)
+            next_ids.append(int(logits[0, -1].argmax()))
+        for step in range(decode_steps):
+            ort_logits = runner.run(0, np.asarray(next_ids, dtype=np.int64)[:, None])  # (B, V)
+            expected, present_diff = [], 0.0
+            for row, token in enumerate(next_ids):
+                logits, caches[row] = model(torch.tensor([[token]], dtype=torch.int64), past_key_values=caches[row])
+                expected.append(logits[0, -1].numpy())
+                present_diff = max(present_diff, _cache_diff(caches[row], runner.cache_of(row)))
+            cases.append(_case(f"batched decode step {step + 1}", np.stack(expected), ort_logits, present_diff))
+            next_ids = [int(row.argmax()) for row in expected]
+    return cases
+
+
 def build_metadata(
     model: GPT,
     tokenizer: Tokenizer,
@@ -367,10 +445,21 @@ def build_metadata(
     description: str,
     defaults: dict[str, float | int],
     provenance: dict[str, Any],
+    kv_cache_layout: str = "concat",
 ) -> dict[str, Any]:
     """The ``metadata.json`` object described in ``docs/model-repository.md``."""
     cfg = model.config
     eos_id: int | None = tokenizer.token_to_id(EOS_TOKEN)
+    inputs = (
+        {"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK, "position_ids": POSITION_IDS}
+        if kv_cache_layout == "concat"
+        else {
+            "input_ids": INPUT_IDS,
+            "position_ids": POSITION_IDS,
+            "seqlens_k": SEQLENS_K,
+            "total_sequence_length": TOTAL_SEQUENCE_LENGTH,
+        }
+    )
     return {
         "format_version": 1,
         "task": "text-generation",
@@ -383,7 +472,7 @@ def build_metadata(
             "num_layers": cfg.num_layers,
             "num_heads": cfg.num_heads,
             "head_dim": cfg.head_dim,
-            "inputs": {"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK, "position_ids": POSITION_IDS},
+            "inputs": inputs,
             "outputs": {"logits": LOGITS},
             "past_key_template": PAST_KEY,
             "past_value_template": PAST_VALUE,
@@ -393,6 +482,7 @@ def build_metadata(
             "eos_token_id": eos_id,
             # Padding is masked out, so any valid id works; GPT-2 convention: reuse end-of-text.
             "pad_token_id": eos_id if eos_id is not None else 0,
+            "kv_cache_layout": kv_cache_layout,
             "defaults": defaults,
         },
         "provenance": provenance,
@@ -409,6 +499,7 @@ def export_gpt(
     provenance: dict[str, Any] | None = None,
     max_abs_diff: float | None = None,
     max_rel_diff: float | None = 1e-4,
+    kv_cache_layout: str = "shared_buffer",
 ) -> ParityReport:
     """Export ``model`` with ``tokenizer`` into ``version_dir`` (created) and check parity.
 
@@ -418,11 +509,20 @@ def export_gpt(
     Args:
         max_abs_diff: fail if any real-position logit differs by more than this (None: unchecked).
         max_rel_diff: fail if max |Δlogit| / max |logit| exceeds this (None: unchecked).
+        kv_cache_layout: ``"shared_buffer"`` (the server updates the cache in place; needs a head
+            size that is a multiple of 16) or ``"concat"`` (the torch.onnx export).
 
     Raises:
         ParityError: the check failed; nothing is written to ``version_dir``.
         ValueError: the tokenizer has more ids than the model has logits.
     """
+    if kv_cache_layout not in KV_CACHE_LAYOUTS:
+        raise ValueError(f"kv_cache_layout must be one of {', '.join(KV_CACHE_LAYOUTS)}, got {kv_cache_layout!r}")
+    if kv_cache_layout == "shared_buffer" and not supports_shared_buffer(model):
+        raise ValueError(
+            f"head_dim {model.config.head_dim} is not a multiple of 16, which ONNX Runtime's GroupQueryAttention "
+            "needs; export with kv_cache_layout='concat' (--kv-cache-layout concat)"
+        )
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if vocab > model.config.vocab_size:
         raise ValueError(f"tokenizer has {vocab} ids but the model only {model.config.vocab_size} logits")
@@ -438,11 +538,19 @@ def export_gpt(
     with tempfile.TemporaryDirectory(prefix="attnserve-export-") as tmp:
         staged = Path(tmp) / "model.onnx"
         start = time.perf_counter()
-        export_onnx(model, staged)
+        if kv_cache_layout == "shared_buffer":
+            onnx.save(build_shared_buffer_graph(model, NAMES), str(staged))
+            report.exporter = "attnserve_export.onnx_gqa (onnx.helper, com.microsoft.GroupQueryAttention)"
+            report.opset = SHARED_BUFFER_OPSET
+        else:
+            export_onnx(model, staged)
         report.export_seconds = time.perf_counter() - start
         onnx.checker.check_model(str(staged), full_check=True)
         report.onnx_checker = True
-        report.cases = check_parity(model, staged, prompts, pad_id)
+        if kv_cache_layout == "shared_buffer":
+            report.cases = check_shared_buffer_parity(model, staged, prompts)
+        else:
+            report.cases = check_parity(model, staged, prompts, pad_id)
         report.model_bytes = staged.stat().st_size
         logger.info("parity: %s", report.summary())
         if not report.passed:
@@ -456,7 +564,14 @@ def export_gpt(
         "num_parameters": model.num_parameters(),
         "parity": report.to_dict(),
     }
-    metadata = build_metadata(model, tokenizer, description=description, defaults=defaults, provenance=full_provenance)
+    metadata = build_metadata(
+        model,
+        tokenizer,
+        description=description,
+        defaults=defaults,
+        provenance=full_provenance,
+        kv_cache_layout=kv_cache_layout,
+    )
     (version_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     logger.info("wrote %s (%.1f MB model)", version_dir, report.model_bytes / 1e6)
     return report

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +23,6 @@ from attnserve_server.text.params import (
     fit_context,
     resolve_parameters,
 )
-from attnserve_server.text.scheduler import ConcurrencyLimiter
 from attnserve_server.vision.batcher import BatchTiming
 from attnserve_server.vision.classifier import Prediction
 
@@ -77,13 +76,10 @@ class GenerationResult:
 
 
 class TextGenerationHandler:
-    """Validates requests, admits them, runs them and keeps the model's counters."""
+    """Validates requests, hands them to the model's continuous batcher and keeps the model's counters."""
 
-    def __init__(
-        self, repository: ModelRepository, limiter: ConcurrencyLimiter, *, metrics: ServerMetrics | None = None
-    ) -> None:
+    def __init__(self, repository: ModelRepository, *, metrics: ServerMetrics | None = None) -> None:
         self._repository = repository
-        self._limiter = limiter
         self._metrics = metrics if metrics is not None else ServerMetrics()
 
     async def start(self, request: GenerationRequest) -> GenerationStream:
@@ -105,6 +101,8 @@ class TextGenerationHandler:
         generator = version.text_generator
         prompt_ids = await generator.encode(request.prompt)
         max_new_tokens = fit_context(params, len(prompt_ids), generator.spec.context_length)
+        # Refused here (RESOURCE_EXHAUSTED) when the model's wait queue is full.
+        batched = version.text_batcher.submit(prompt_ids, params, max_new_tokens, deadline=request.deadline)
         model.counters.requests += 1
         logger.debug(
             "generate %s/%s: %d prompt tokens, up to %d new, seed %d",
@@ -116,9 +114,7 @@ class TextGenerationHandler:
         )
         timer = self._metrics.generation(model.name, len(prompt_ids), arrived)
         timings = Timings()
-        chunks = self._run(
-            model, generator.generate(prompt_ids, params, max_new_tokens, deadline=request.deadline), timer, timings
-        )
+        chunks = self._run(model, batched, timer, timings)
         return GenerationStream(
             model=model.name,
             model_version=version.version,
@@ -129,26 +125,29 @@ class TextGenerationHandler:
         )
 
     async def _run(
-        self, model: Model, chunks: AsyncIterator[GenerationChunk], timer: GenerationTimer, timings: Timings
+        self, model: Model, chunks: AsyncGenerator[GenerationChunk], timer: GenerationTimer, timings: Timings
     ) -> AsyncIterator[GenerationChunk]:
-        queued = time.perf_counter_ns()
+        # The batcher's wait queue is inside this time; its queue and compute times go to the metrics
+        # from the batcher itself.
+        started = time.perf_counter_ns()
         try:
-            async with self._metrics.admitted(self._limiter.slot(), model.name):
-                started = time.perf_counter_ns()
-                timings.queue_ns = started - queued
-                async for chunk in chunks:
-                    timer.tokens(len(chunk.token_ids))
-                    timings.compute_ns = time.perf_counter_ns() - started
-                    model.counters.tokens_generated += len(chunk.token_ids)
-                    if chunk.finish_reason is not None:
-                        logger.debug("finished %s: %s, %s", model.name, chunk.finish_reason.value, chunk.usage)
-                    yield chunk
+            async for chunk in chunks:
+                timer.tokens(len(chunk.token_ids))
+                timings.compute_ns = time.perf_counter_ns() - started
+                model.counters.tokens_generated += len(chunk.token_ids)
+                if chunk.finish_reason is not None:
+                    logger.debug("finished %s: %s, %s", model.name, chunk.finish_reason.value, chunk.usage)
+                yield chunk
         except asyncio.CancelledError:
             logger.debug("generation for %s cancelled (the client left or its deadline passed)", model.name)
             raise  # not a failure of the model
+        except DeadlineExceededError:
+            raise  # the client's deadline, not a failure of the model
         except Exception:
             model.counters.failures += 1
             raise
+        finally:
+            await chunks.aclose()  # a client that left early takes its sequence out of the batch
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Run a generation to the end and return it whole."""

@@ -168,6 +168,10 @@ class ServerMetrics:
             self.queue_time.labels(model).observe(wait)
             self.compute_time.labels(model).observe(compute_s)
 
+    def text_scheduler(self, model: str) -> TextSchedulerMetrics:
+        """What one text model's continuous batcher reports (a SchedulerObserver)."""
+        return TextSchedulerMetrics(self, model)
+
     def generation(self, model: str, prompt_tokens: int, arrived: float) -> GenerationTimer:
         """Token metrics of one generation that arrived at ``arrived`` (``time.perf_counter()``)."""
         return GenerationTimer(self, model, prompt_tokens, arrived)
@@ -178,6 +182,24 @@ class ServerMetrics:
         """Serve ``/metrics`` on ``host:port`` (0: a free port) from a daemon thread."""
         server, thread = start_http_server(port, addr=host, registry=self.registry)
         return MetricsEndpoint(server, thread)
+
+
+class TextSchedulerMetrics:
+    """A text model's continuous batcher, seen by the metrics: queue time, decode batch size,
+    and compute time (admission to the last token)."""
+
+    def __init__(self, metrics: ServerMetrics, model: str) -> None:
+        self._metrics = metrics
+        self._model = model
+
+    def admitted(self, wait_s: float) -> None:
+        self._metrics.queue_time.labels(self._model).observe(wait_s)
+
+    def decoded(self, batch_size: int) -> None:
+        self._metrics.observe_batch(self._model, batch_size)
+
+    def finished(self, compute_s: float) -> None:
+        self._metrics.compute_time.labels(self._model).observe(compute_s)
 
 
 class GenerationTimer:

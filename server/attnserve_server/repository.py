@@ -12,8 +12,9 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +42,8 @@ from attnserve_server.errors import (
 )
 from attnserve_server.onnx_files import check_external_data
 from attnserve_server.runtime import DEFAULT_RUNTIME, RuntimeOptions, RuntimeSession, Shape
-from attnserve_server.text.generator import TextGenerator, TextModelSpec
+from attnserve_server.text.continuous import BatchingLimits, ContinuousBatcher, SchedulerObserver
+from attnserve_server.text.generator import KVCacheLayout, TextGenerator, TextModelSpec
 from attnserve_server.text.params import GenerationDefaults
 from attnserve_server.text.tokenizer import TextTokenizer
 from attnserve_server.vision.batcher import BatchingConfig, BatchObserver, BatchStats
@@ -61,11 +63,13 @@ class _Strict(BaseModel):
 
 
 class InputNames(_Strict):
-    """ONNX input names of a text-generation model."""
+    """ONNX input names of a text-generation model (which ones depend on ``kv_cache_layout``)."""
 
     input_ids: str
-    attention_mask: str
     position_ids: str
+    attention_mask: str | None = None  # kv_cache_layout "concat"
+    seqlens_k: str | None = None  # kv_cache_layout "shared_buffer"
+    total_sequence_length: str | None = None  # kv_cache_layout "shared_buffer"
 
 
 class OutputNames(_Strict):
@@ -102,7 +106,16 @@ class TextGenerationMetadata(_Strict):
     eos_token: str | None = None
     eos_token_id: NonNegativeInt | None = None
     pad_token_id: NonNegativeInt
+    kv_cache_layout: KVCacheLayout = "concat"
     defaults: DefaultsMetadata = DefaultsMetadata()
+
+    @model_validator(mode="after")
+    def _inputs_of_layout(self) -> TextGenerationMetadata:
+        needed = ("attention_mask",) if self.kv_cache_layout == "concat" else ("seqlens_k", "total_sequence_length")
+        missing = [name for name in needed if getattr(self.inputs, name) is None]
+        if missing:
+            raise ValueError(f"kv_cache_layout {self.kv_cache_layout} needs inputs.{', inputs.'.join(missing)}")
+        return self
 
 
 class ImageClassificationMetadata(_Strict):
@@ -237,6 +250,17 @@ class ModelConfig(_Strict):
     max_new_tokens_limit: PositiveInt | None = None
     version_policy: VersionPolicy = VersionPolicy()
     dynamic_batching: DynamicBatchingConfig | None = None
+    # Continuous batching limits (text models); unset ones take the server-wide settings.
+    max_active_sequences: PositiveInt | None = None
+    max_kv_cache_tokens: PositiveInt | None = None
+    max_waiting_sequences: NonNegativeInt | None = None
+    max_prefill_tokens_per_step: PositiveInt | None = None
+
+    def batching_limits(self, defaults: BatchingLimits) -> BatchingLimits:
+        """The server-wide limits with this model's overrides."""
+        names = ("max_active_sequences", "max_kv_cache_tokens", "max_waiting_sequences", "max_prefill_tokens_per_step")
+        overrides = {name: value for name in names if (value := getattr(self, name)) is not None}
+        return replace(defaults, **overrides)
 
 
 @dataclass
@@ -259,6 +283,7 @@ class ModelVersion:
     metadata: ModelMetadata
     generator: TextGenerator | None = None
     classifier: ImageClassifier | None = None
+    batcher: ContinuousBatcher | None = None
 
     @property
     def text_generation(self) -> TextGenerationMetadata:
@@ -279,6 +304,12 @@ class ModelVersion:
         if self.generator is None:
             raise TypeError(f"version {self.version} is a {self.metadata.task} model")
         return self.generator
+
+    @property
+    def text_batcher(self) -> ContinuousBatcher:
+        if self.batcher is None:
+            raise TypeError(f"version {self.version} is a {self.metadata.task} model")
+        return self.batcher
 
     @property
     def image_classifier(self) -> ImageClassifier:
@@ -427,8 +458,11 @@ def _spec(name: str, meta: TextGenerationMetadata, tokenizer: TextTokenizer) -> 
         num_heads=meta.num_heads,
         head_dim=meta.head_dim,
         input_ids_name=meta.inputs.input_ids,
-        attention_mask_name=meta.inputs.attention_mask,
+        attention_mask_name=meta.inputs.attention_mask or "",
         position_ids_name=meta.inputs.position_ids,
+        kv_cache_layout=meta.kv_cache_layout,
+        seqlens_k_name=meta.inputs.seqlens_k or "",
+        total_sequence_length_name=meta.inputs.total_sequence_length or "",
         logits_name=meta.outputs.logits,
         past_key_names=tuple(meta.past_key_template.format(layer=i) for i in layers),
         past_value_names=tuple(meta.past_value_template.format(layer=i) for i in layers),
@@ -441,7 +475,11 @@ def _spec(name: str, meta: TextGenerationMetadata, tokenizer: TextTokenizer) -> 
 
 def _check_graph(name: str, spec: TextModelSpec, session: RuntimeSession) -> None:
     """The ONNX graph must have the tensors the metadata promises, and logits of the stated width."""
-    wanted_inputs = {spec.input_ids_name, spec.attention_mask_name, spec.position_ids_name}
+    wanted_inputs = {spec.input_ids_name, spec.position_ids_name}
+    if spec.kv_cache_layout == "concat":
+        wanted_inputs.add(spec.attention_mask_name)
+    else:
+        wanted_inputs.update((spec.seqlens_k_name, spec.total_sequence_length_name))
     wanted_inputs.update(spec.past_key_names + spec.past_value_names)
     missing = sorted(wanted_inputs - set(session.input_names))
     if missing:
@@ -557,6 +595,29 @@ def _load_image_version(
     return ModelVersion(version=version_dir.name, path=version_dir, metadata=metadata, classifier=classifier)
 
 
+def _test_run(name: str, generator: TextGenerator) -> None:
+    """A one-token forward pass catches shape mismatches now rather than on the first request."""
+    spec = generator.spec
+    try:
+        if spec.kv_cache_layout == "shared_buffer":
+            logits = generator.new_kv_cache(slots=1).prefill(0, [0])[None, :]
+            present: list[np.ndarray] = []  # written in place, nothing comes back
+        else:
+            logits, present = generator.forward(
+                np.zeros((1, 1), dtype=np.int64),
+                np.ones((1, 1), dtype=np.int64),
+                np.zeros((1, 1), dtype=np.int64),
+                generator.empty_past(batch=1),
+            )
+    except Exception as exc:  # ORT's errors carry the useful detail in their message
+        raise ModelLoadError(name, f"test run of model.onnx failed: {exc}") from None
+    if logits.shape != (1, spec.vocab_size):
+        raise ModelLoadError(name, f"logits have shape {logits.shape[1:]}, metadata says vocab_size {spec.vocab_size}")
+    expected = (1, spec.num_heads, 1, spec.head_dim)
+    if any(p.shape != expected for p in present):
+        raise ModelLoadError(name, f"present tensors do not have the shape {expected} that metadata.json implies")
+
+
 def load_version(
     name: str,
     version_dir: Path,
@@ -565,11 +626,13 @@ def load_version(
     runtime: RuntimeOptions = DEFAULT_RUNTIME,
     batching: BatchingConfig | None = None,
     observer: BatchObserver | None = None,
+    text_batching: BatchingLimits | None = None,
+    text_observer: Callable[[str], SchedulerObserver] | None = None,
 ) -> ModelVersion:
     """Load one version directory: metadata, tokenizer or labels, ONNX session; check they agree.
 
     ``batching`` configures an image model's dynamic batcher (default: :class:`BatchingConfig`), and
-    ``observer`` hears of each of its calls.
+    ``observer`` hears of each of its calls; ``text_batching`` limits a text model's continuous batcher.
     """
     metadata = read_metadata(name, version_dir)
     if metadata.task == IMAGE_CLASSIFICATION:
@@ -592,22 +655,15 @@ def load_version(
     session = _session(name, model_path, runtime)
     _check_graph(name, spec, session)
     generator = TextGenerator(spec, session, tokenizer, executor)
-    # A one-token forward pass catches shape mismatches now rather than on the first request.
-    try:
-        logits, present = generator.forward(
-            np.zeros((1, 1), dtype=np.int64),
-            np.ones((1, 1), dtype=np.int64),
-            np.zeros((1, 1), dtype=np.int64),
-            generator.empty_past(batch=1),
-        )
-    except Exception as exc:  # ORT's errors carry the useful detail in their message
-        raise ModelLoadError(name, f"test run of model.onnx failed: {exc}") from None
-    if logits.shape != (1, text.vocab_size):
-        raise ModelLoadError(name, f"logits have shape {logits.shape[1:]}, metadata says vocab_size {text.vocab_size}")
-    expected = (1, text.num_heads, 1, text.head_dim)
-    if any(p.shape != expected for p in present):
-        raise ModelLoadError(name, f"present tensors do not have the shape {expected} that metadata.json implies")
-    return ModelVersion(version=version_dir.name, path=version_dir, metadata=metadata, generator=generator)
+    _test_run(name, generator)
+    batcher = ContinuousBatcher(
+        generator,
+        text_batching or BatchingLimits(),
+        observer=text_observer(name) if text_observer is not None else None,
+    )
+    return ModelVersion(
+        version=version_dir.name, path=version_dir, metadata=metadata, generator=generator, batcher=batcher
+    )
 
 
 class ModelRepository:
@@ -622,10 +678,14 @@ class ModelRepository:
         max_images_per_request: int = 64,
         batching: BatchingConfig | None = None,
         batch_observer: BatchObserver | None = None,
+        text_batching: BatchingLimits | None = None,
+        text_observer: Callable[[str], SchedulerObserver] | None = None,
     ) -> None:
         self.root = root
+        self._text_observer = text_observer
         self._batching = batching or BatchingConfig()
         self._batch_observer = batch_observer
+        self._text_batching = text_batching or BatchingLimits()
         self._default_limit = default_max_new_tokens_limit
         self._max_images = max_images_per_request
         self._runtime = runtime
@@ -691,7 +751,14 @@ class ModelRepository:
             if not version_dir.resolve().is_relative_to(model_dir.resolve()):
                 raise ModelLoadError(name, f"version {number} is a link that points outside the model directory")
             loaded = load_version(
-                name, version_dir, executor, runtime=self._runtime, batching=batching, observer=self._batch_observer
+                name,
+                version_dir,
+                executor,
+                runtime=self._runtime,
+                batching=batching,
+                observer=self._batch_observer,
+                text_batching=config.batching_limits(self._text_batching),
+                text_observer=self._text_observer,
             )
             versions[loaded.version] = loaded
             if loaded.metadata.image_classification is not None:
@@ -780,8 +847,10 @@ class ModelRepository:
         return [self._models[n] for n in sorted(self._models)]
 
     def close(self) -> None:
-        """Stop the image models' batchers and decode pools (after the server has drained)."""
+        """Stop the models' batchers and decode pools (after the server has drained)."""
         for model in self._models.values():
             for version in model.versions.values():
                 if version.classifier is not None:
                     version.classifier.close()
+                if version.batcher is not None:
+                    version.batcher.close()

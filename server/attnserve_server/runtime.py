@@ -125,3 +125,32 @@ class RuntimeSession:
         """Run the model and return the requested outputs, in order."""
         outputs = self._session.run(list(output_names), dict(feed))
         return [np.asarray(o) for o in outputs]
+
+    def run_in_place(
+        self, output_names: Sequence[str], feed: Feed, in_place: Mapping[str, str]
+    ) -> list[npt.NDArray[np.float32]]:
+        """Like :meth:`run`, but each ``in_place`` output (key: input name, value: output name) is
+        written into the same numpy buffer its input was read from.
+
+        IO binding hands ONNX Runtime the buffers themselves, so an operator that updates its state
+        in place (a KV cache shared between past and present) neither copies it in nor out.
+        Returns only the ``output_names`` outputs; the ``in_place`` buffers are updated where they are.
+        """
+        binding = self._session.io_binding()
+        for name, array in feed.items():
+            if name in in_place:
+                continue
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        # The returned outputs first, so that they lead get_outputs(); the caches are never copied out.
+        for name in output_names:
+            binding.bind_output(name, "cpu")
+        for input_name, output_name in in_place.items():
+            buffer = feed[input_name]
+            if not buffer.flags.c_contiguous:
+                raise ValueError(f"in-place buffer {input_name!r} must be C-contiguous")
+            value = ort.OrtValue.ortvalue_from_numpy(buffer)  # wraps the numpy memory, no copy
+            binding.bind_ortvalue_input(input_name, value)
+            binding.bind_ortvalue_output(output_name, value)
+        self._session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return [np.asarray(outputs[i].numpy()) for i in range(len(output_names))]

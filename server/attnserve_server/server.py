@@ -34,7 +34,6 @@ from attnserve_server.metrics import MetricsEndpoint, ServerMetrics
 from attnserve_server.model_control import ModelControl
 from attnserve_server.repository import ModelRepository
 from attnserve_server.settings import ServerSettings
-from attnserve_server.text.scheduler import ConcurrencyLimiter
 from attnserve_server.vision.batcher import BatchingConfig
 
 logger = logging.getLogger(__name__)
@@ -74,7 +73,6 @@ class StartupError(Exception):
 def build_server(
     settings: ServerSettings,
     repository: ModelRepository,
-    limiter: ConcurrencyLimiter,
     control: ModelControl,
     metrics: ServerMetrics,
 ) -> tuple[grpc.aio.Server, AsyncHealth]:
@@ -85,10 +83,10 @@ def build_server(
         ("grpc.so_reuseport", 0),  # two servers on one port would split traffic silently
     ]
     server = grpc.aio.server(options=options, interceptors=[RequestInterceptor(metrics)])
-    text = TextGenerationHandler(repository, limiter, metrics=metrics)
+    # Text requests are admitted by their model's continuous batcher, image requests by their model's
+    # dynamic batcher: each has its own bounded queue.
+    text = TextGenerationHandler(repository, metrics=metrics)
     add_servicer(server, TextGenerationServicer(text), TEXT_GENERATION_SERVICE)
-    # Image requests are admitted by their model's batcher queue, not by the limiter, which would cap
-    # how many requests can wait to be merged.
     classify = ImageClassificationHandler(repository, max_image_pixels=settings.max_image_pixels, metrics=metrics)
     add_servicer(server, ImageClassificationServicer(classify), IMAGE_CLASSIFICATION_SERVICE)
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
@@ -131,10 +129,9 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    # One worker thread per concurrent generation (the limiter caps them), plus one for loading and tokenizing so
-    # those never wait behind a long generation. Image models decode in their own pools and run ORT in their batchers.
-    executor = ThreadPoolExecutor(max_workers=settings.max_concurrent_requests + 1, thread_name_prefix="ort")
-    limiter = ConcurrencyLimiter(settings.max_concurrent_requests, settings.max_queued_requests)
+    # Loading and tokenizing run here; text models step in their batchers' own threads, and image models
+    # decode in their own pools and run ORT in their batchers' threads.
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="load")
     repository = ModelRepository(
         settings.model_repository,
         default_max_new_tokens_limit=settings.max_new_tokens_limit,
@@ -147,6 +144,8 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
             adaptive_delay=settings.image_adaptive_delay,
         ),
         batch_observer=metrics.observe_image_batch,
+        text_batching=settings.batching_limits(),
+        text_observer=metrics.text_scheduler,
     )
     try:
         if settings.model_control_mode == "explicit":
@@ -171,7 +170,7 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
         strict_readiness=settings.strict_readiness,
         on_change=follow_health,
     )
-    server, health_servicer = build_server(settings, repository, limiter, control, metrics)
+    server, health_servicer = build_server(settings, repository, control, metrics)
     # The aio servicer starts out SERVING; nothing is loaded yet.
     await health_servicer.set(OVERALL, NOT_SERVING)
 

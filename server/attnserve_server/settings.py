@@ -25,6 +25,7 @@ from pydantic_settings import (
 
 from attnserve_server.logs import LogFormat
 from attnserve_server.runtime import GraphOptimization, RuntimeOptions
+from attnserve_server.text.continuous import BatchingLimits
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 ControlMode = Literal["none", "explicit", "poll"]
@@ -98,15 +99,29 @@ class ServerSettings(BaseSettings):
         ge=1,
         description="Cap on a request's max_new_tokens for models whose config.yaml sets none.",
     )
-    max_concurrent_requests: int = Field(
-        default=4,
+    max_active_sequences: int = Field(
+        default=16,
         ge=1,
-        description="Generations or classifications that run at the same time; further requests wait in a queue.",
+        description="Continuous batching: generations of one text model decoded together in each step "
+        "(a model's config.yaml may override it).",
     )
-    max_queued_requests: int = Field(
+    max_kv_cache_tokens: int = Field(
+        default=16384,
+        ge=1,
+        description="Continuous batching: KV cache positions (prompt + max_new_tokens of every running "
+        "generation) one text model may hold; further requests wait.",
+    )
+    max_waiting_sequences: int = Field(
         default=64,
         ge=0,
-        description="Requests that may wait for a free slot; beyond that requests fail with RESOURCE_EXHAUSTED.",
+        description="Continuous batching: generations that may wait to join a text model's batch; beyond "
+        "that requests fail at once with RESOURCE_EXHAUSTED.",
+    )
+    max_prefill_tokens_per_step: int = Field(
+        default=128,
+        ge=1,
+        description="Continuous batching: prompt tokens prefilled per step, so that long prompts are "
+        "processed in chunks and running streams keep getting tokens.",
     )
     image_max_batch_size: int = Field(
         default=8,
@@ -168,6 +183,15 @@ class ServerSettings(BaseSettings):
         le=65535,
         description="Port of the Prometheus /metrics endpoint, bound on --host (0 picks a free one).",
     )
+
+    def batching_limits(self) -> BatchingLimits:
+        """The continuous batching defaults for every text model."""
+        return BatchingLimits(
+            max_active_sequences=self.max_active_sequences,
+            max_kv_cache_tokens=self.max_kv_cache_tokens,
+            max_waiting_sequences=self.max_waiting_sequences,
+            max_prefill_tokens_per_step=self.max_prefill_tokens_per_step,
+        )
 
     def runtime_options(self) -> RuntimeOptions:
         """How every ONNX Runtime session is configured."""

@@ -19,17 +19,38 @@ METADATA_KEYS = {"format_version", "task", "description", "model_file", "text_ge
 TEXT_KEYS = {
     "tokenizer_file", "context_length", "vocab_size", "num_layers", "num_heads", "head_dim", "inputs", "outputs",
     "past_key_template", "past_value_template", "present_key_template", "present_value_template",
-    "eos_token", "eos_token_id", "pad_token_id", "defaults",
+    "eos_token", "eos_token_id", "pad_token_id", "kv_cache_layout", "defaults",
 }  # fmt: skip
+LAYOUT_INPUTS = {
+    "concat": {"input_ids", "attention_mask", "position_ids"},
+    "shared_buffer": {"input_ids", "position_ids", "seqlens_k", "total_sequence_length"},
+}
 
 
-@pytest.fixture(scope="module", params=["learned", "rotary"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("concat", "learned"),
+        ("concat", "rotary"),
+        ("shared_buffer", "learned"),
+        ("shared_buffer", "rotary"),
+        ("shared_buffer", "sinusoidal"),
+    ],
+    ids="-".join,
+)
 def exported(request: pytest.FixtureRequest, tiny_tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory):
+    layout, pos_encoding = request.param
     torch.manual_seed(0)
-    model = GPT(PRESETS["tiny"].with_(pos_encoding=request.param))
+    model = GPT(PRESETS["tiny"].with_(pos_encoding=pos_encoding))
     version_dir = tmp_path_factory.mktemp("repo") / "tiny-gpt" / "1"
     report = export_gpt(
-        model, tiny_tokenizer, version_dir, description="tiny", provenance={"seed": 0}, max_abs_diff=1e-4
+        model,
+        tiny_tokenizer,
+        version_dir,
+        description="tiny",
+        provenance={"seed": 0},
+        max_abs_diff=1e-4,
+        kv_cache_layout=layout,
     )
     return model, version_dir, report
 
@@ -46,6 +67,7 @@ def test_files_and_metadata(exported) -> None:
     assert (tg["num_layers"], tg["num_heads"], tg["head_dim"]) == (cfg.num_layers, cfg.num_heads, cfg.head_dim)
     assert tg["vocab_size"] == cfg.vocab_size and tg["context_length"] == cfg.context_length
     assert tg["eos_token"] == "<|endoftext|>" and isinstance(tg["eos_token_id"], int)
+    assert set(tg["inputs"]) == LAYOUT_INPUTS[tg["kv_cache_layout"]]
     assert set(tg["defaults"]) == {"max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty"}
     assert meta["provenance"]["seed"] == 0
     assert meta["provenance"]["parity"]["passed"] is True
@@ -68,16 +90,36 @@ def test_graph_io_matches_metadata(exported) -> None:
         for i in range(tg["num_layers"])
         for t in (tg["present_key_template"], tg["present_value_template"])
     }
-    for name in tg["inputs"].values():
-        assert inputs[name].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    for role, name in tg["inputs"].items():
+        # GroupQueryAttention takes its lengths as int32; everything else is int64.
+        int32 = role in ("seqlens_k", "total_sequence_length")
+        assert inputs[name].type.tensor_type.elem_type == (onnx.TensorProto.INT32 if int32 else onnx.TensorProto.INT64)
         dims = inputs[name].type.tensor_type.shape.dim
         assert all(d.dim_param for d in dims), f"{name} has a fixed axis"
 
 
+def test_shared_buffer_parity_covers_chunked_prefill_and_batched_decode(exported) -> None:
+    _, version_dir, report = exported
+    if json.loads((version_dir / "metadata.json").read_text())["text_generation"]["kv_cache_layout"] != "shared_buffer":
+        pytest.skip("concat layout")
+    names = [c.name for c in report.cases]
+    assert any("chunks" in n for n in names) and any("batched decode" in n for n in names)
+    assert all(c.present_max_abs_diff < 1e-4 for c in report.cases)
+
+
+def test_shared_buffer_refuses_head_sizes_ort_cannot_run(tiny_tokenizer: Tokenizer, tmp_path: Path) -> None:
+    model = GPT(PRESETS["tiny"].with_(num_heads=4))  # head_dim 8
+    with pytest.raises(ValueError, match="kv_cache_layout='concat'"):
+        export_gpt(model, tiny_tokenizer, tmp_path / "m" / "1", kv_cache_layout="shared_buffer")
+    assert not (tmp_path / "m").exists()
+
+
 def test_ort_runs_prefill_then_decode(exported) -> None:
-    """Drive the exported file as the server will: past_len = 0 prefill, then decode steps."""
+    """Drive a concat-layout file with a left-padded batch: past_len = 0 prefill, then decode steps."""
     model, version_dir, _ = exported
     tg = json.loads((version_dir / "metadata.json").read_text())["text_generation"]
+    if tg["kv_cache_layout"] != "concat":
+        pytest.skip("the shared_buffer layout is driven by its parity check and the server's tests")
     session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     seqs = [[3, 4, 5, 6, 7, 8], [9, 10], [11, 12, 13]]
     ids, mask, positions = left_pad(seqs, tg["pad_token_id"])
@@ -128,3 +170,18 @@ def test_cli_random_init_preset(tiny_tokenizer: Tokenizer, tmp_path: Path) -> No
     assert meta["provenance"]["random_init"] is True
     assert meta["text_generation"]["vocab_size"] == PRESETS["tiny"].vocab_size
     assert meta["text_generation"]["defaults"]["max_new_tokens"] == PRESETS["tiny"].context_length // 2
+
+
+def test_shared_buffer_graph_quantizes_dynamically(exported, tmp_path: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantization must reach the linear layers of the shared_buffer graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _, version_dir, _ = exported
+    if json.loads((version_dir / "metadata.json").read_text())["text_generation"]["kv_cache_layout"] != "shared_buffer":
+        pytest.skip("concat layout")
+    quantized = tmp_path / "model.int8.onnx"
+    quantize_dynamic(str(version_dir / "model.onnx"), str(quantized), weight_type=QuantType.QInt8)
+    op_types = [n.op_type for n in onnx.load(str(quantized)).graph.node]
+    assert "MatMul" not in op_types
+    assert op_types.count("MatMulInteger") >= 4 * PRESETS["tiny"].num_layers  # qkv, proj, fc, mlp proj per block
+    ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])  # and ONNX Runtime loads it

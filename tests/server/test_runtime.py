@@ -40,22 +40,31 @@ def test_settings_build_the_runtime_options() -> None:
     assert load_settings([]).runtime_options() == RuntimeOptions()
 
 
-def test_session_runs_the_exported_model(tiny_repository: Path) -> None:
+def test_session_runs_the_exported_model_with_its_cache_updated_in_place(tiny_repository: Path) -> None:
     version_dir = tiny_repository / "tiny-gpt" / "1"
     text = json.loads((version_dir / "metadata.json").read_text())["text_generation"]
+    assert text["kv_cache_layout"] == "shared_buffer"
     session = RuntimeSession(version_dir / "model.onnx", RuntimeOptions(intra_op_threads=1))
     assert "input_ids" in session.input_names
     assert "logits" in session.output_names
+    capacity = 8
     feed: dict[str, np.ndarray] = {
         "input_ids": np.array([[1, 2, 3]], dtype=np.int64),
-        "attention_mask": np.ones((1, 3), dtype=np.int64),
         "position_ids": np.arange(3, dtype=np.int64)[None, :],
+        "seqlens_k": np.array([2], dtype=np.int32),
+        "total_sequence_length": np.array(3, dtype=np.int32),
     }
+    in_place = {}
     for name in session.input_names:
         if name.startswith("past_key_values"):
-            feed[name] = np.zeros((1, text["num_heads"], 0, text["head_dim"]), dtype=np.float32)
-    (logits,) = session.run(["logits"], feed)
-    assert logits.shape[:2] == (1, 3)
+            feed[name] = np.zeros((1, text["num_heads"], capacity, text["head_dim"]), dtype=np.float32)
+            in_place[name] = name.replace("past_key_values", "present")
+    (logits,) = session.run_in_place(["logits"], feed, in_place)
+    assert logits.shape == (1, 1, text["vocab_size"])
+    for name in in_place:
+        buffer = feed[name]
+        assert np.abs(buffer[:, :, :3]).sum() > 0, f"{name}: the three new positions were not written in place"
+        assert not buffer[:, :, 3:].any(), f"{name}: positions past the sequence were touched"
 
 
 def test_cgroup_v2_quota(tmp_path: Path) -> None:

@@ -78,9 +78,9 @@ def test_missing_repository_exits_nonzero(tmp_path: Path, server_launcher: Calla
 
 
 def test_invalid_setting_exits_nonzero(tiny_repository: Path, server_launcher: Callable[..., Any]) -> None:
-    server = server_launcher(tiny_repository, env={"ATTNSERVE_MAX_CONCURRENT_REQUESTS": "0"}, wait=False)
+    server = server_launcher(tiny_repository, env={"ATTNSERVE_MAX_ACTIVE_SEQUENCES": "0"}, wait=False)
     assert server.process.wait(timeout=60) == 2
-    assert "max_concurrent_requests" in server.stderr()
+    assert "max_active_sequences" in server.stderr()
 
 
 def long_request(max_new_tokens: int) -> text_generation_pb2.GenerateRequest:

@@ -57,7 +57,7 @@ def test_every_setting_has_a_flag_and_a_description() -> None:
 def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError):
         load_settings(["--port", "70000"])
-    monkeypatch.setenv("ATTNSERVE_MAX_CONCURRENT_REQUESTS", "0")
+    monkeypatch.setenv("ATTNSERVE_MAX_ACTIVE_SEQUENCES", "0")
     with pytest.raises(ValidationError):
         load_settings([])
 

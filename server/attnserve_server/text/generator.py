@@ -1,32 +1,28 @@
-"""The KV-cache generation loop.
+"""A loaded text model: what its ONNX graph looks like, and single calls of it.
 
-One prefill call runs the whole prompt; then each decode step feeds one token per sequence and
-the previous step's ``present`` tensors back as ``past``, so the prefix is never recomputed.
-ONNX Runtime runs in a thread pool (it releases the GIL) and the event loop only sees one await
-per token, which is also where a cancelled client or a passed deadline stops the loop.
+The generation loop (every active sequence of a model, one batched decode call per step) is in
+:mod:`attnserve_server.text.continuous`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from attnserve_server.errors import DeadlineExceededError
 from attnserve_server.runtime import RuntimeSession
-from attnserve_server.text.detokenizer import IncrementalDetokenizer
-from attnserve_server.text.params import FinishReason, GenerationChunk, GenerationParams, Usage
-from attnserve_server.text.sampler import Sampler
-from attnserve_server.text.stop import StopMatcher
+from attnserve_server.text.kv_cache import ConcatKVCache, KVCache, SharedBufferKVCache
 from attnserve_server.text.tokenizer import TextTokenizer
 
 Int64Array = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
+
+KVCacheLayout = Literal["concat", "shared_buffer"]
 
 # Prompts up to this many characters are tokenized on the event loop (tens of microseconds).
 INLINE_TOKENIZE_CHARS = 4096
@@ -51,6 +47,11 @@ class TextModelSpec:
     present_value_names: tuple[str, ...]
     eos_token_id: int | None
     pad_token_id: int
+    # "concat": past in, past + new out (attention_mask over both). "shared_buffer": preallocated
+    # per-sequence buffers updated in place; per-sequence lengths in seqlens_k (docs/model-repository.md).
+    kv_cache_layout: KVCacheLayout = "concat"
+    seqlens_k_name: str = "seqlens_k"
+    total_sequence_length_name: str = "total_sequence_length"
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -61,15 +62,12 @@ class TextModelSpec:
         return tuple(names)
 
 
-@dataclass
-class _StepOutput:
-    tokens: list[int]
-    logprobs: list[float]
-    past: list[FloatArray]  # key, value per layer: (B, nh, past_len, hs)
-
-
 class TextGenerator:
-    """Runs generations for one loaded model version."""
+    """One loaded text model: its graph's tensor names, its session and its tokenizer.
+
+    Generation itself runs in :mod:`attnserve_server.text.continuous`, which batches every
+    active sequence of the model into one call per step through a :mod:`~attnserve_server.text.kv_cache`.
+    """
 
     def __init__(
         self, spec: TextModelSpec, session: RuntimeSession, tokenizer: TextTokenizer, executor: Executor
@@ -78,6 +76,12 @@ class TextGenerator:
         self.session = session
         self.tokenizer = tokenizer
         self._executor = executor
+
+    def new_kv_cache(self, slots: int) -> KVCache:
+        """A cache for up to ``slots`` sequences, in the layout the graph was exported with."""
+        if self.spec.kv_cache_layout == "shared_buffer":
+            return SharedBufferKVCache(self, slots)
+        return ConcatKVCache(self)
 
     async def encode(self, prompt: str) -> list[int]:
         """Tokenize; a long prompt off the event loop, where it cannot stall other streams.
@@ -98,7 +102,7 @@ class TextGenerator:
     def forward(
         self, input_ids: Int64Array, attention_mask: Int64Array, position_ids: Int64Array, past: Sequence[FloatArray]
     ) -> tuple[FloatArray, list[FloatArray]]:
-        """One model call. Returns the last position's logits ``(B, vocab)`` and the new cache."""
+        """One call of a ``concat``-layout graph: the last position's logits ``(B, vocab)`` and the new cache."""
         spec = self.spec
         feed: dict[str, npt.NDArray[np.generic]] = {
             spec.input_ids_name: input_ids,  # (B, T)
@@ -110,85 +114,3 @@ class TextGenerator:
             feed[spec.past_value_names[layer]] = past[2 * layer + 1]
         logits, *present = self.session.run(spec.output_names, feed)
         return logits[:, -1, :], present  # (B, T, V) -> (B, V)
-
-    def _step(
-        self,
-        samplers: Sequence[Sampler],
-        input_ids: Int64Array,
-        attention_mask: Int64Array,
-        position_ids: Int64Array,
-        past: Sequence[FloatArray],
-    ) -> _StepOutput:
-        """Forward pass plus sampling; runs in a worker thread."""
-        last_logits, present = self.forward(input_ids, attention_mask, position_ids, past)
-        picks = [sampler.sample(row) for sampler, row in zip(samplers, last_logits, strict=True)]
-        return _StepOutput([t for t, _ in picks], [lp for _, lp in picks], present)
-
-    async def generate(
-        self,
-        prompt_ids: list[int],
-        params: GenerationParams,
-        max_new_tokens: int,
-        *,
-        deadline: float | None = None,
-    ) -> AsyncIterator[GenerationChunk]:
-        """Yield one chunk per generated token; the last one carries the finish reason and usage.
-
-        ``max_new_tokens`` must already fit the context window (see ``params.fit_context``).
-        ``deadline`` is a ``time.monotonic()`` instant.
-        """
-        loop = asyncio.get_running_loop()
-        spec = self.spec
-        # Batch size 1 for now, but every tensor keeps its batch dim so batching can slot in.
-        samplers = [Sampler(params.sampling, seed=params.seed, vocab_size=spec.vocab_size, prompt_ids=prompt_ids)]
-        detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_ids)
-        stopper = StopMatcher(params.stop)
-
-        input_ids: Int64Array = np.asarray([prompt_ids], dtype=np.int64)  # (1, T)
-        position_ids: Int64Array = np.arange(len(prompt_ids), dtype=np.int64)[None, :]  # (1, T)
-        attention_mask: Int64Array = np.ones((1, len(prompt_ids)), dtype=np.int64)  # (1, T)
-        past = self.empty_past(batch=1)
-
-        generated = 0
-        while True:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise DeadlineExceededError(f"deadline exceeded after {generated} generated tokens")
-            out = await loop.run_in_executor(
-                self._executor, self._step, samplers, input_ids, attention_mask, position_ids, past
-            )
-            token, logprob = out.tokens[0], out.logprobs[0]
-            generated += 1
-
-            finish: FinishReason | None = None
-            if spec.eos_token_id is not None and token == spec.eos_token_id:
-                finish = FinishReason.END_OF_TEXT
-                text = ""  # the end-of-text token has no text of its own
-            else:
-                text = stopper.push(detokenizer.push(token))
-                if stopper.stopped:
-                    finish = FinishReason.STOP
-                elif generated >= max_new_tokens:
-                    finish = FinishReason.LENGTH
-            if finish in (FinishReason.END_OF_TEXT, FinishReason.LENGTH):
-                text += stopper.push(detokenizer.flush())
-                if not stopper.stopped:
-                    text += stopper.flush()
-                else:
-                    finish = FinishReason.STOP
-
-            yield GenerationChunk(
-                text=text,
-                token_ids=(token,),
-                logprobs=(logprob,) if params.logprobs else (),
-                finish_reason=finish,
-                usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=generated) if finish else None,
-            )
-            if finish is not None:
-                return
-
-            # Decode step: one new token per sequence, attending to everything so far.
-            past_len = attention_mask.shape[1]
-            input_ids = np.asarray([[token]], dtype=np.int64)  # (1, 1)
-            position_ids = np.asarray([[past_len]], dtype=np.int64)  # (1, 1)
-            attention_mask = np.ones((1, past_len + 1), dtype=np.int64)  # (1, past_len + 1)
-            past = out.past

@@ -108,8 +108,19 @@ def _candidates(scaled: FloatArray, top_k: int, top_p: float) -> IntArray:
 class Sampler:
     """Picks tokens for one sequence. Not thread-safe; one per request."""
 
-    def __init__(self, params: SamplingParams, *, seed: int, vocab_size: int, prompt_ids: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        *,
+        seed: int,
+        vocab_size: int,
+        prompt_ids: Iterable[int] = (),
+        logprobs: bool = True,
+    ) -> None:
         self.params = params
+        # The log-probability needs a pass over the whole vocabulary (milliseconds for 50k tokens,
+        # for every token of every sequence in a batch); skip it when the request did not ask for it.
+        self.logprobs = logprobs
         self._rng = np.random.default_rng(seed)
         self._seen = np.zeros(vocab_size, dtype=np.bool_)
         ids = np.fromiter(prompt_ids, dtype=np.int64)
@@ -119,7 +130,8 @@ class Sampler:
         """Choose the next token from a ``(vocab,)`` logits row.
 
         Returns the token and its log-probability under the model's raw distribution (before the
-        penalty, temperature and filters), which is what clients compare across settings.
+        penalty, temperature and filters), which is what clients compare across settings; 0.0 when
+        the sampler was made with ``logprobs=False``.
         """
         raw = np.asarray(logits, dtype=np.float64)
         p = self.params
@@ -135,7 +147,7 @@ class Sampler:
             pick = int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right"))
             token = int(candidates[min(pick, len(candidates) - 1)])
         self._seen[token] = True
-        return token, _log_prob(raw, token)
+        return token, _log_prob(raw, token) if self.logprobs else 0.0
 
 
 def _log_prob(logits: FloatArray, token: int) -> float:

@@ -1,4 +1,4 @@
-"""The KV-cache loop against a full recompute, for each positional encoding the exporter offers."""
+"""Generation with the KV cache against a full recompute, for each positional encoding the exporter offers."""
 
 from __future__ import annotations
 
@@ -10,19 +10,26 @@ import numpy as np
 import pytest
 
 from attnserve_server.repository import load_version
+from attnserve_server.text.continuous import BatchingLimits, ContinuousBatcher
 from attnserve_server.text.generator import TextGenerator
-from attnserve_server.text.params import FinishReason, GenerationParams, SamplingParams
+from attnserve_server.text.params import FinishReason, GenerationChunk, GenerationParams, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
 
 
+generator_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-generator")
+
+
 @pytest.fixture(scope="module")
 def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        yield pool
+    yield generator_executor
 
 
-@pytest.fixture(scope="module", params=["learned", "rotary"])
+@pytest.fixture(
+    scope="module",
+    params=[("shared_buffer", "learned"), ("shared_buffer", "rotary"), ("concat", "learned"), ("concat", "rotary")],
+    ids="-".join,
+)
 def generator(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -30,10 +37,16 @@ def generator(
     tiny_repository: Path,
     executor: ThreadPoolExecutor,
 ) -> TextGenerator:
-    if request.param == "learned":  # the tiny preset's own encoding: reuse the shared model
+    layout, pos_encoding = request.param
+    if (layout, pos_encoding) == ("shared_buffer", "learned"):  # the tiny preset as exported by default
         model_dir = tiny_repository / "tiny-gpt"
     else:
-        model_dir = export_text_model(tmp_path_factory.mktemp("rotary"), "gpt", pos_encoding=request.param)
+        model_dir = export_text_model(
+            tmp_path_factory.mktemp(f"{layout}-{pos_encoding}"),
+            "gpt",
+            kv_cache_layout=layout,
+            pos_encoding=pos_encoding,
+        )
     return load_version(model_dir.name, model_dir / "1", executor).generator
 
 
@@ -52,22 +65,18 @@ def recompute_greedy(generator: TextGenerator, prompt: list[int], steps: int) ->
     """Greedy decoding that runs the whole sequence every step, with no cache."""
     ids = list(prompt)
     for _ in range(steps):
-        n = len(ids)
-        logits, _ = generator.forward(
-            np.asarray([ids], dtype=np.int64),
-            np.ones((1, n), dtype=np.int64),
-            np.arange(n, dtype=np.int64)[None, :],
-            generator.empty_past(batch=1),
-        )
-        ids.append(int(np.argmax(logits[0])))
+        logits = generator.new_kv_cache(1).prefill(0, ids)  # a fresh, empty cache every time
+        ids.append(int(np.argmax(logits)))
     return ids[len(prompt) :]
 
 
+async def run(generator: TextGenerator, prompt: list[int], p: GenerationParams) -> list[GenerationChunk]:
+    batcher = ContinuousBatcher(generator, BatchingLimits(), generator_executor)
+    return [chunk async for chunk in batcher.submit(prompt, p, p.max_new_tokens)]
+
+
 async def collect(generator: TextGenerator, prompt: list[int], p: GenerationParams) -> list[int]:
-    tokens: list[int] = []
-    async for chunk in generator.generate(prompt, p, p.max_new_tokens):
-        tokens.extend(chunk.token_ids)
-    return tokens
+    return [t for chunk in await run(generator, prompt, p) for t in chunk.token_ids]
 
 
 async def test_kv_cache_matches_full_recompute(generator: TextGenerator) -> None:
@@ -82,7 +91,7 @@ async def test_kv_cache_matches_full_recompute(generator: TextGenerator) -> None
 
 async def test_chunks_carry_one_token_and_the_last_one_finishes(generator: TextGenerator) -> None:
     prompt = generator.tokenizer.encode("Grüße")
-    chunks = [c async for c in generator.generate(prompt, params(10), 10)]
+    chunks = await run(generator, prompt, params(10))
     assert all(len(c.token_ids) == 1 and len(c.logprobs) == 1 for c in chunks)
     assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1])
     last = chunks[-1]
