@@ -327,19 +327,23 @@ def _add_quantize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
-    report = quantize_entry(
-        args.repository,
-        args.name,
-        from_version=args.from_version,
-        version=args.version,
-        corpus=args.corpus,
-        threads=args.threads,
-        repeats=args.repeats,
-        max_bpc_increase=args.max_bpc_increase,
-        max_accuracy_drop=args.max_accuracy_drop,
-        force=args.force,
-        command=shlex.join(["attnserve-export", *sys.argv[1:]]),
-    )
+    try:
+        report = quantize_entry(
+            args.repository,
+            args.name,
+            from_version=args.from_version,
+            version=args.version,
+            corpus=args.corpus,
+            threads=args.threads,
+            repeats=args.repeats,
+            max_bpc_increase=args.max_bpc_increase,
+            max_accuracy_drop=args.max_accuracy_drop,
+            force=args.force,
+            command=shlex.join(["attnserve-export", *sys.argv[1:]]),
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        sys.stderr.write(f"attnserve-export quantize: {exc}\n")
+        return 2
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0 if report.version is not None else 4
 

@@ -234,6 +234,14 @@ def _text_report(
     corpus: list[Path] | None,
 ) -> QuantizationReport:
     meta = metadata["text_generation"]
+    layout = meta.get("kv_cache_layout", "concat")
+    if layout != "concat":
+        # Scoring bits per character drives the graph's inputs directly, and only the concat
+        # layout's (attention_mask, growing past) are implemented here so far.
+        raise ValueError(
+            f"quantize scores text models in the concat KV cache layout only; {version_dir} is {layout!r}. "
+            "Export a concat version (attnserve-export onnx --kv-cache-layout concat) to quantize it."
+        )
     tokenizer = load_tokenizer(version_dir / meta["tokenizer_file"])
     if corpus is None:  # the corpus the model was trained on: its test split
         trained_on = metadata.get("provenance", {}).get("train_config", {}).get("corpus") or []

@@ -31,7 +31,8 @@ def repository(
     export_image_classifier: Callable[..., Path],
 ) -> Path:
     root = tmp_path_factory.mktemp("quantize-models")
-    export_text_model(root, "gpt")
+    # quantize scores text models in the concat layout only (the shared_buffer one is refused, below).
+    export_text_model(root, "gpt", kv_cache_layout="concat")
     export_image_classifier(root, "digits")
     return root
 
@@ -117,3 +118,12 @@ def test_the_server_serves_the_quantized_versions(
         assert len(client.classify(image, model="digits", top_k=3)) == 3
         generation = client.generate("ROMEO.", model="gpt", max_new_tokens=8, temperature=0)
         assert 1 <= generation.usage.completion_tokens <= 8
+
+
+def test_a_shared_buffer_text_model_is_refused_with_a_way_out(
+    tmp_path: Path, export_text_model: Callable[..., Path], corpus: Path
+) -> None:
+    export_text_model(tmp_path, "gpt-shared")  # the default layout
+    with pytest.raises(ValueError, match="concat"):
+        quantize_entry(tmp_path, "gpt-shared", corpus=[corpus], repeats=1)
+    assert sorted(p.name for p in (tmp_path / "gpt-shared").iterdir() if p.is_dir()) == ["1"]
