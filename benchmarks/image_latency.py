@@ -280,11 +280,14 @@ def plot(rows: list[dict[str, Any]], sweep: list[dict[str, Any]], path: Path) ->
     left.set_ylabel("ms per image (median)")
     left.legend()
     left.grid(True, axis="y", alpha=0.3)
-    for family in FAMILIES:
+    if not sweep:  # run with --resolutions ""
+        right.set_visible(False)
+    for family in FAMILIES if sweep else ():
         points = [s for s in sweep if s["model"] == family]
         right.plot([s["resolution"] ** 2 for s in points], [s["ort_ms"] for s in points], marker="o", label=family)
-    right.set_xscale("log")
-    right.set_yscale("log")
+    if sweep:
+        right.set_xscale("log")
+        right.set_yscale("log")
     right.set_xlabel("input area (pixels)")
     right.set_ylabel("ORT ms per image, batch 1")
     right.legend()
