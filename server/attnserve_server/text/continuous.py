@@ -190,9 +190,10 @@ class ContinuousBatcher:
             self._admit()
             self._update_gauges()
             if not self._active and not self._released:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
+                # Idle: end the task rather than wait, so that nothing but the model entry holds the
+                # batcher, and an unloaded or replaced version (its session and KV cache) can be freed.
+                # The next submit starts a new task.
+                return
             plan = self._plan()
             # Prefill first, in its own call, so that a new request's first token goes out before
             # the batch's decode call rather than after it: the time to first token does not
@@ -212,6 +213,11 @@ class ContinuousBatcher:
                         self._retire(sequence, exc)
                     continue
                 self._deliver(call, sampled)
+
+    @property
+    def running(self) -> bool:
+        """Whether the scheduling task is alive (it ends whenever nothing is waiting or running)."""
+        return self._task is not None and not self._task.done()
 
     def close(self) -> None:
         """Stop the loop and the batcher's own thread (the server calls this after draining)."""

@@ -227,23 +227,22 @@ class DynamicBatcher:
         decoding = self._reserved - queued
         return decoding > 0 or self._last_batch_requests > 1
 
-    async def _wait_for_batch(self) -> None:
-        """Return once a batch should run: full, or the oldest live request has waited long enough."""
+    async def _wait_for_batch(self) -> bool:
+        """Return True once a batch should run (full, or the oldest live request has waited long enough),
+        False when the queue is empty."""
         assert self._arrived is not None
         while True:
             self._prune()
             if not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-                continue
+                return False
             queued = self._queued_rows()
             if queued >= self.config.max_batch_size:
-                return
+                return True
             if self.config.adaptive_delay and not self._more_expected(queued):
-                return
+                return True
             wait = self._queue[0].enqueued_at + self.config.max_queue_delay_s - time.monotonic()
             if wait <= 0:
-                return
+                return True
             self._arrived.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), wait)
@@ -251,7 +250,11 @@ class DynamicBatcher:
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wait_for_batch()
+            if not await self._wait_for_batch():
+                # Idle: end the task rather than wait, so that nothing but the model entry holds the
+                # batcher, and an unloaded or replaced version (its session) can be freed. The next
+                # submit starts a new task.
+                return
             self._prune()  # one last look: a request cancelled during the wait never runs
             parts = self._take_batch()
             if not parts:
@@ -293,6 +296,11 @@ class DynamicBatcher:
                 pending.done_rows += stop - start
                 if pending.done_rows == len(pending.images):
                     pending.future.set_result(pending.logits)
+
+    @property
+    def running(self) -> bool:
+        """Whether the batching task is alive (it ends whenever the queue is empty)."""
+        return self._loop_task is not None and not self._loop_task.done()
 
     def close(self) -> None:
         """Stop the loop and the batcher's thread (the server calls this on shutdown)."""

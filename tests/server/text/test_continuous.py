@@ -265,3 +265,19 @@ async def test_a_passed_deadline_ends_the_sequence_with_deadline_exceeded(
     with pytest.raises(DeadlineExceededError):
         await drain(expired)
     assert len(tokens(await drain(batcher.submit(prompt, params(3), 3)))) >= 1  # the batcher keeps serving
+
+
+async def test_an_idle_batcher_ends_its_task_and_the_next_request_restarts_it(
+    generator: TextGenerator, make_batcher: Callable[..., ContinuousBatcher]
+) -> None:
+    # A task waiting forever would keep an unloaded or replaced version (session, KV cache) alive.
+    prompt = encode(generator, PROMPTS[0])
+    batcher = make_batcher()
+    first = tokens(await drain(batcher.submit(prompt, params(4), 4)))
+    for _ in range(100):
+        if not batcher.running:
+            break
+        await asyncio.sleep(0.01)
+    assert not batcher.running
+    again = tokens(await drain(batcher.submit(prompt, params(4), 4)))
+    assert again == first
