@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from attnserve_server.errors import DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError
+from attnserve_server.kserve.statistics import Statistics
 from attnserve_server.metrics import GenerationTimer, ServerMetrics
 from attnserve_server.repository import READY, IndexEntry, Model, ModelRepository, ModelState
 from attnserve_server.text.params import (
@@ -73,6 +74,7 @@ class GenerationResult:
     logprobs: tuple[float, ...]
     finish_reason: FinishReason
     usage: Usage
+    timings: Timings = field(default_factory=Timings)
 
 
 class TextGenerationHandler:
@@ -151,7 +153,10 @@ class TextGenerationHandler:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Run a generation to the end and return it whole."""
-        stream = await self.start(request)
+        return await self.collect(await self.start(request))
+
+    async def collect(self, stream: GenerationStream) -> GenerationResult:
+        """Consume a started generation to its end and return it whole."""
         text: list[str] = []
         token_ids: list[int] = []
         logprobs: list[float] = []
@@ -172,6 +177,7 @@ class TextGenerationHandler:
             logprobs=tuple(logprobs),
             finish_reason=last.finish_reason,
             usage=last.usage,
+            timings=stream.timings,
         )
 
 
@@ -196,17 +202,25 @@ class ClassificationResult:
     model: str
     model_version: str
     classifications: list[list[Prediction]]
+    timings: Timings = field(default_factory=Timings)
 
 
 class ImageClassificationHandler:
     """Validates classification requests, runs them through the model's batcher, keeps counters."""
 
     def __init__(
-        self, repository: ModelRepository, *, max_image_pixels: int, metrics: ServerMetrics | None = None
+        self,
+        repository: ModelRepository,
+        *,
+        max_image_pixels: int,
+        metrics: ServerMetrics | None = None,
+        statistics: Statistics | None = None,
     ) -> None:
         self._repository = repository
         self._max_image_pixels = max_image_pixels
         self._metrics = metrics if metrics is not None else ServerMetrics()
+        # The per-version inference statistics that the v2 API's ModelStatistics reports.
+        self._statistics = statistics if statistics is not None else Statistics()
 
     async def classify(self, request: ClassificationRequest) -> ClassificationResult:
         """Check the request, then decode, preprocess and classify every image (merged with other requests)."""
@@ -226,20 +240,33 @@ class ImageClassificationHandler:
         if not 1 <= k <= classes:
             raise InvalidArgumentError(f"top_k must be in [1, {classes}] (the model's number of classes), got {k}")
         model.counters.requests += 1
+        started = time.perf_counter_ns()
+        timing = BatchTiming()
         try:
             predictions = await classifier.classify(
-                request.images, k, max_pixels=self._max_image_pixels, deadline=request.deadline
+                request.images, k, max_pixels=self._max_image_pixels, deadline=request.deadline, timing=timing
             )
-        except (InvalidArgumentError, ResourceExhaustedError, DeadlineExceededError):
-            raise  # the client's images, or load: not a failure of the model
-        except asyncio.CancelledError:
+        except BaseException as exc:
+            self._statistics.record_failure(model.name, version.version, total_ns=time.perf_counter_ns() - started)
+            # The client's images, load, or the client leaving: not a failure of the model.
+            client_side = (InvalidArgumentError, ResourceExhaustedError, DeadlineExceededError, asyncio.CancelledError)
+            if not isinstance(exc, client_side):
+                model.counters.failures += 1
             raise
-        except Exception:
-            model.counters.failures += 1
-            raise
+        timings = Timings(queue_ns=int(timing.queue_s * 1e9), compute_ns=int(timing.compute_s * 1e9))
+        self._statistics.record_success(
+            model.name,
+            version.version,
+            total_ns=time.perf_counter_ns() - started,
+            queue_ns=timings.queue_ns,
+            compute_ns=timings.compute_ns,
+            batch=count,
+        )
         model.counters.images += count
         logger.debug("classified %d image(s) with %s/%s", count, model.name, version.version)
-        return ClassificationResult(model=model.name, model_version=version.version, classifications=predictions)
+        return ClassificationResult(
+            model=model.name, model_version=version.version, classifications=predictions, timings=timings
+        )
 
 
 @dataclass(frozen=True)

@@ -86,12 +86,16 @@ def build_server(
     # Text requests are admitted by their model's continuous batcher, image requests by their model's
     # dynamic batcher: each has its own bounded queue.
     text = TextGenerationHandler(repository, metrics=metrics)
-    add_servicer(server, TextGenerationServicer(text), TEXT_GENERATION_SERVICE)
-    classify = ImageClassificationHandler(repository, max_image_pixels=settings.max_image_pixels, metrics=metrics)
+    # One set of per-version inference statistics for both APIs (the v2 API's ModelStatistics reports it).
+    statistics = Statistics()
+    add_servicer(server, TextGenerationServicer(text, statistics), TEXT_GENERATION_SERVICE)
+    classify = ImageClassificationHandler(
+        repository, max_image_pixels=settings.max_image_pixels, metrics=metrics, statistics=statistics
+    )
     add_servicer(server, ImageClassificationServicer(classify), IMAGE_CLASSIFICATION_SERVICE)
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
     logits = ImageLogitsHandler(repository, max_image_pixels=settings.max_image_pixels, metrics=metrics)
-    dataplane = DataPlane(repository, logits, text, Statistics())
+    dataplane = DataPlane(repository, logits, text, statistics)
     add_servicer(server, InferenceServicer(dataplane, control), INFERENCE_SERVICE)
     health_servicer: AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

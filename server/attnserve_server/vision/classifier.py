@@ -104,7 +104,13 @@ class ImageClassifier:
         return np.stack(arrays)  # (B, C, H, W)
 
     async def classify(
-        self, images: Sequence[bytes], k: int, *, max_pixels: int, deadline: float | None = None
+        self,
+        images: Sequence[bytes],
+        k: int,
+        *,
+        max_pixels: int,
+        deadline: float | None = None,
+        timing: BatchTiming | None = None,
     ) -> list[list[Prediction]]:
         """The top ``k`` predictions of each image.
 
@@ -112,7 +118,7 @@ class ImageClassifier:
         (ResourceExhaustedError) before decoding it; decoding runs in the decode pool, and the model
         call in the batcher, merged with other requests'. ``deadline`` is a ``time.monotonic()`` instant.
         """
-        logits = await self.logits_of_images(images, max_pixels=max_pixels, deadline=deadline)
+        logits = await self.logits_of_images(images, max_pixels=max_pixels, deadline=deadline, timing=timing)
         return top_k(softmax(logits), k, self.spec.labels)
 
     async def logits_of_images(

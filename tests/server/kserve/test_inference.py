@@ -283,6 +283,31 @@ def test_statistics_count_inferences(client: triton.InferenceServerClient, image
     assert {(IMAGE_MODEL, "1"), (TEXT_MODEL, "1")} <= every
 
 
+def test_statistics_count_the_typed_api_too(client: triton.InferenceServerClient, image_server_address: str) -> None:
+    """ModelStatistics is per model version, whichever API the inference came through."""
+    from attnserve_client import Client
+    from attnserve_client.errors import InvalidArgumentError
+
+    def stats(model: str) -> Any:
+        (entry,) = client.get_inference_statistics(model).model_stats
+        return entry
+
+    image_before, text_before = stats(IMAGE_MODEL), stats(TEXT_MODEL)
+    with Client(image_server_address, timeout=TIMEOUT) as typed:
+        typed.classify_batch([png(1), png(2), png(3)], model=IMAGE_MODEL)
+        with pytest.raises(InvalidArgumentError):
+            typed.classify(b"not an image", model=IMAGE_MODEL)
+        typed.generate("To be", model=TEXT_MODEL, max_new_tokens=3)
+        list(typed.generate_stream("To be", model=TEXT_MODEL, max_new_tokens=3))
+    image, text = stats(IMAGE_MODEL), stats(TEXT_MODEL)
+    assert image.inference_count - image_before.inference_count == 3
+    assert image.inference_stats.success.count - image_before.inference_stats.success.count == 1
+    assert image.inference_stats.fail.count - image_before.inference_stats.fail.count == 1
+    assert image.inference_stats.compute_infer.ns > image_before.inference_stats.compute_infer.ns
+    assert text.inference_stats.success.count - text_before.inference_stats.success.count == 2
+    assert text.inference_count - text_before.inference_count == 2
+
+
 def _infer_raw(stub: service_pb2_grpc.GRPCInferenceServiceStub, request: service_pb2.ModelInferRequest) -> None:
     stub.ModelInfer(request, timeout=TIMEOUT)
 
