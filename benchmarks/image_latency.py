@@ -22,9 +22,7 @@ import io
 import json
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from serving import start_server
 
 from attnserve_client import Client
 from attnserve_export import swin, vit
@@ -117,36 +116,6 @@ def png_images(batch: int, resolution: int) -> list[bytes]:
     return out
 
 
-def start_server(repository: Path, threads: int) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "attnserve_server",
-            "--model-repository",
-            str(repository),
-            "--port",
-            str(port),
-            "--intra-op-threads",
-            str(threads),
-            "--log-level",
-            "WARNING",
-        ],
-    )
-    address = f"127.0.0.1:{port}"
-    with Client(address, timeout=2.0, retries=0) as client:
-        deadline = time.monotonic() + 300
-        while not client.health():
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise SystemExit("server did not start")
-            time.sleep(0.5)
-    return process, address
-
-
 def measure_row(
     family: str,
     *,
@@ -215,7 +184,7 @@ def main() -> None:
         spinning = RuntimeSession(
             version_dir / "model.onnx", RuntimeOptions(intra_op_threads=args.threads, allow_spinning=True)
         )
-        process, address = start_server(repo_dir, args.threads)
+        process, address = start_server(repo_dir, "--intra-op-threads", str(args.threads))
         try:
             with Client(address, timeout=300) as client:
                 for batch in (1, 8):

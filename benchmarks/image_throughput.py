@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from closed_loop import closed_loop, percentile
 from PIL import Image
+from serving import free_port, start_server
 
 from attnserve_client import Client
 from attnserve_export import vit
@@ -60,12 +60,6 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CONCURRENCY = (1, 4, 8, 16)
 BATCHES = (1, 2, 4, 8)
 DEFAULT_MAX_BATCH = 8  # the server's --image-max-batch-size default
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def export_model() -> Path:
@@ -155,13 +149,7 @@ def timed(fn: Callable[[], object], repeats: int) -> list[float]:
 
 
 def start_attnserve(repository: Path, threads: int, extra: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    args = [sys.executable, "-m", "attnserve_server", "--model-repository", str(repository), "--port", str(port),
-            "--intra-op-threads", str(threads), "--log-level", "WARNING", *extra]  # fmt: skip
-    process = subprocess.Popen(args)
-    address = f"127.0.0.1:{port}"
-    wait_until(lambda: Client(address, timeout=2.0, retries=0).health(), process, "attnserve")
-    return process, address
+    return start_server(repository, "--intra-op-threads", str(threads), *extra)
 
 
 def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], what: str, timeout: float = 300) -> None:

@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +33,7 @@ import grpc
 import numpy as np
 import tritonclient.grpc as triton
 from PIL import Image
+from serving import start_server
 
 from attnserve_client import Client
 from attnserve_client.pb import image_classification_pb2, image_classification_pb2_grpc
@@ -43,38 +41,6 @@ from attnserve_client.pb import image_classification_pb2, image_classification_p
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 TOP_K = 5
-
-
-def start_server(repository: Path, model: str) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "attnserve_server",
-            "--model-repository",
-            str(repository),
-            "--port",
-            str(port),
-            "--model-control-mode",
-            "explicit",
-            "--load-model",
-            model,
-            "--log-level",
-            "WARNING",
-        ],
-    )
-    address = f"127.0.0.1:{port}"
-    with Client(address, timeout=2.0, retries=0) as client:
-        deadline = time.monotonic() + 300
-        while not client.health():
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise SystemExit("server did not start")
-            time.sleep(0.5)
-    return process, address
 
 
 def png_images(count: int, size: int) -> list[bytes]:
@@ -205,7 +171,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--calls", type=int, default=20)
     args = parser.parse_args()
-    process, address = start_server(args.repository, args.model)
+    process, address = start_server(args.repository, "--model-control-mode", "explicit", "--load-model", args.model)
     try:
         rows = [
             measure(address, args.model, batch=b, image_size=args.image_size, rounds=args.rounds, calls=args.calls)

@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from serving import start_server
 
 from attnserve_client import Client
 from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus
@@ -35,46 +32,6 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 ROUNDS = 5
 PROMPT = "ROMEO.\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(repository: Path, threads: int, *extra_args: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="attnserve-bench-", suffix=".log", delete=False)  # noqa: SIM115
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "attnserve_server",
-            "--model-repository",
-            str(repository),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--intra-op-threads",
-            str(threads),
-            "--log-level",
-            "WARNING",
-            *extra_args,
-        ],
-        stdout=log,
-        stderr=log,
-    )
-    address = f"127.0.0.1:{port}"
-    with Client(address, timeout=2.0) as client:
-        deadline = time.monotonic() + 120
-        while not client.health():
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise SystemExit(f"server did not start; log: {log.name}")
-            time.sleep(0.2)
-    return process, address
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -125,7 +82,7 @@ def main() -> None:
             logits = session.run([tg["outputs"]["logits"]], feed)[0]
         int(np.argmax(logits[0, -1]))
 
-    process, address = start_server(args.repository, args.threads)
+    process, address = start_server(args.repository, "--intra-op-threads", str(args.threads))
     server_ms: list[float] = []
     local_ms: list[float] = []
     try:

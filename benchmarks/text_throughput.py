@@ -45,7 +45,8 @@ from attnserve_client import AsyncClient, OverloadedError
 from attnserve_server.runtime import available_cpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server_ttft import PROMPT, start_server
+from server_ttft import PROMPT
+from serving import start_server
 from text_decode_latency import gpt2_small_entry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,7 +206,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     tokens = MAX_NEW_TOKENS.get(name, 32)
     result: dict[str, Any] = {"model": name, "max_new_tokens": tokens, "threads": args.threads}
 
-    process, address = start_server(repository, args.threads, "--max-active-sequences", "16")
+    process, address = start_server(repository, "--intra-op-threads", str(args.threads), "--max-active-sequences", "16")
     try:
         sweep = {}
         for concurrency in CONCURRENCY:
@@ -224,7 +225,13 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     active = args.overload_active
     process, address = start_server(
-        repository, args.threads, "--max-active-sequences", str(active), "--max-waiting-sequences", "0"
+        repository,
+        "--intra-op-threads",
+        str(args.threads),
+        "--max-active-sequences",
+        str(active),
+        "--max-waiting-sequences",
+        "0",
     )
     try:
         unloaded = asyncio.run(closed_loop(address, name, 1, args.seconds, tokens, warmup=args.warmup)).summary()
