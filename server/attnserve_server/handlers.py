@@ -48,6 +48,11 @@ class Timings:
     queue_ns: int = 0
     compute_ns: int = 0
 
+    @classmethod
+    def of_batch(cls, timing: BatchTiming) -> Timings:
+        """The same times as an image model's batcher measured them (in seconds)."""
+        return cls(queue_ns=int(timing.queue_s * 1e9), compute_ns=int(timing.compute_s * 1e9))
+
 
 @dataclass
 class GenerationStream:
@@ -151,10 +156,6 @@ class TextGenerationHandler:
         finally:
             await chunks.aclose()  # a client that left early takes its sequence out of the batch
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Run a generation to the end and return it whole."""
-        return await self.collect(await self.start(request))
-
     async def collect(self, stream: GenerationStream) -> GenerationResult:
         """Consume a started generation to its end and return it whole."""
         text: list[str] = []
@@ -182,6 +183,20 @@ class TextGenerationHandler:
 
 
 DEFAULT_TOP_K = 5
+# Errors of an image request that are the client's doing (its images, its deadline, leaving) or
+# load: they do not count as failures of the model.
+NOT_MODEL_FAILURES = (InvalidArgumentError, ResourceExhaustedError, DeadlineExceededError, asyncio.CancelledError)
+
+
+def check_image_count(model: Model, count: int, *, empty: str) -> None:
+    """Refuse an empty batch (with the message ``empty``), or one above the model's per-request image limit."""
+    if count == 0:
+        raise InvalidArgumentError(empty)
+    if count > model.max_images_per_request:
+        raise InvalidArgumentError(
+            f"the request holds {count} images, more than the limit of {model.max_images_per_request} per "
+            "request; split it into several requests"
+        )
 
 
 @dataclass(frozen=True)
@@ -209,16 +224,10 @@ class ImageClassificationHandler:
     """Validates classification requests, runs them through the model's batcher, keeps counters."""
 
     def __init__(
-        self,
-        repository: ModelRepository,
-        *,
-        max_image_pixels: int,
-        metrics: ServerMetrics | None = None,
-        statistics: Statistics | None = None,
+        self, repository: ModelRepository, *, max_image_pixels: int, statistics: Statistics | None = None
     ) -> None:
         self._repository = repository
         self._max_image_pixels = max_image_pixels
-        self._metrics = metrics if metrics is not None else ServerMetrics()
         # The per-version inference statistics that the v2 API's ModelStatistics reports.
         self._statistics = statistics if statistics is not None else Statistics()
 
@@ -228,13 +237,7 @@ class ImageClassificationHandler:
         version = model.version(request.model_version)
         classifier = version.image_classifier
         count = len(request.images)
-        if count == 0:
-            raise InvalidArgumentError("images is empty; send at least one encoded image")
-        if count > model.max_images_per_request:
-            raise InvalidArgumentError(
-                f"the request holds {count} images, more than the limit of {model.max_images_per_request} per "
-                "request; split it into several requests"
-            )
+        check_image_count(model, count, empty="images is empty; send at least one encoded image")
         classes = classifier.spec.num_classes
         k = min(DEFAULT_TOP_K, classes) if request.top_k is None else request.top_k
         if not 1 <= k <= classes:
@@ -248,12 +251,10 @@ class ImageClassificationHandler:
             )
         except BaseException as exc:
             self._statistics.record_failure(model.name, version.version, total_ns=time.perf_counter_ns() - started)
-            # The client's images, load, or the client leaving: not a failure of the model.
-            client_side = (InvalidArgumentError, ResourceExhaustedError, DeadlineExceededError, asyncio.CancelledError)
-            if not isinstance(exc, client_side):
+            if not isinstance(exc, NOT_MODEL_FAILURES):
                 model.counters.failures += 1
             raise
-        timings = Timings(queue_ns=int(timing.queue_s * 1e9), compute_ns=int(timing.compute_s * 1e9))
+        timings = Timings.of_batch(timing)
         self._statistics.record_success(
             model.name,
             version.version,
@@ -295,15 +296,12 @@ class LogitsResult:
 class ImageLogitsHandler:
     """The tensor-level path for image models (the KServe v2 API): logits, not predictions."""
 
-    def __init__(
-        self, repository: ModelRepository, *, max_image_pixels: int, metrics: ServerMetrics | None = None
-    ) -> None:
+    def __init__(self, repository: ModelRepository, *, max_image_pixels: int) -> None:
         self._repository = repository
         self._max_image_pixels = max_image_pixels
-        self._metrics = metrics if metrics is not None else ServerMetrics()
 
     async def logits(self, request: LogitsRequest) -> LogitsResult:
-        """Check the batch, then run it in one model call under the server's concurrency limit."""
+        """Check the batch, then run it through the model's batcher, merged with other requests."""
         model = self._repository.get_image_model(request.model)
         version = model.version(request.model_version)
         classifier = version.image_classifier
@@ -318,15 +316,8 @@ class ImageLogitsHandler:
             count = request.pixels.shape[0]
         else:
             count = len(request.images)
-        if count == 0:
-            raise InvalidArgumentError("the batch is empty; send at least one image")
-        if count > model.max_images_per_request:
-            raise InvalidArgumentError(
-                f"the request holds {count} images, more than the limit of {model.max_images_per_request} per "
-                "request; split it into several requests"
-            )
+        check_image_count(model, count, empty="the batch is empty; send at least one image")
         model.counters.requests += 1
-        timings = Timings()
         timing = BatchTiming()
         try:
             if request.pixels is not None:
@@ -335,18 +326,12 @@ class ImageLogitsHandler:
                 logits = await classifier.logits_of_images(
                     request.images, max_pixels=self._max_image_pixels, deadline=request.deadline, timing=timing
                 )
-        except (InvalidArgumentError, ResourceExhaustedError, DeadlineExceededError):
-            raise  # the client's images, or load: not a failure of the model
-        except asyncio.CancelledError:
+        except BaseException as exc:
+            if not isinstance(exc, NOT_MODEL_FAILURES):
+                model.counters.failures += 1
             raise
-        except Exception:
-            model.counters.failures += 1
-            raise
-        finally:
-            timings.queue_ns = int(timing.queue_s * 1e9)
-            timings.compute_ns = int(timing.compute_s * 1e9)
         model.counters.images += count
-        return LogitsResult(model.name, version.version, logits, classifier.spec.labels, timings)
+        return LogitsResult(model.name, version.version, logits, classifier.spec.labels, Timings.of_batch(timing))
 
 
 class ModelHandler:

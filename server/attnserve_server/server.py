@@ -89,12 +89,10 @@ def build_server(
     # One set of per-version inference statistics for both APIs (the v2 API's ModelStatistics reports it).
     statistics = Statistics()
     add_servicer(server, TextGenerationServicer(text, statistics), TEXT_GENERATION_SERVICE)
-    classify = ImageClassificationHandler(
-        repository, max_image_pixels=settings.max_image_pixels, metrics=metrics, statistics=statistics
-    )
+    classify = ImageClassificationHandler(repository, max_image_pixels=settings.max_image_pixels, statistics=statistics)
     add_servicer(server, ImageClassificationServicer(classify), IMAGE_CLASSIFICATION_SERVICE)
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
-    logits = ImageLogitsHandler(repository, max_image_pixels=settings.max_image_pixels, metrics=metrics)
+    logits = ImageLogitsHandler(repository, max_image_pixels=settings.max_image_pixels)
     dataplane = DataPlane(repository, logits, text, statistics)
     add_servicer(server, InferenceServicer(dataplane, control), INFERENCE_SERVICE)
     health_servicer: AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
