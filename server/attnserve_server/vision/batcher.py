@@ -106,10 +106,10 @@ class _Pending:
 class Reservation:
     """Room for ``count`` images in a batcher's queue, held from admission until they run."""
 
-    def __init__(self, batcher: DynamicBatcher, count: int) -> None:
+    def __init__(self, batcher: DynamicBatcher, count: int, timing: BatchTiming) -> None:
         self._batcher = batcher
         self.held = count
-        self.timing = BatchTiming()
+        self.timing = timing
 
     def release(self, count: int) -> None:
         count = min(count, self.held)
@@ -142,8 +142,11 @@ class DynamicBatcher:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
 
     @contextlib.contextmanager
-    def reserve(self, count: int) -> Iterator[Reservation]:
-        """Admit ``count`` images or raise ResourceExhaustedError at once; release what never ran on exit."""
+    def reserve(self, count: int, timing: BatchTiming | None = None) -> Iterator[Reservation]:
+        """Admit ``count`` images or raise ResourceExhaustedError at once; release what never ran on exit.
+
+        The batcher adds the images' queue and compute time to ``timing`` (a fresh one if not given).
+        """
         if count > self.config.max_queue_size:
             raise InvalidArgumentError(
                 f"the request holds {count} images, more than model {self.name!r} can queue "
@@ -155,7 +158,7 @@ class DynamicBatcher:
                 f"(max_queue_size {self.config.max_queue_size}); retry later with backoff, send fewer "
                 "images at a time, or raise max_queue_size in the model's config.yaml"
             )
-        reservation = Reservation(self, count)
+        reservation = Reservation(self, count, timing or BatchTiming())
         self._reserved += count
         try:
             yield reservation

@@ -132,24 +132,16 @@ class ImageClassifier:
         """Logits ``(batch, num_classes)`` of encoded images, decoded in the decode pool and run in the
         batcher; ``timing``, if given, learns how long they queued and computed."""
         loop = asyncio.get_running_loop()
-        with self.batcher.reserve(len(images)) as reservation:
+        with self.batcher.reserve(len(images), timing) as reservation:
             batch = await loop.run_in_executor(self._decode_pool, self.prepare, images, max_pixels)
-            try:
-                return await reservation.run(batch, deadline)
-            finally:
-                if timing is not None:
-                    timing.queue_s, timing.compute_s = reservation.timing.queue_s, reservation.timing.compute_s
+            return await reservation.run(batch, deadline)
 
     async def logits_of_pixels(
         self, batch: npt.NDArray[np.float32], *, deadline: float | None = None, timing: BatchTiming | None = None
     ) -> npt.NDArray[np.float32]:
         """Logits of an already preprocessed ``(batch, C, H, W)`` array, run in the batcher with other requests."""
-        with self.batcher.reserve(len(batch)) as reservation:
-            try:
-                return await reservation.run(np.ascontiguousarray(batch, dtype=np.float32), deadline)
-            finally:
-                if timing is not None:
-                    timing.queue_s, timing.compute_s = reservation.timing.queue_s, reservation.timing.compute_s
+        with self.batcher.reserve(len(batch), timing) as reservation:
+            return await reservation.run(np.ascontiguousarray(batch, dtype=np.float32), deadline)
 
     def close(self) -> None:
         """Stop the batcher and the decode pool (after the server has drained)."""
