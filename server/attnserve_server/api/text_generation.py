@@ -32,7 +32,13 @@ class TextGenerationServicer(text_generation_pb2_grpc.TextGenerationServiceServi
     ) -> text_generation_pb2.GenerateResponse:
         domain = converters.generation_request_from_proto(request, deadline_from_timeout(context.time_remaining()))
         stream = await self._handler.start(domain)
-        result = await self._recorded(stream, self._handler.collect(stream))
+        started = time.perf_counter_ns()
+        try:
+            result = await self._handler.collect(stream)
+        except BaseException:
+            self._failed(stream, started)
+            raise
+        self._succeeded(stream, started)
         return converters.generate_response(result)
 
     @grpc_errors
@@ -51,16 +57,6 @@ class TextGenerationServicer(text_generation_pb2_grpc.TextGenerationServiceServi
             self._failed(stream, started)
             raise
         self._succeeded(stream, started)
-
-    async def _recorded(self, stream: GenerationStream, work: Any) -> Any:
-        started = time.perf_counter_ns()
-        try:
-            result = await work
-        except BaseException:
-            self._failed(stream, started)
-            raise
-        self._succeeded(stream, started)
-        return result
 
     def _failed(self, stream: GenerationStream, started: int) -> None:
         self._statistics.record_failure(stream.model, stream.model_version, total_ns=time.perf_counter_ns() - started)
