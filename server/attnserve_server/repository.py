@@ -740,10 +740,6 @@ class ModelRepository:
             raise ModelLoadError(name, f"the version policy selects none of the versions on disk ({found})")
         batching = self._batching
         if config.dynamic_batching is not None:
-            if read_metadata(name, model_dir / str(selected[-1])).task != IMAGE_CLASSIFICATION:
-                raise ModelLoadError(
-                    name, "config.yaml sets dynamic_batching, which only applies to image-classification models"
-                )
             batching = config.dynamic_batching.resolve(batching)
         versions = {}
         for number in selected:
@@ -770,6 +766,10 @@ class ModelRepository:
         tasks = {v.metadata.task for v in versions.values()}
         if len(tasks) > 1:
             raise ModelLoadError(name, f"its versions mix tasks ({', '.join(sorted(tasks))}); one model, one task")
+        if config.dynamic_batching is not None and tasks != {IMAGE_CLASSIFICATION}:
+            raise ModelLoadError(
+                name, "config.yaml sets dynamic_batching, which only applies to image-classification models"
+            )
         return Model(
             name=name,
             config=config,
