@@ -38,9 +38,9 @@ def channel(image_server_address: str) -> Iterator[grpc.Channel]:
 
 
 def generate_request(model: str = TEXT) -> text_generation_pb2.GenerateRequest:
-    return text_generation_pb2.GenerateRequest(
-        model=model, prompt="ROMEO.", parameters=text_generation_pb2.GenerationParameters(max_new_tokens=3)
-    )
+    # Seeded: with a random seed the tiny model sometimes samples its end-of-text token early.
+    parameters = text_generation_pb2.GenerationParameters(max_new_tokens=3, seed=1)
+    return text_generation_pb2.GenerateRequest(model=model, prompt="ROMEO.", parameters=parameters)
 
 
 def test_a_given_id_is_echoed_on_success(channel: grpc.Channel) -> None:
