@@ -39,8 +39,10 @@ from attnserve_client import Client
 from attnserve_export import swin, vit
 from attnserve_export.image_data import ImageSpec
 from attnserve_export.image_export import export_classifier
-from attnserve_server.repository import ModelRepository  # the server's own loading path
+from attnserve_server.repository import ModelRepository
 from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus
+from attnserve_server.settings import ServerSettings
+from attnserve_server.vision.classifier import ImageClassifier  # the server's own loading path
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "benchmarks" / ".cache" / "images"
@@ -177,10 +179,10 @@ def main() -> None:
         model, _, version_dir = entry(family, 224)
         repo_dir = version_dir.parent.parent
         repository = ModelRepository(
-            repo_dir, default_max_new_tokens_limit=1, runtime=RuntimeOptions(intra_op_threads=args.threads)
+            repo_dir, settings=ServerSettings(model_repository=repo_dir, intra_op_threads=args.threads)
         )
         loaded = repository.load_model(version_dir.parent, executor)
-        classifier = loaded.version("").image_classifier
+        classifier = loaded.version("").engine_as(ImageClassifier)
         spinning = RuntimeSession(
             version_dir / "model.onnx", RuntimeOptions(intra_op_threads=args.threads, allow_spinning=True)
         )

@@ -48,7 +48,9 @@ from attnserve_export import vit
 from attnserve_export.image_data import ImageSpec
 from attnserve_export.image_export import export_classifier
 from attnserve_server.repository import ModelRepository
-from attnserve_server.runtime import RuntimeOptions, available_cpus
+from attnserve_server.runtime import available_cpus
+from attnserve_server.settings import ServerSettings
+from attnserve_server.vision.classifier import ImageClassifier
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "benchmarks" / ".cache" / "throughput"
@@ -92,10 +94,9 @@ def png_images(count: int) -> list[bytes]:
 
 def load_classifier(version_dir: Path, threads: int) -> Any:
     """The server's own classifier (decode, preprocess, ONNX Runtime session), in this process."""
-    repository = ModelRepository(
-        version_dir.parent.parent, default_max_new_tokens_limit=1, runtime=RuntimeOptions(intra_op_threads=threads)
-    )
-    return repository.load_model(version_dir.parent, ThreadPoolExecutor(1)).version("").image_classifier
+    root = version_dir.parent.parent
+    repository = ModelRepository(root, settings=ServerSettings(model_repository=root, intra_op_threads=threads))
+    return repository.load_model(version_dir.parent, ThreadPoolExecutor(1)).version("").engine_as(ImageClassifier)
 
 
 def in_process(classifier: Any, images: list[bytes], repeats: int, duration: float) -> dict[str, Any]:

@@ -18,8 +18,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(repository: Path, *flags: str, timeout: float = 300) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    repository: Path, *flags: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """``attnserve-server`` on ``repository`` with ``flags``; returns once its health is SERVING.
+
+    ``env`` replaces the server's environment (for example a PYTHONPATH that runs another revision).
 
     Its output goes to a temporary log file (named if it fails to start), so that it never
     interleaves with the benchmark's JSON on stdout.
@@ -29,7 +33,7 @@ def start_server(repository: Path, *flags: str, timeout: float = 300) -> tuple[s
     command = [sys.executable, "-m", "attnserve_server", "--model-repository", str(repository),
                "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING",
                *flags]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log, stderr=log)
+    process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
     address = f"127.0.0.1:{port}"
     with Client(address, timeout=2.0, retries=0) as client:
         deadline = time.monotonic() + timeout

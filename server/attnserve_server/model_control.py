@@ -31,14 +31,8 @@ from attnserve_server.errors import (
     ModelLoadError,
     RepositoryError,
 )
-from attnserve_server.repository import (
-    LOADING,
-    READY,
-    UNAVAILABLE,
-    UNLOADING,
-    IndexEntry,
-    ModelRepository,
-)
+from attnserve_server.loaded import LOADING, READY, UNAVAILABLE, UNLOADING, IndexEntry
+from attnserve_server.repository import ModelRepository
 from attnserve_server.settings import ControlMode
 
 logger = logging.getLogger(__name__)

@@ -19,22 +19,22 @@ from attnserve_server.api.models import ModelServicer
 from attnserve_server.api.registration import add_servicer
 from attnserve_server.api.text_generation import TextGenerationServicer
 from attnserve_server.errors import AttnserveError, ModelLoadError, RepositoryError
-from attnserve_server.handlers import (
-    ImageClassificationHandler,
-    ImageLogitsHandler,
-    ModelHandler,
-    TextGenerationHandler,
-)
+from attnserve_server.handlers import ModelHandler
 from attnserve_server.kserve.dataplane import DataPlane
 from attnserve_server.kserve.pb import grpc_service_pb2
 from attnserve_server.kserve.reflection import reflection_pool
 from attnserve_server.kserve.servicer import InferenceServicer
-from attnserve_server.kserve.statistics import Statistics
 from attnserve_server.metrics import MetricsEndpoint, ServerMetrics
 from attnserve_server.model_control import ModelControl
 from attnserve_server.repository import ModelRepository
 from attnserve_server.settings import ServerSettings
-from attnserve_server.vision.batcher import BatchingConfig
+from attnserve_server.statistics import Statistics
+from attnserve_server.task import HandlerContext
+from attnserve_server.task_table import task_table
+from attnserve_server.text.handler import TextGenerationHandler
+from attnserve_server.text.metadata import TEXT_GENERATION
+from attnserve_server.vision.handler import ImageClassificationHandler
+from attnserve_server.vision.metadata import IMAGE_CLASSIFICATION
 
 logger = logging.getLogger(__name__)
 
@@ -83,17 +83,20 @@ def build_server(
         ("grpc.so_reuseport", 0),  # two servers on one port would split traffic silently
     ]
     server = grpc.aio.server(options=options, interceptors=[RequestInterceptor(metrics)])
-    # Text requests are admitted by their model's continuous batcher, image requests by their model's
-    # dynamic batcher: each has its own bounded queue.
-    text = TextGenerationHandler(repository, metrics=metrics)
-    # One set of per-version inference statistics for both APIs (the v2 API's ModelStatistics reports it).
+    # One handler per task, shared by both APIs; they record one set of per-version inference
+    # statistics (the v2 API's ModelStatistics reports it). Text requests are admitted by their
+    # model's continuous batcher, image requests by their model's dynamic batcher.
     statistics = Statistics()
-    add_servicer(server, TextGenerationServicer(text, statistics), TEXT_GENERATION_SERVICE)
-    classify = ImageClassificationHandler(repository, max_image_pixels=settings.max_image_pixels, statistics=statistics)
-    add_servicer(server, ImageClassificationServicer(classify), IMAGE_CLASSIFICATION_SERVICE)
+    context = HandlerContext(models=repository, settings=settings, statistics=statistics, metrics=metrics)
+    handlers = {task.name: task.handler(context) for task in repository.tasks}
+    text = handlers[TEXT_GENERATION]
+    assert isinstance(text, TextGenerationHandler)  # the built-in row's handler
+    add_servicer(server, TextGenerationServicer(text), TEXT_GENERATION_SERVICE)
+    images = handlers[IMAGE_CLASSIFICATION]
+    assert isinstance(images, ImageClassificationHandler)  # the built-in row's handler
+    add_servicer(server, ImageClassificationServicer(images), IMAGE_CLASSIFICATION_SERVICE)
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
-    logits = ImageLogitsHandler(repository, max_image_pixels=settings.max_image_pixels)
-    dataplane = DataPlane(repository, logits, text, statistics)
+    dataplane = DataPlane(repository, repository.tasks, handlers, statistics)
     add_servicer(server, InferenceServicer(dataplane, control), INFERENCE_SERVICE)
     health_servicer: AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -134,21 +137,11 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
     # Loading and tokenizing run here; text models step in their batchers' own threads, and image models
     # decode in their own pools and run ORT in their batchers' threads.
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="load")
-    repository = ModelRepository(
-        settings.model_repository,
-        default_max_new_tokens_limit=settings.max_new_tokens_limit,
-        runtime=settings.runtime_options(),
-        max_images_per_request=settings.max_images_per_request,
-        batching=BatchingConfig(
-            max_batch_size=settings.image_max_batch_size,
-            max_queue_delay_s=settings.image_max_queue_delay_ms / 1000,
-            max_queue_size=settings.image_max_queue_size,
-            adaptive_delay=settings.image_adaptive_delay,
-        ),
-        batch_observer=metrics.observe_image_batch,
-        text_batching=settings.batching_limits(),
-        text_observer=metrics.text_scheduler,
-    )
+    try:
+        tasks = task_table(settings.task_plugin)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    repository = ModelRepository(settings.model_repository, settings=settings, tasks=tasks, metrics=metrics)
     try:
         if settings.model_control_mode == "explicit":
             model_dirs = [repository.model_dir(name) for name in settings.load_model]

@@ -167,6 +167,11 @@ class ServerSettings(BaseSettings):
         description="Whether the server is ready only while every model it should serve is loaded (true), or "
         "as soon as startup is over (false).",
     )
+    task_plugin: tuple[str, ...] = Field(
+        default=(),
+        description="A task of your own to serve beside the built-in ones, as module:attribute naming an "
+        "attnserve_server.task.Task (repeat the flag for more); see docs/adding-a-task.md.",
+    )
     repository_poll_interval_s: float = Field(
         default=5.0,
         gt=0,

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from attnserve_client.pb import text_generation_pb2, text_generation_pb2_grpc
+from attnserve_server.api.status import STATUS_CODES, grpc_errors, status_code
 from attnserve_server.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -17,7 +18,6 @@ from attnserve_server.errors import (
     ModelNotFoundError,
     ResourceExhaustedError,
     UnavailableError,
-    grpc_errors,
 )
 
 ERRORS: dict[str, Exception] = {
@@ -131,12 +131,10 @@ def test_every_domain_error_has_a_status_code() -> None:
     ]
     assert domain
     for cls in domain:
-        assert cls in errors.STATUS_CODES, f"{cls.__name__} has no gRPC status code"
+        assert cls in STATUS_CODES, f"{cls.__name__} has no gRPC status code"
 
 
 def test_subclasses_inherit_their_parents_code() -> None:
-    from attnserve_server.errors import status_code
-
     class PromptTooLongError(InvalidArgumentError):
         pass
 

@@ -12,7 +12,11 @@ import pytest
 
 from attnserve_server.errors import ModelLoadError, ModelNotFoundError, RepositoryError, UnavailableError
 from attnserve_server.repository import ModelRepository
+from attnserve_server.settings import ServerSettings
+from attnserve_server.text.metadata import TextGenerationMetadata
 from attnserve_server.vision.batcher import BatchingConfig
+from attnserve_server.vision.classifier import ImageClassifier
+from attnserve_server.vision.metadata import ImageClassificationMetadata
 
 NAME = "tiny-gpt"
 
@@ -38,7 +42,7 @@ def edit_metadata(root: Path, change: Callable[[dict[str, Any]], None], version:
 
 
 def load(root: Path, executor: ThreadPoolExecutor, limit: int = 1024) -> ModelRepository:
-    repository = ModelRepository(root, default_max_new_tokens_limit=limit)
+    repository = ModelRepository(root, settings=ServerSettings(model_repository=root, max_new_tokens_limit=limit))
     for model_dir in repository.discover():
         repository.load_model(model_dir, executor)
     repository.ready = True
@@ -51,7 +55,7 @@ def test_loads_the_model_with_its_config(repo_copy: Path, executor: ThreadPoolEx
     assert model.task == "text-generation"
     assert model.default_version == "1"
     assert model.max_new_tokens_limit == 48  # from config.yaml
-    assert model.version().text_generation.context_length > 0
+    assert model.version().section_as(TextGenerationMetadata).context_length > 0
     assert [m.name for m in repository.models()] == [NAME]
 
 
@@ -77,7 +81,7 @@ def test_unknown_model(repo_copy: Path, executor: ThreadPoolExecutor) -> None:
 
 
 def test_unknown_model_while_loading_is_unavailable(repo_copy: Path) -> None:
-    repository = ModelRepository(repo_copy, default_max_new_tokens_limit=10)
+    repository = ModelRepository(repo_copy)
     with pytest.raises(UnavailableError, match="loading"):
         repository.get(NAME)
 
@@ -206,8 +210,8 @@ def test_loads_an_image_classification_model(image_repo_copy: Path, executor: Th
     model = load(image_repo_copy, executor).get(IMAGE)
     assert model.task == "image-classification"
     version = model.version()
-    assert version.image_classification.num_classes == 10
-    assert version.image_classifier.spec.labels[0] == "zero"
+    assert version.section_as(ImageClassificationMetadata).num_classes == 10
+    assert version.engine_as(ImageClassifier).spec.labels[0] == "zero"
 
 
 @pytest.mark.parametrize(
@@ -283,10 +287,9 @@ def test_dynamic_batching_config_overrides_the_server_defaults(
     root = tmp_path / "images"
     shutil.copytree(image_repository / "tiny-digits", root / "tiny-digits")
     (root / "tiny-digits" / "config.yaml").write_text("dynamic_batching:\n  max_queue_delay_ms: 7.5\n")
-    repository = ModelRepository(
-        root, default_max_new_tokens_limit=1, batching=BatchingConfig(max_batch_size=3, max_queue_size=9)
-    )
+    settings = ServerSettings(model_repository=root, image_max_batch_size=3, image_max_queue_size=9)
+    repository = ModelRepository(root, settings=settings)
     model = repository.load_model(root / "tiny-digits", executor)
-    assert model.version().image_classifier.batcher.config == BatchingConfig(
+    assert model.version().engine_as(ImageClassifier).batcher.config == BatchingConfig(
         max_batch_size=3, max_queue_delay_s=0.0075, max_queue_size=9
     )

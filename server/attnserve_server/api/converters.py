@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
-from attnserve_server.handlers import (
-    ClassificationRequest,
-    ClassificationResult,
-    GenerationRequest,
-    GenerationResult,
-    GenerationStream,
-)
-from attnserve_server.repository import IndexEntry, Model, ModelState
+from attnserve_server.handlers import ModelDescription
+from attnserve_server.loaded import IndexEntry
+from attnserve_server.text.handler import GenerationRequest, GenerationResult, GenerationStream
 from attnserve_server.text.params import FinishReason, GenerationChunk, RequestedParameters, Usage
+from attnserve_server.text.task import TextGenerationInfo
+from attnserve_server.vision.handler import ClassificationRequest, ClassificationResult
+from attnserve_server.vision.task import ImageClassificationInfo
 
 _FINISH_REASONS = {
     FinishReason.LENGTH: text_generation_pb2.FINISH_REASON_LENGTH,
@@ -85,13 +86,14 @@ def stream_chunk(
     return out
 
 
-def model_info(model: Model, state: ModelState | None = None) -> models_pb2.ModelInfo:
+def model_info(description: ModelDescription) -> models_pb2.ModelInfo:
     """Everything a client needs to use a model, plus its live counters and load state."""
+    model, state = description.model, description.state
     default = model.version()
     batches = model.batch_stats()
     info = models_pb2.ModelInfo(
-        state=state.state if state else "",
-        state_reason=state.reason if state else "",
+        state=state.state,
+        state_reason=state.reason,
         name=model.name,
         task=model.task,
         versions=list(model.versions),
@@ -105,15 +107,22 @@ def model_info(model: Model, state: ModelState | None = None) -> models_pb2.Mode
             batched_items=batches.items,
         ),
     )
-    if default.metadata.image_classification is not None:
-        info.image_classification.CopyFrom(_image_classification_info(model))
-        return info
-    text = default.text_generation
-    d = model.defaults()
+    _set_task_info(description.task_info, info)
+    return info
+
+
+@functools.singledispatch
+def _set_task_info(task_info: Any, info: models_pb2.ModelInfo) -> None:
+    """A task whose description the typed API has no message for: only the common fields go out."""
+
+
+@_set_task_info.register
+def _(task_info: TextGenerationInfo, info: models_pb2.ModelInfo) -> None:
+    d = task_info.defaults
     info.text_generation.CopyFrom(
         models_pb2.TextGenerationInfo(
-            context_length=text.context_length,
-            vocab_size=text.vocab_size,
+            context_length=task_info.context_length,
+            vocab_size=task_info.vocab_size,
             defaults=models_pb2.GenerationDefaults(
                 max_new_tokens=d.max_new_tokens,
                 temperature=d.temperature,
@@ -121,34 +130,35 @@ def model_info(model: Model, state: ModelState | None = None) -> models_pb2.Mode
                 top_p=d.top_p,
                 repetition_penalty=d.repetition_penalty,
             ),
-            max_new_tokens_limit=model.max_new_tokens_limit,
-            eos_token=text.eos_token or "",
+            max_new_tokens_limit=task_info.max_new_tokens_limit,
+            eos_token=task_info.eos_token,
         )
     )
-    return info
+
+
+@_set_task_info.register
+def _(task_info: ImageClassificationInfo, info: models_pb2.ModelInfo) -> None:
+    spec = task_info.input
+    info.image_classification.CopyFrom(
+        models_pb2.ImageClassificationInfo(
+            labels=task_info.labels,
+            input=models_pb2.ImageInputSpec(
+                channels=spec.channels,
+                height=spec.height,
+                width=spec.width,
+                resample=spec.resample,
+                resize_policy=spec.resize_policy,
+                mean=spec.mean,
+                std=spec.std,
+            ),
+            max_images_per_request=task_info.max_images_per_request,
+        )
+    )
 
 
 def model_status(entry: IndexEntry) -> models_pb2.ModelStatus:
     """A model that does not serve: its state and why."""
     return models_pb2.ModelStatus(name=entry.name, state=entry.state, reason=entry.reason)
-
-
-def _image_classification_info(model: Model) -> models_pb2.ImageClassificationInfo:
-    version = model.version()
-    meta = version.image_classification
-    return models_pb2.ImageClassificationInfo(
-        labels=version.image_classifier.spec.labels,
-        input=models_pb2.ImageInputSpec(
-            channels=meta.channels,
-            height=meta.height,
-            width=meta.width,
-            resample=meta.resample,
-            resize_policy=meta.resize_policy,
-            mean=meta.mean,
-            std=meta.std,
-        ),
-        max_images_per_request=model.max_images_per_request,
-    )
 
 
 def classification_request_from_proto(

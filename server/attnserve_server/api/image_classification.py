@@ -8,8 +8,9 @@ import grpc
 
 from attnserve_client.pb import image_classification_pb2, image_classification_pb2_grpc
 from attnserve_server.api import converters
-from attnserve_server.errors import grpc_errors
-from attnserve_server.handlers import ImageClassificationHandler, deadline_from_timeout
+from attnserve_server.api.status import grpc_errors
+from attnserve_server.handlers import deadline_from_timeout
+from attnserve_server.vision.handler import ImageClassificationHandler
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -4,7 +4,7 @@ Every RPC (health and reflection included) gets a request id: the client's ``x-r
 metadata if it sent a usable one, else a fresh one. It goes back in the trailing metadata, on
 success and on error, and tags every log record of the RPC (see :mod:`attnserve_server.logs`).
 The trailing metadata is set before the method runs, so an ``abort`` (which is how
-:func:`attnserve_server.errors.grpc_errors` answers errors) sends it too.
+:func:`attnserve_server.api.status.grpc_errors` answers errors) sends it too.
 
 Calls of the ``attnserve.v1`` services and the v2 API's inference calls are also counted and
 timed in :class:`ServerMetrics`, and logged once at INFO when they end (method, status code,

@@ -8,7 +8,7 @@ import grpc
 
 from attnserve_client.pb import models_pb2, models_pb2_grpc
 from attnserve_server.api import converters
-from attnserve_server.errors import grpc_errors
+from attnserve_server.api.status import grpc_errors
 from attnserve_server.handlers import ModelHandler
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -25,7 +25,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         self, request: models_pb2.ListModelsRequest, context: Context
     ) -> models_pb2.ListModelsResponse:
         return models_pb2.ListModelsResponse(
-            models=[converters.model_info(m, self._handler.state(m.name)) for m in self._handler.list_models()],
+            models=[converters.model_info(d) for d in self._handler.list_models()],
             unavailable=[converters.model_status(e) for e in self._handler.unavailable()],
         )
 
@@ -33,5 +33,4 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     async def GetModel(  # noqa: N802 (gRPC method name)
         self, request: models_pb2.GetModelRequest, context: Context
     ) -> models_pb2.ModelInfo:
-        model = self._handler.get_model(request.name)
-        return converters.model_info(model, self._handler.state(model.name))
+        return converters.model_info(self._handler.get_model(request.name))

@@ -3,7 +3,7 @@
 The generated ``add_*_to_server`` functions parse requests with ``FromString``; a message with
 invalid UTF-8 in a string field or a corrupt wire format then fails inside gRPC and the client
 gets UNKNOWN. Here the parser hands the servicer a :class:`MalformedRequest` instead, and
-:func:`attnserve_server.errors.grpc_errors` answers it with INVALID_ARGUMENT.
+:func:`attnserve_server.api.status.grpc_errors` answers it with INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import message, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from attnserve_server.errors import MalformedRequest
+from attnserve_server.api.status import MalformedRequest
 
 
 def _tolerant(message_class: type[message.Message]) -> Callable[[bytes], Any]:

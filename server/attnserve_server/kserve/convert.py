@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from attnserve_server.errors import InvalidArgumentError
-from attnserve_server.kserve.dataplane import CLASSIFICATION, InferRequest, InferResponse, InputTensor, RequestedOutput
 from attnserve_server.kserve.pb import grpc_service_pb2 as pb
 from attnserve_server.kserve.tensors import (
     decode_input,
@@ -12,6 +11,10 @@ from attnserve_server.kserve.tensors import (
     parameters_to_dict,
     set_parameter,
 )
+from attnserve_server.tensor_api import InferRequest, InferResponse, InputTensor, RequestedOutput
+
+# The classification extension's parameter on a requested output.
+CLASSIFICATION = "classification"
 
 
 def _requested_output(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> RequestedOutput:

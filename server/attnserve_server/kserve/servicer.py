@@ -14,16 +14,16 @@ from typing import Any
 import grpc
 
 from attnserve_server import __version__
-from attnserve_server.errors import AttnserveError, InvalidArgumentError, MalformedRequest, grpc_errors, status_code
+from attnserve_server.api.status import MalformedRequest, grpc_errors, stream_error_text
 from attnserve_server.handlers import deadline_from_timeout
 from attnserve_server.kserve import convert
 from attnserve_server.kserve.dataplane import DataPlane
 from attnserve_server.kserve.pb import grpc_service_pb2 as pb
 from attnserve_server.kserve.pb import grpc_service_pb2_grpc as pb_grpc
 from attnserve_server.kserve.pb import model_config_pb2 as config_pb
-from attnserve_server.kserve.signature import BACKEND, PLATFORM
 from attnserve_server.model_control import ModelControl
-from attnserve_server.repository import VersionPolicy
+from attnserve_server.model_format.config import VersionPolicy
+from attnserve_server.tensor_api import BACKEND, PLATFORM
 
 Context = grpc.aio.ServicerContext[Any, Any]
 logger = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(  # noqa: N802 (gRPC method name)
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
-        model, _, sig = self._dataplane.resolve(request.name, request.version)
+        target, sig = self._dataplane.resolve(request.name, request.version)
+        model = target.model
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=model.name,
@@ -99,7 +100,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:  # noqa: N802
-        model, version, sig = self._dataplane.resolve(request.name, request.version)
+        target, sig = self._dataplane.resolve(request.name, request.version)
+        model, version = target.model, target.version
         batched = sig.max_batch_size > 0
         config = config_pb.ModelConfig(
             name=model.name,
@@ -143,17 +145,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             request_id = ""
             try:
                 if isinstance(request, MalformedRequest):
-                    raise InvalidArgumentError(f"request is not a valid {request.message_type}: {request.reason}")
+                    raise request.error()
                 request_id = request.id
                 domain, raw = convert.infer_request(request, deadline_from_timeout(context.time_remaining()))
                 async for response in self._dataplane.stream(domain):
                     await queue.put(
                         pb.ModelStreamInferResponse(infer_response=convert.infer_response(response, raw=raw))
                     )
-            except AttnserveError as exc:
-                await queue.put(self._stream_error(request_id, exc))
             except Exception as exc:
-                logger.error("unexpected error in ModelStreamInfer", exc_info=exc)
                 await queue.put(self._stream_error(request_id, exc))
 
         async def read() -> None:
@@ -179,10 +178,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @staticmethod
     def _stream_error(request_id: str, exc: Exception) -> pb.ModelStreamInferResponse:
-        code = status_code(exc)
-        message = str(exc) if code is not grpc.StatusCode.INTERNAL else "internal server error (see the server log)"
         return pb.ModelStreamInferResponse(
-            error_message=f"{code.name}: {message}", infer_response=pb.ModelInferResponse(id=request_id)
+            error_message=stream_error_text(exc), infer_response=pb.ModelInferResponse(id=request_id)
         )
 
     @grpc_errors
@@ -190,8 +187,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
         if request.name:
-            model, version, _ = self._dataplane.resolve(request.name, request.version)
-            selected = [(model.name, v) for v in ([version.version] if request.version else list(model.versions))]
+            target, _ = self._dataplane.resolve(request.name, request.version)
+            model = target.model
+            selected = [
+                (model.name, v) for v in ([target.version.version] if request.version else list(model.versions))
+            ]
         else:
             selected = [(m.name, v) for m in self._control.repository.models() for v in m.versions]
         response = pb.ModelStatisticsResponse()

@@ -18,8 +18,7 @@ import numpy.typing as npt
 
 from attnserve_server.errors import InvalidArgumentError
 from attnserve_server.kserve.pb import grpc_service_pb2 as pb
-
-ParameterValue = bool | int | str | float
+from attnserve_server.tensor_api import ParameterValue
 
 
 @dataclass(frozen=True)

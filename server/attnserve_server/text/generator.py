@@ -10,19 +10,18 @@ import asyncio
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from attnserve_server.runtime import RuntimeSession
 from attnserve_server.text.kv_cache import ConcatKVCache, KVCache, SharedBufferKVCache
+from attnserve_server.text.metadata import KVCacheLayout
 from attnserve_server.text.tokenizer import TextTokenizer
 
 Int64Array = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 
-KVCacheLayout = Literal["concat", "shared_buffer"]
 
 # Prompts up to this many characters are tokenized on the event loop (tens of microseconds).
 INLINE_TOKENIZE_CHARS = 4096

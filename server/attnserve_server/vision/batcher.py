@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from attnserve_server.errors import DeadlineExceededError, InvalidArgumentError, ResourceExhaustedError
+from attnserve_server.loaded import BatchStats
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +72,6 @@ class BatchingConfig:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_queue_delay_s < 0:
             raise ValueError(f"invalid batching config {self}")
-
-
-@dataclass
-class BatchStats:
-    """What the batcher has merged so far: ``items / batches`` is the mean batch size."""
-
-    batches: int = 0
-    items: int = 0
-    dropped: int = 0  # images of requests cancelled or past their deadline before they ran
 
 
 @dataclass(eq=False)

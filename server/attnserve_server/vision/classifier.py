@@ -11,10 +11,11 @@ import numpy as np
 import numpy.typing as npt
 
 from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.loaded import BatchStats
+from attnserve_server.model_format.preprocess import InputSpec, preprocess
 from attnserve_server.runtime import RuntimeSession, available_cpus
 from attnserve_server.vision.batcher import BatchingConfig, BatchObserver, BatchTiming, DynamicBatcher
 from attnserve_server.vision.decode import decode_image
-from attnserve_server.vision.preprocess import InputSpec, preprocess
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,13 @@ class ImageClassifier:
         """Logits of an already preprocessed ``(batch, C, H, W)`` array, run in the batcher with other requests."""
         with self.batcher.reserve(len(batch), timing) as reservation:
             return await reservation.run(np.ascontiguousarray(batch, dtype=np.float32), deadline)
+
+    def describe(self) -> str:
+        spec = self.spec.input
+        return f"input {spec.channels}x{spec.height}x{spec.width}, {self.spec.num_classes} classes"
+
+    def batch_stats(self) -> BatchStats:
+        return self.batcher.stats
 
     def close(self) -> None:
         """Stop the batcher and the decode pool (after the server has drained)."""

@@ -16,14 +16,22 @@ from pathlib import Path
 import pytest
 
 from attnserve_server.errors import DeadlineExceededError, ResourceExhaustedError
-from attnserve_server.repository import load_version
+from attnserve_server.model_format.config import ModelConfig
+from attnserve_server.repository import ModelRepository
 from attnserve_server.text.continuous import BatchingLimits, ContinuousBatcher
+from attnserve_server.text.engine import TextEngine
 from attnserve_server.text.generator import TextGenerator
 from attnserve_server.text.params import FinishReason, GenerationChunk, GenerationParams, SamplingParams
 
 # Prompts of different lengths, so batched sequences sit at different positions.
 PROMPTS = ("ROMEO.", "To be, or not to be, that is", "Grüße aus München", "日本語", "O Romeo, Romeo, wherefore art")
 STEPS = 12
+
+
+def load_text_engine(model_dir: Path, executor: ThreadPoolExecutor) -> TextEngine:
+    """Version 1 of an exported model, loaded the way the server loads it."""
+    repository = ModelRepository(model_dir.parent)
+    return repository.load_version(model_dir.name, model_dir / "1", ModelConfig(), executor).engine_as(TextEngine)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +52,7 @@ def generator(
         model_dir = tiny_repository / "tiny-gpt"
     else:
         model_dir = export_text_model(tmp_path_factory.mktemp("concat"), "tiny-gpt", kv_cache_layout=request.param)
-    generator = load_version(model_dir.name, model_dir / "1", executor).text_generator
+    generator = load_text_engine(model_dir, executor).generator
     assert generator.spec.kv_cache_layout == request.param
     return generator
 

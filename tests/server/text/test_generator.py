@@ -9,12 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnserve_server.repository import load_version
+from attnserve_server.model_format.config import ModelConfig
+from attnserve_server.repository import ModelRepository
 from attnserve_server.text.continuous import BatchingLimits, ContinuousBatcher
+from attnserve_server.text.engine import TextEngine
 from attnserve_server.text.generator import TextGenerator
 from attnserve_server.text.params import FinishReason, GenerationChunk, GenerationParams, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
+
+
+def load_text_engine(model_dir: Path, executor: ThreadPoolExecutor) -> TextEngine:
+    """Version 1 of an exported model, loaded the way the server loads it."""
+    repository = ModelRepository(model_dir.parent)
+    return repository.load_version(model_dir.name, model_dir / "1", ModelConfig(), executor).engine_as(TextEngine)
 
 
 generator_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-generator")
@@ -47,7 +55,7 @@ def generator(
             kv_cache_layout=layout,
             pos_encoding=pos_encoding,
         )
-    return load_version(model_dir.name, model_dir / "1", executor).generator
+    return load_text_engine(model_dir, executor).generator
 
 
 def params(max_new_tokens: int) -> GenerationParams:

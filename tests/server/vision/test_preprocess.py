@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnserve_server.model_format.preprocess import InputSpec, preprocess
 from attnserve_server.vision.classifier import softmax, top_k
-from attnserve_server.vision.preprocess import InputSpec, preprocess
 
 
 def spec(**changes: object) -> InputSpec:

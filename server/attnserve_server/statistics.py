@@ -1,13 +1,21 @@
-"""Per model version inference statistics, as the protocol's statistics extension reports them.
+"""Per model version inference statistics, as the v2 protocol's statistics extension reports them.
 
-Kept by name and version outside the repository's model entries, so they outlive a reload.
-Only touched from the event loop.
+The handlers record every request once, whichever API it came through. Kept by name and version
+outside the repository's model entries, so they outlive a reload. Only touched from the event loop.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
+
+@dataclass
+class Timings:
+    """Where one request's time went, in nanoseconds: waiting for a free slot, then running the model."""
+
+    queue_ns: int = 0
+    compute_ns: int = 0
 
 
 @dataclass
@@ -38,7 +46,7 @@ class VersionStatistics:
 
 
 class Statistics:
-    """Statistics of every model version that has served a v2 request."""
+    """Statistics of every model version that has served a request."""
 
     def __init__(self) -> None:
         self._by_version: dict[tuple[str, str], VersionStatistics] = {}

@@ -1,4 +1,7 @@
-"""Turn a decoded image into the model's input, exactly as its metadata says and nothing more.
+"""The reference image preprocessing: a decoded image into the model's input, exactly as its metadata says.
+
+The server runs it on every request image, and the exporter on every training, evaluation and
+parity image, so a model is served on the pixels it was trained on.
 
 decode → convert to ``L`` or ``RGB`` → resize (policy, filter) → scale to [0, 1] → normalise → CHW.
 """

@@ -1,0 +1,97 @@
+"""``config.yaml``: the serving settings of a model, which are not a property of its weights.
+
+Every key is optional; unset ones take the server-wide settings. Keys that only one task uses
+(``dynamic_batching`` for image models, the continuous batching limits for text models) are
+checked by that task's loader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError, model_validator
+
+from attnserve_server.model_format.metadata import MetadataError, Strict, format_validation_error
+
+CONFIG_FILE = "config.yaml"
+
+
+class LatestVersions(Strict):
+    """Serve the ``num_versions`` highest versions."""
+
+    num_versions: PositiveInt = 1
+
+
+class AllVersions(Strict):
+    """Serve every version in the model's directory."""
+
+
+class SpecificVersions(Strict):
+    """Serve exactly these versions."""
+
+    versions: tuple[PositiveInt, ...] = Field(min_length=1)
+
+
+class VersionPolicy(Strict):
+    """Which versions are served: one of ``latest`` (the default, one version), ``all`` or ``specific``."""
+
+    latest: LatestVersions | None = None
+    all: AllVersions | None = None
+    specific: SpecificVersions | None = None
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> VersionPolicy:
+        if sum(choice is not None for choice in (self.latest, self.all, self.specific)) > 1:
+            raise ValueError("give one of latest, all or specific")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to load out of those on disk (ascending)."""
+        ordered = sorted(available)
+        if self.all is not None:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in self.specific.versions]
+        keep = self.latest.num_versions if self.latest is not None else 1
+        return ordered[-keep:]
+
+
+class DynamicBatchingConfig(Strict):
+    """``dynamic_batching`` (image models): unset keys take the server's defaults."""
+
+    max_batch_size: PositiveInt | None = None
+    max_queue_delay_ms: NonNegativeFloat | None = Field(default=None, allow_inf_nan=False)
+    max_queue_size: PositiveInt | None = None
+    adaptive_delay: bool | None = None
+
+
+class ModelConfig(Strict):
+    """``config.yaml``."""
+
+    max_new_tokens_limit: PositiveInt | None = None
+    version_policy: VersionPolicy = VersionPolicy()
+    dynamic_batching: DynamicBatchingConfig | None = None
+    # Continuous batching limits (text models); unset ones take the server-wide settings.
+    max_active_sequences: PositiveInt | None = None
+    max_kv_cache_tokens: PositiveInt | None = None
+    max_waiting_sequences: NonNegativeInt | None = None
+    max_prefill_tokens_per_step: PositiveInt | None = None
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    """Read and validate the optional ``model_dir/config.yaml``; MetadataError says what is wrong."""
+    path = model_dir / CONFIG_FILE
+    if not path.exists():
+        return ModelConfig()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise MetadataError(f"cannot read {CONFIG_FILE}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise MetadataError(f"cannot read {CONFIG_FILE}: {reason}") from None
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise MetadataError(f"invalid {CONFIG_FILE}: {format_validation_error(exc)}") from None
