@@ -142,7 +142,7 @@ class ImageClassificationHandler:
                 if pixels.ndim != 4 or pixels.shape[1:] != expected:
                     raise InvalidArgumentError(
                         f"input {classifier.spec.input_name!r} has shape {list(pixels.shape)}, the model takes "
-                        f"[batch, {', '.join(map(str, expected))}]"
+                        f"[-1, {', '.join(map(str, expected))}] (-1: any batch size)"
                     )
             check_image_count(target.model, count, empty="the batch is empty; send at least one image")
             target.model.counters.requests += 1

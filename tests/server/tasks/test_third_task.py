@@ -61,7 +61,7 @@ def test_a_plugin_task_loads_is_listed_and_serves(
     with Client(server.address, timeout=30) as client:
         (info,) = client.models()
         assert (info.name, info.task, info.versions) == (MODEL, "vector-scaling", ("1",))
-        assert client.model(MODEL).description == "doubles its input"
+        assert client.get_model(MODEL).description == "doubles its input"
 
     v2 = triton.InferenceServerClient(server.address)
     meta = v2.get_model_metadata(MODEL, as_json=True)
