@@ -10,12 +10,16 @@ PYTEST_ARGS ?=
 # torch is pinned: a looser spec can pull a multi-GB CUDA build.
 TORCH_SPEC := torch==2.13.0
 KSERVE_VENV ?= .venv-kserve
+# The pinned stub generator (requirements/proto.txt), apart from .venv-test, which keeps protobuf 7.
+PROTO_VENV ?= .venv-proto
+# tests/client on protobuf 6.33.5 and grpcio 1.81.1, the oldest the client supports (requirements/pb6.txt).
+PB6_VENV ?= .venv-pb6
 IMAGE ?= attnserve:0.1.0
 # `make image` uses Docker when its engine answers, else podman (`--format docker` keeps the HEALTHCHECK).
 CONTAINER_ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
 IMAGE_BUILD_FLAGS ?=
 
-.PHONY: serve test proto proto-check lint install-serve install-test install-kserve container-tools image bench clean
+.PHONY: serve test proto proto-check lint install-serve install-test install-kserve install-proto install-pb6 container-tools image bench clean
 
 $(VENV)/.installed-serve: client/pyproject.toml server/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +51,25 @@ $(KSERVE_VENV)/.installed-kserve: requirements/kserve.txt
 
 install-kserve: $(KSERVE_VENV)/.installed-kserve
 
+$(PROTO_VENV)/.installed-proto: requirements/proto.txt
+	test -x $(PROTO_VENV)/bin/python || $(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PROTO_VENV)/bin/python -m pip install --quiet -r requirements/proto.txt
+	touch $@
+
+install-proto: $(PROTO_VENV)/.installed-proto
+
+# The server requires grpcio-health-checking/-reflection>=1.85.1, which need protobuf 7: it goes in
+# without its dependencies, which requirements/pb6.txt lists (tests/ecosystem checks the two agree).
+$(PB6_VENV)/.installed-pb6: client/pyproject.toml server/pyproject.toml requirements/pb6.txt
+	test -x $(PB6_VENV)/bin/python || $(PYTHON) -m venv $(PB6_VENV)
+	$(PB6_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PB6_VENV)/bin/python -m pip install --quiet -r requirements/pb6.txt
+	$(PB6_VENV)/bin/python -m pip install --quiet --no-deps -e client -e server
+	touch $@
+
+install-pb6: $(PB6_VENV)/.installed-pb6
+
 ## container-tools: podman, buildah, runc and debootstrap for the container test (apt, as root; no-op when present)
 container-tools:
 	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null; then \
@@ -57,8 +80,9 @@ container-tools:
 		echo "container-tools: podman, runc or debootstrap missing and not root: the container test will skip"; \
 	fi
 
-## test: set up .venv-test (all three packages + test tools) and run the whole suite, container test included
-test: install-test install-kserve container-tools
+## test: set up .venv-test (all three packages + test tools) and run the whole suite, container test included;
+## tests/ecosystem runs tests/client again in .venv-pb6 and installs the client next to tritonclient and kserve
+test: install-test install-kserve install-proto install-pb6 container-tools
 	$(TEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff and mypy over the whole tree
@@ -67,11 +91,11 @@ lint: install-test
 	$(TEST_VENV)/bin/mypy
 
 ## proto: regenerate the attnserve.v1 stubs (client/attnserve_client/pb) and the inference.* ones (server/attnserve_server/kserve/pb)
-proto: install-test
-	$(TEST_VENV)/bin/python proto/generate.py
+proto: install-proto
+	$(PROTO_VENV)/bin/python proto/generate.py
 
-proto-check: install-test
-	$(TEST_VENV)/bin/python proto/generate.py --check
+proto-check: install-proto
+	$(PROTO_VENV)/bin/python proto/generate.py --check
 
 ## image: build the server image ($(IMAGE)) with Docker, or podman where no Docker engine answers
 image:
@@ -89,4 +113,4 @@ bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/image_overload.py
 
 clean:
-	rm -rf $(VENV) $(TEST_VENV) $(KSERVE_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TEST_VENV) $(KSERVE_VENV) $(PROTO_VENV) $(PB6_VENV) .venv-ecosystem .pytest_cache .mypy_cache .ruff_cache

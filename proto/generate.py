@@ -9,12 +9,19 @@ tritonclient ships the same ``inference.*`` symbols, and both sets in one
 default pool would clash ("duplicate symbol"). Run with ``make proto``;
 ``--check`` exits non-zero when the committed stubs differ from freshly
 generated ones.
+
+The generator is pinned (requirements/proto.txt) and runs in a venv of its own,
+``.venv-proto`` (``make install-proto``): grpcio-tools 1.81.1 is the newest
+that writes protobuf-6 gencode, which imports on protobuf 6.33.5+ and on 7.x,
+while the test venv keeps protobuf 7. Any other grpcio-tools is refused, as it
+would write different stubs.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.metadata
 import re
 import sys
 import tempfile
@@ -25,6 +32,7 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "proto"
+GENERATOR_REQUIREMENTS = REPO / "requirements" / "proto.txt"
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,24 @@ def generate(out_dir: Path, target: Target = TARGETS[0]) -> None:
     (out_dir / "__init__.py").write_text(target.init_text)
 
 
+def pinned_generator_version() -> str:
+    """The ``grpcio-tools==X`` version pinned in requirements/proto.txt."""
+    match = re.search(r"^grpcio-tools==(\S+)\s*$", GENERATOR_REQUIREMENTS.read_text(), flags=re.M)
+    if match is None:
+        raise SystemExit(f"{GENERATOR_REQUIREMENTS} pins no grpcio-tools==VERSION")
+    return match.group(1)
+
+
+def check_generator_version() -> None:
+    """Refuse to run with a grpcio-tools other than the pinned one: its stubs would differ."""
+    pinned, installed = pinned_generator_version(), importlib.metadata.version("grpcio-tools")
+    if installed != pinned:
+        raise SystemExit(
+            f"grpcio-tools {installed} is installed in {sys.prefix}, but the stubs are generated with {pinned} "
+            f"(requirements/proto.txt): run `make proto` / `make proto-check`, which use .venv-proto"
+        )
+
+
 def stale_files(committed: Path, fresh: Path) -> list[str]:
     """Names of stub files that differ between the two directories."""
     names = {p.name for p in committed.glob("*.py*")} | {p.name for p in fresh.glob("*.py*")}
@@ -121,6 +147,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="only report whether the committed stubs are stale")
     args = parser.parse_args()
+    check_generator_version()
     if not args.check:
         for target in TARGETS:
             generate(target.stub_dir, target)
