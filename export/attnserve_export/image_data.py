@@ -1,10 +1,10 @@
 """Image data for the classifiers: scikit-learn's digits, ImageFolder directories, preprocessing.
 
-Every image reaches the model through :func:`preprocess`, which does exactly what the
-server does from the ``image_classification`` metadata (``docs/model-repository.md``):
-convert to ``L``/``RGB`` → resize (policy, filter) → /255 → (x - mean) / std → CHW.
-:class:`ImageSpec` holds those metadata fields, so training, evaluation and the exported
-metadata cannot disagree.
+Every image reaches the model through :func:`preprocess`, which *is* the server's reference
+preprocessing (:mod:`attnserve_server.model_format.preprocess`, re-exported here): convert to
+``L``/``RGB`` → resize (policy, filter) → /255 → (x - mean) / std → CHW. There is no second copy
+of those formulas on this side, so a model is trained and evaluated on the pixels it will be
+served on. :class:`ImageSpec` is the server's :class:`InputSpec` with the exporter's defaults.
 """
 
 from __future__ import annotations
@@ -12,23 +12,31 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import ValidationError
 from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
 
-Resample = Literal["nearest", "bilinear", "bicubic", "lanczos"]
-ResizePolicy = Literal["resize", "resize_center_crop"]
+from attnserve_server.model_format.metadata import format_validation_error
+from attnserve_server.model_format.preprocess import InputSpec, ResampleName, ResizePolicy, preprocess
+from attnserve_server.vision.metadata import ImageClassificationMetadata
 
-FILTERS: dict[str, Image.Resampling] = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+__all__ = [
+    "ImageSpec",
+    "ImageSplits",
+    "InputSpec",
+    "load_digits_splits",
+    "load_image_folder",
+    "preprocess",
+    "random_affine",
+    "render_digit",
+    "to_batch",
+]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # The fixed digits split of the issue; the validation set is carved out of the training part.
 TEST_SIZE = 0.2
@@ -38,74 +46,49 @@ VALIDATION_SIZE = 0.15
 DIGIT_RENDER_SIZE = 64
 
 
+def _check_input_spec(spec: InputSpec) -> None:
+    """Raise ValueError unless the server would accept ``spec`` in a model's metadata.
+
+    The rules are the ``image_classification`` section's own (channels 1 or 3, a known filter,
+    ``crop_ratio`` exactly with ``resize_center_crop``, one positive std per channel...), checked
+    before training rather than at export time.
+    """
+    try:  # the section's other fields do not matter here
+        ImageClassificationMetadata.from_input_spec(
+            spec, labels_file="-", num_classes=1, input_name="-", output_name="-"
+        )
+    except ValidationError as exc:
+        raise ValueError(f"invalid image preprocessing: {format_validation_error(exc)}") from None
+
+
 @dataclass(frozen=True)
-class ImageSpec:
-    """The preprocessing facts of a model: the metadata's ``image_classification`` fields."""
+class ImageSpec(InputSpec):
+    """The server's :class:`InputSpec` with the exporter's defaults (a 1 × 32 × 32 grey input,
+    bilinear resize, mean = std = 0.5), validated when made, and stored in checkpoints as a dict.
+    """
 
     channels: int = 1
     height: int = 32
     width: int = 32
-    resample: Resample = "bilinear"
+    resample: ResampleName = "bilinear"
     resize_policy: ResizePolicy = "resize"
     crop_ratio: float | None = None
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
 
     def __post_init__(self) -> None:
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if self.resample not in FILTERS:
-            raise ValueError(f"unknown resample {self.resample!r}")
-        if self.resize_policy not in ("resize", "resize_center_crop"):
-            raise ValueError(f"unknown resize_policy {self.resize_policy!r}")
-        if self.resize_policy == "resize_center_crop" and not (self.crop_ratio and 0 < self.crop_ratio <= 1):
-            raise ValueError("resize_center_crop needs a crop_ratio in (0, 1]")
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError("mean and std need one value per channel")
-
-    def to_metadata(self) -> dict[str, Any]:
-        """The preprocessing keys of the metadata's ``image_classification`` object."""
-        out: dict[str, Any] = {
-            "channels": self.channels,
-            "height": self.height,
-            "width": self.width,
-            "resample": self.resample,
-            "resize_policy": self.resize_policy,
-            "mean": list(self.mean),
-            "std": list(self.std),
-        }
-        if self.resize_policy == "resize_center_crop":
-            out["crop_ratio"] = self.crop_ratio
-        return out
+        # Lists (from JSON or a caller) become tuples, so that equal specs compare equal.
+        object.__setattr__(self, "mean", tuple(self.mean))
+        object.__setattr__(self, "std", tuple(self.std))
+        _check_input_spec(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageSpec:
-        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+        """The spec :meth:`to_dict` wrote (a checkpoint's ``image_spec``)."""
+        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def preprocess(image: Image.Image, spec: ImageSpec) -> np.ndarray:
-    """One image → float32 ``(C, H, W)``, exactly as the server does from the metadata."""
-    image = image.convert("L" if spec.channels == 1 else "RGB")
-    filt = FILTERS[spec.resample]
-    if spec.resize_policy == "resize":
-        image = image.resize((spec.width, spec.height), filt)
-    else:
-        # timm style: shorter side to size / crop_ratio, then the central height × width.
-        assert spec.crop_ratio is not None  # checked in __post_init__
-        scale = max(spec.height, spec.width) / spec.crop_ratio / min(image.size)
-        w, h = max(spec.width, round(image.width * scale)), max(spec.height, round(image.height * scale))
-        image = image.resize((w, h), filt)
-        left, top = (w - spec.width) // 2, (h - spec.height) // 2
-        image = image.crop((left, top, left + spec.width, top + spec.height))
-    pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)  # (H, W) or (H, W, C)
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]  # (H, W, 1)
-    mean, std = np.asarray(spec.mean, dtype=np.float32), np.asarray(spec.std, dtype=np.float32)
-    normalised = ((pixels - mean) / std).astype(np.float32)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1))  # (C, H, W)
 
 
 def render_digit(values: np.ndarray, size: int = DIGIT_RENDER_SIZE) -> Image.Image:
@@ -189,7 +172,7 @@ def load_image_folder(root: Path, validation_size: float = VALIDATION_SIZE) -> I
     return _split(images, labels, classes, validation_size)
 
 
-def to_batch(items: list[tuple[Image.Image, int]], spec: ImageSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def to_batch(items: list[tuple[Image.Image, int]], spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Preprocess a list of images: ``(N, C, H, W)`` float32 and ``(N,)`` int64 labels."""
     x = np.stack([preprocess(im, spec) for im, _ in items])  # (N, C, H, W)
     y = np.asarray([label for _, label in items], dtype=np.int64)

@@ -24,17 +24,21 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from attnserve_export.image_data import ImageSpec
 from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityReport
+from attnserve_server.model_format.metadata import ModelMetadata, write_metadata
+from attnserve_server.model_format.preprocess import InputSpec
+from attnserve_server.vision.metadata import ImageClassificationMetadata
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
+MODEL_FILE = "model.onnx"
+LABELS_FILE = "labels.json"
 PARITY_BATCH = 64
 
 
-def export_classifier_onnx(model: nn.Module, spec: ImageSpec, path: Path) -> None:
+def export_classifier_onnx(model: nn.Module, spec: InputSpec, path: Path) -> None:
     """Export ``model`` to ``path``: input ``(batch, C, H, W)`` float32, output ``(batch, classes)``.
 
     The sample batch is 2: torch.export specializes dimensions of size 0 or 1.
@@ -99,28 +103,18 @@ def check_classifier_parity(
 
 
 def build_classifier_metadata(
-    spec: ImageSpec, labels: list[str], *, description: str, provenance: dict[str, Any]
-) -> dict[str, Any]:
-    """The ``metadata.json`` object of ``docs/model-repository.md`` for an image classifier."""
-    return {
-        "format_version": 1,
-        "task": "image-classification",
-        "description": description,
-        "model_file": "model.onnx",
-        "image_classification": {
-            "labels_file": "labels.json",
-            "num_classes": len(labels),
-            "input_name": INPUT_NAME,
-            "output_name": OUTPUT_NAME,
-            **spec.to_metadata(),
-        },
-        "provenance": provenance,
-    }
+    spec: InputSpec, labels: list[str], *, description: str, provenance: dict[str, Any]
+) -> ModelMetadata:
+    """The validated ``metadata.json`` of an image classifier (``docs/model-repository.md``)."""
+    section = ImageClassificationMetadata.from_input_spec(
+        spec, labels_file=LABELS_FILE, num_classes=len(labels), input_name=INPUT_NAME, output_name=OUTPUT_NAME
+    )
+    return ModelMetadata.of(section, model_file=MODEL_FILE, description=description, provenance=provenance)
 
 
 def export_classifier(
     model: nn.Module,
-    spec: ImageSpec,
+    spec: InputSpec,
     labels: list[str],
     images: np.ndarray,
     version_dir: Path,
@@ -137,16 +131,18 @@ def export_classifier(
 
     Raises:
         ParityError: the check failed; nothing is written to ``version_dir``.
-        ValueError: the labels do not match the model's outputs.
+        ValueError: the labels do not match the model's outputs, or the metadata would be invalid.
     """
     model = model.eval()
     with torch.no_grad():
         num_classes = model(torch.from_numpy(np.ascontiguousarray(images[:2], dtype=np.float32))).shape[-1]
     if num_classes != len(labels):
         raise ValueError(f"{len(labels)} labels for a model with {num_classes} outputs")
+    # Built (and validated) before any work: metadata the server would refuse fails here.
+    metadata = build_classifier_metadata(spec, labels, description=description, provenance=provenance or {})
     report = ParityReport(max_abs_tolerance=max_abs_diff, max_rel_tolerance=max_rel_diff)
     with tempfile.TemporaryDirectory(prefix="attnserve-export-") as tmp:
-        staged = Path(tmp) / "model.onnx"
+        staged = Path(tmp) / MODEL_FILE
         start = time.perf_counter()
         export_classifier_onnx(model, spec, staged)
         report.export_seconds = time.perf_counter() - start
@@ -159,14 +155,13 @@ def export_classifier(
         if not report.passed:
             raise ParityError(f"ONNX Runtime disagrees with PyTorch: {report.summary()}")
         version_dir.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staged), version_dir / "model.onnx")
-    (version_dir / "labels.json").write_text(json.dumps(labels) + "\n")
+        shutil.move(str(staged), version_dir / MODEL_FILE)
+    (version_dir / LABELS_FILE).write_text(json.dumps(labels) + "\n")
     full_provenance = {
         **(provenance or {}),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "parity": {**report.to_dict(), "images": len(images)},
     }
-    metadata = build_classifier_metadata(spec, labels, description=description, provenance=full_provenance)
-    (version_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    write_metadata(version_dir, metadata.replace(provenance=full_provenance))
     logger.info("wrote %s (%.1f MB model)", version_dir, report.model_bytes / 1e6)
     return report

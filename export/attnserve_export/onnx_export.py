@@ -13,7 +13,6 @@ LayerNormalization) that ONNX Runtime's CPU graph optimizer fuses well.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -42,6 +41,14 @@ from attnserve_export.onnx_gqa import (
     supports_shared_buffer,
 )
 from attnserve_export.tokenizer import EOS_TOKEN
+from attnserve_server.model_format.metadata import ModelMetadata, write_metadata
+from attnserve_server.text.metadata import (
+    DefaultsMetadata,
+    InputNames,
+    KVCacheLayout,
+    OutputNames,
+    TextGenerationMetadata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +64,9 @@ PRESENT_VALUE = "present.{layer}.value"
 NAMES = TensorNames(INPUT_IDS, POSITION_IDS, LOGITS, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE)
 # "shared_buffer" (GroupQueryAttention, KV cache updated in place; onnx_gqa) or "concat" (torch.onnx
 # export; each step returns past + new). See docs/model-repository.md.
-KV_CACHE_LAYOUTS = ("shared_buffer", "concat")
+KV_CACHE_LAYOUTS: tuple[KVCacheLayout, ...] = ("shared_buffer", "concat")
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
 
 DEFAULT_GENERATION: dict[str, float | int] = {
     "max_new_tokens": 200,
@@ -445,48 +454,42 @@ def build_metadata(
     description: str,
     defaults: dict[str, float | int],
     provenance: dict[str, Any],
-    kv_cache_layout: str = "concat",
-) -> dict[str, Any]:
-    """The ``metadata.json`` object described in ``docs/model-repository.md``."""
+    kv_cache_layout: KVCacheLayout = "concat",
+) -> ModelMetadata:
+    """The validated ``metadata.json`` described in ``docs/model-repository.md``."""
     cfg = model.config
     eos_id: int | None = tokenizer.token_to_id(EOS_TOKEN)
     inputs = (
-        {"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK, "position_ids": POSITION_IDS}
+        InputNames(input_ids=INPUT_IDS, attention_mask=ATTENTION_MASK, position_ids=POSITION_IDS)
         if kv_cache_layout == "concat"
-        else {
-            "input_ids": INPUT_IDS,
-            "position_ids": POSITION_IDS,
-            "seqlens_k": SEQLENS_K,
-            "total_sequence_length": TOTAL_SEQUENCE_LENGTH,
-        }
+        else InputNames(
+            input_ids=INPUT_IDS,
+            position_ids=POSITION_IDS,
+            seqlens_k=SEQLENS_K,
+            total_sequence_length=TOTAL_SEQUENCE_LENGTH,
+        )
     )
-    return {
-        "format_version": 1,
-        "task": "text-generation",
-        "description": description,
-        "model_file": "model.onnx",
-        "text_generation": {
-            "tokenizer_file": "tokenizer.json",
-            "context_length": cfg.context_length,
-            "vocab_size": cfg.vocab_size,
-            "num_layers": cfg.num_layers,
-            "num_heads": cfg.num_heads,
-            "head_dim": cfg.head_dim,
-            "inputs": inputs,
-            "outputs": {"logits": LOGITS},
-            "past_key_template": PAST_KEY,
-            "past_value_template": PAST_VALUE,
-            "present_key_template": PRESENT_KEY,
-            "present_value_template": PRESENT_VALUE,
-            "eos_token": EOS_TOKEN if eos_id is not None else None,
-            "eos_token_id": eos_id,
-            # Padding is masked out, so any valid id works; GPT-2 convention: reuse end-of-text.
-            "pad_token_id": eos_id if eos_id is not None else 0,
-            "kv_cache_layout": kv_cache_layout,
-            "defaults": defaults,
-        },
-        "provenance": provenance,
-    }
+    section = TextGenerationMetadata(
+        tokenizer_file=TOKENIZER_FILE,
+        context_length=cfg.context_length,
+        vocab_size=cfg.vocab_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        head_dim=cfg.head_dim,
+        inputs=inputs,
+        outputs=OutputNames(logits=LOGITS),
+        past_key_template=PAST_KEY,
+        past_value_template=PAST_VALUE,
+        present_key_template=PRESENT_KEY,
+        present_value_template=PRESENT_VALUE,
+        eos_token=EOS_TOKEN if eos_id is not None else None,
+        eos_token_id=eos_id,
+        # Padding is masked out, so any valid id works; GPT-2 convention: reuse end-of-text.
+        pad_token_id=eos_id if eos_id is not None else 0,
+        kv_cache_layout=kv_cache_layout,
+        defaults=DefaultsMetadata.model_validate(defaults),
+    )
+    return ModelMetadata.of(section, model_file=MODEL_FILE, description=description, provenance=provenance)
 
 
 def export_gpt(
@@ -499,7 +502,7 @@ def export_gpt(
     provenance: dict[str, Any] | None = None,
     max_abs_diff: float | None = None,
     max_rel_diff: float | None = 1e-4,
-    kv_cache_layout: str = "shared_buffer",
+    kv_cache_layout: KVCacheLayout = "shared_buffer",
 ) -> ParityReport:
     """Export ``model`` with ``tokenizer`` into ``version_dir`` (created) and check parity.
 
@@ -514,7 +517,8 @@ def export_gpt(
 
     Raises:
         ParityError: the check failed; nothing is written to ``version_dir``.
-        ValueError: the tokenizer has more ids than the model has logits.
+        ValueError: the tokenizer has more ids than the model has logits, or the metadata would be
+            invalid (e.g. a negative default temperature); nothing is written.
     """
     if kv_cache_layout not in KV_CACHE_LAYOUTS:
         raise ValueError(f"kv_cache_layout must be one of {', '.join(KV_CACHE_LAYOUTS)}, got {kv_cache_layout!r}")
@@ -526,7 +530,15 @@ def export_gpt(
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if vocab > model.config.vocab_size:
         raise ValueError(f"tokenizer has {vocab} ids but the model only {model.config.vocab_size} logits")
-    defaults = {**DEFAULT_GENERATION, **(defaults or {})}
+    # Built (and validated) before any work: metadata the server would refuse fails here.
+    metadata = build_metadata(
+        model,
+        tokenizer,
+        description=description,
+        defaults={**DEFAULT_GENERATION, **(defaults or {})},
+        provenance=provenance or {},
+        kv_cache_layout=kv_cache_layout,
+    )
     eos_id = tokenizer.token_to_id(EOS_TOKEN)
     pad_id = eos_id if eos_id is not None else 0
     prompts = [tokenizer.encode(p).ids for p in PARITY_PROMPTS]
@@ -536,7 +548,7 @@ def export_gpt(
     report = ParityReport(max_abs_tolerance=max_abs_diff, max_rel_tolerance=max_rel_diff)
     model = model.eval()
     with tempfile.TemporaryDirectory(prefix="attnserve-export-") as tmp:
-        staged = Path(tmp) / "model.onnx"
+        staged = Path(tmp) / MODEL_FILE
         start = time.perf_counter()
         if kv_cache_layout == "shared_buffer":
             onnx.save(build_shared_buffer_graph(model, NAMES), str(staged))
@@ -556,23 +568,15 @@ def export_gpt(
         if not report.passed:
             raise ParityError(f"ONNX Runtime disagrees with PyTorch: {report.summary()}")
         version_dir.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staged), version_dir / "model.onnx")
-    tokenizer.save(str(version_dir / "tokenizer.json"))
+        shutil.move(str(staged), version_dir / MODEL_FILE)
+    tokenizer.save(str(version_dir / TOKENIZER_FILE))
     full_provenance = {
         **(provenance or {}),
         "model_config": model.config.to_dict(),
         "num_parameters": model.num_parameters(),
         "parity": report.to_dict(),
     }
-    metadata = build_metadata(
-        model,
-        tokenizer,
-        description=description,
-        defaults=defaults,
-        provenance=full_provenance,
-        kv_cache_layout=kv_cache_layout,
-    )
-    (version_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    write_metadata(version_dir, metadata.replace(provenance=full_provenance))
     logger.info("wrote %s (%.1f MB model)", version_dir, report.model_bytes / 1e6)
     return report
 

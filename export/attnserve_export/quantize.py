@@ -10,7 +10,6 @@ both measured here with ONNX Runtime on the fp32 and int8 graphs of the same tes
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import statistics
@@ -27,12 +26,16 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from attnserve_export.image_data import ImageSpec, to_batch
+from attnserve_export.image_data import to_batch
 from attnserve_export.image_train import load_splits
 from attnserve_export.onnx_export import next_version_dir
 from attnserve_export.text_data import load_corpus
 from attnserve_export.tokenizer import load_tokenizer
 from attnserve_export.train import score_bpc
+from attnserve_server.model_format.metadata import MetadataError, ModelMetadata, read_metadata, write_metadata
+from attnserve_server.task_table import TaskTable
+from attnserve_server.text.metadata import TextGenerationMetadata
+from attnserve_server.vision.metadata import ImageClassificationMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -159,37 +162,40 @@ def compare_speed(
 # --- classifiers ----------------------------------------------------------------------------
 
 
-def _accuracy(session: ort.InferenceSession, meta: dict[str, Any], x: np.ndarray, y: np.ndarray) -> float:
+def _accuracy(session: ort.InferenceSession, meta: ImageClassificationMetadata, x: np.ndarray, y: np.ndarray) -> float:
     correct = 0
     for start in range(0, len(x), 64):
-        (logits,) = session.run([meta["output_name"]], {meta["input_name"]: x[start : start + 64]})
+        (logits,) = session.run([meta.output_name], {meta.input_name: x[start : start + 64]})
         correct += int((logits.argmax(-1) == y[start : start + 64]).sum())
     return 100.0 * correct / len(x)
 
 
 def _classifier_report(
-    version_dir: Path, quantized: Path, metadata: dict[str, Any], threads: int, repeats: int
+    version_dir: Path,
+    quantized: Path,
+    metadata: ModelMetadata,
+    meta: ImageClassificationMetadata,
+    *,
+    threads: int,
+    repeats: int,
 ) -> QuantizationReport:
-    meta = metadata["image_classification"]
-    spec_keys = ("channels", "height", "width", "resample", "resize_policy", "crop_ratio", "mean", "std")
-    spec = ImageSpec.from_dict({k: meta[k] for k in spec_keys if k in meta})
-    data = metadata.get("provenance", {}).get("train_config", {}).get("data", "")
-    images, labels = to_batch(load_splits(data).test, spec)
+    data = metadata.provenance.get("train_config", {}).get("data", "")
+    images, labels = to_batch(load_splits(data).test, meta.input_spec())
     x, y = images.numpy().astype(np.float32), labels.numpy()
-    fp32 = _session(version_dir / metadata["model_file"], threads)
+    fp32 = _session(version_dir / metadata.model_file, threads)
     int8 = _session(quantized, threads)
     report = QuantizationReport(
         name=version_dir.parent.name,
         source_version=version_dir.name,
-        task="image-classification",
+        task=metadata.task,
         metric="test_accuracy",
         fp32=_accuracy(fp32, meta, x, y),
         int8=_accuracy(int8, meta, x, y),
-        fp32_bytes=(version_dir / metadata["model_file"]).stat().st_size,
+        fp32_bytes=(version_dir / metadata.model_file).stat().st_size,
         int8_bytes=quantized.stat().st_size,
         threads=threads,
     )
-    cases = {f"batch {b}": {meta["input_name"]: np.ascontiguousarray(x[:b])} for b in (1, 8)}
+    cases = {f"batch {b}": {meta.input_name: np.ascontiguousarray(x[:b])} for b in (1, 8)}
     report.speed = compare_speed(fp32, int8, cases, repeats)
     return report
 
@@ -197,44 +203,43 @@ def _classifier_report(
 # --- text generators ------------------------------------------------------------------------
 
 
-def _gpt_feeds(meta: dict[str, Any], ids: np.ndarray, past_len: int = 0) -> dict[str, np.ndarray]:
+def _gpt_feeds(meta: TextGenerationMetadata, ids: np.ndarray, past_len: int = 0) -> dict[str, np.ndarray]:
     """Feeds for ``ids`` ``(B, T)`` after ``past_len`` cached positions (zeros: speed only)."""
     batch, seq = ids.shape
+    assert meta.inputs.attention_mask is not None  # the concat layout: checked by _text_report
     feed: dict[str, np.ndarray] = {
-        meta["inputs"]["input_ids"]: ids.astype(np.int64),
-        meta["inputs"]["attention_mask"]: np.ones((batch, past_len + seq), dtype=np.int64),
-        meta["inputs"]["position_ids"]: np.broadcast_to(
+        meta.inputs.input_ids: ids.astype(np.int64),
+        meta.inputs.attention_mask: np.ones((batch, past_len + seq), dtype=np.int64),
+        meta.inputs.position_ids: np.broadcast_to(
             np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)
         ).copy(),
     }
-    past = np.zeros((batch, meta["num_heads"], past_len, meta["head_dim"]), dtype=np.float32)
-    for layer in range(meta["num_layers"]):
-        feed[meta["past_key_template"].format(layer=layer)] = past
-        feed[meta["past_value_template"].format(layer=layer)] = past
+    past = np.zeros((batch, meta.num_heads, past_len, meta.head_dim), dtype=np.float32)
+    for layer in range(meta.num_layers):
+        feed[meta.past_key_template.format(layer=layer)] = past
+        feed[meta.past_value_template.format(layer=layer)] = past
     return feed
 
 
-def _gpt_bpc(session: ort.InferenceSession, meta: dict[str, Any], tokenizer: Any, docs: list[Any]) -> float:
-    logits_name = meta["outputs"]["logits"]
-
+def _gpt_bpc(session: ort.InferenceSession, meta: TextGenerationMetadata, tokenizer: Any, docs: list[Any]) -> float:
     def logits_of(batch: torch.Tensor) -> torch.Tensor:
-        (logits,) = session.run([logits_name], _gpt_feeds(meta, batch.numpy()))
+        (logits,) = session.run([meta.outputs.logits], _gpt_feeds(meta, batch.numpy()))
         return torch.from_numpy(logits)  # (B, T, vocab)
 
-    return score_bpc(logits_of, meta["context_length"], tokenizer, docs)
+    return score_bpc(logits_of, meta.context_length, tokenizer, docs)
 
 
 def _text_report(
     version_dir: Path,
     quantized: Path,
-    metadata: dict[str, Any],
+    metadata: ModelMetadata,
+    meta: TextGenerationMetadata,
     *,
     threads: int,
     repeats: int,
     corpus: list[Path] | None,
 ) -> QuantizationReport:
-    meta = metadata["text_generation"]
-    layout = meta.get("kv_cache_layout", "concat")
+    layout = meta.kv_cache_layout
     if layout != "concat":
         # Scoring bits per character drives the graph's inputs directly, and only the concat
         # layout's (attention_mask, growing past) are implemented here so far.
@@ -242,27 +247,27 @@ def _text_report(
             f"quantize scores text models in the concat KV cache layout only; {version_dir} is {layout!r}. "
             "Export a concat version (attnserve-export onnx --kv-cache-layout concat) to quantize it."
         )
-    tokenizer = load_tokenizer(version_dir / meta["tokenizer_file"])
+    tokenizer = load_tokenizer(version_dir / meta.tokenizer_file)
     if corpus is None:  # the corpus the model was trained on: its test split
-        trained_on = metadata.get("provenance", {}).get("train_config", {}).get("corpus") or []
+        trained_on = metadata.provenance.get("train_config", {}).get("corpus") or []
         corpus = [Path(p) for p in trained_on] or None
     docs = load_corpus(corpus).test
-    fp32 = _session(version_dir / metadata["model_file"], threads)
+    fp32 = _session(version_dir / metadata.model_file, threads)
     int8 = _session(quantized, threads)
     report = QuantizationReport(
         name=version_dir.parent.name,
         source_version=version_dir.name,
-        task="text-generation",
+        task=metadata.task,
         metric="test_bpc",
         fp32=_gpt_bpc(fp32, meta, tokenizer, docs),
         int8=_gpt_bpc(int8, meta, tokenizer, docs),
-        fp32_bytes=(version_dir / metadata["model_file"]).stat().st_size,
+        fp32_bytes=(version_dir / metadata.model_file).stat().st_size,
         int8_bytes=quantized.stat().st_size,
         threads=threads,
     )
-    ids = np.random.default_rng(0).integers(0, meta["vocab_size"], size=(1, 129))
-    past_len = min(128, meta["context_length"] - 1)
-    prefill = min(128, meta["context_length"])
+    ids = np.random.default_rng(0).integers(0, meta.vocab_size, size=(1, 129))
+    past_len = min(128, meta.context_length - 1)
+    prefill = min(128, meta.context_length)
     cases = {
         f"decode step at position {past_len}": _gpt_feeds(meta, ids[:, :1], past_len),
         f"prefill of {prefill} tokens": _gpt_feeds(meta, ids[:, :prefill]),
@@ -303,19 +308,25 @@ def quantize_entry(
     """
     model_dir = repository / name
     source = model_dir / from_version if from_version else latest_version(model_dir)
-    metadata = json.loads((source / "metadata.json").read_text())
-    if metadata.get("provenance", {}).get("quantization"):
+    try:  # validated as the server validates it
+        metadata = read_metadata(source, TaskTable().sections())
+    except MetadataError as exc:
+        raise MetadataError(f"{source}: {exc}") from None
+    section = metadata.section
+    if not isinstance(section, (ImageClassificationMetadata, TextGenerationMetadata)):
+        raise ValueError(f"quantize handles text-generation and image-classification models, not {metadata.task}")
+    if metadata.provenance.get("quantization"):
         raise ValueError(f"{source} is already quantized; quantize its fp32 source version instead")
     with tempfile.TemporaryDirectory(prefix="attnserve-quantize-") as tmp:
         staged = Path(tmp) / "version"
         shutil.copytree(source, staged)
-        quantized = staged / metadata["model_file"]
-        quantize_file(source / metadata["model_file"], quantized)
-        if metadata["task"] == "image-classification":
-            report = _classifier_report(source, quantized, metadata, threads, repeats)
+        quantized = staged / metadata.model_file
+        quantize_file(source / metadata.model_file, quantized)
+        if isinstance(section, ImageClassificationMetadata):
+            report = _classifier_report(source, quantized, metadata, section, threads=threads, repeats=repeats)
             report.judge(max_accuracy_drop)
         else:
-            report = _text_report(source, quantized, metadata, threads=threads, repeats=repeats, corpus=corpus)
+            report = _text_report(source, quantized, metadata, section, threads=threads, repeats=repeats, corpus=corpus)
             report.judge(max_bpc_increase)
         logger.info(
             "%s %s: fp32 %.4f, int8 %.4f; speedups %s; %s",
@@ -332,10 +343,7 @@ def quantize_entry(
         if target.exists():
             raise FileExistsError(f"{target} already exists")
         report.version = target.name
-        metadata["description"] = (
-            f"{metadata.get('description', '')} (int8 dynamic quantization of version {source.name})".strip()
-        )
-        metadata.setdefault("provenance", {})["quantization"] = {
+        quantization = {
             "command": command,
             "method": "onnxruntime.quantization.quantize_dynamic",
             "weight_type": "QInt8",
@@ -344,7 +352,11 @@ def quantize_entry(
             "onnxruntime": ort.__version__,
             **report.to_dict(),
         }
-        (staged / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        quantized_metadata = metadata.replace(
+            description=f"{metadata.description} (int8 dynamic quantization of version {source.name})".strip(),
+            provenance={**metadata.provenance, "quantization": quantization},
+        )
+        write_metadata(staged, quantized_metadata)
         shutil.move(str(staged), target)
     logger.info("wrote %s", target)
     return report

@@ -1,9 +1,11 @@
-"""Digits and ImageFolder data, and the preprocessing that mirrors the server's."""
+"""Digits and ImageFolder data, and the preprocessing, which is the server's own."""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from attnserve_export.image_data import (
     random_affine,
     render_digit,
 )
+from attnserve_export.image_export import build_classifier_metadata
+from attnserve_server.model_format import preprocess as model_format_preprocess
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +72,35 @@ def test_resize_center_crop() -> None:
     spec = ImageSpec(height=8, width=8, resize_policy="resize_center_crop", crop_ratio=0.5, resample="nearest")
     wide = Image.new("L", (40, 20))
     assert preprocess(wide, spec).shape == (1, 8, 8)
-    assert spec.to_metadata()["crop_ratio"] == 0.5
-    assert "crop_ratio" not in ImageSpec().to_metadata()
+    section = build_classifier_metadata(spec, ["a"], description="", provenance={}).to_json_dict()
+    assert section["image_classification"]["crop_ratio"] == 0.5
+    plain = build_classifier_metadata(ImageSpec(), ["a"], description="", provenance={}).to_json_dict()
+    assert "crop_ratio" not in plain["image_classification"]
+
+
+def test_the_exporter_preprocesses_with_the_servers_code() -> None:
+    """One implementation: the exporter's ``preprocess`` is the model format's, and an ImageSpec is an InputSpec."""
+    assert preprocess is model_format_preprocess.preprocess
+    spec = ImageSpec(channels=3, resize_policy="resize_center_crop", crop_ratio=0.875, mean=[0.5] * 3, std=[0.5] * 3)
+    assert isinstance(spec, model_format_preprocess.InputSpec)
+    assert spec.mean == (0.5, 0.5, 0.5)  # lists from JSON become tuples
+    assert ImageSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec  # a checkpoint's round trip
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"channels": 2, "mean": (0.5,) * 2, "std": (0.5,) * 2}, "channels"),
+        ({"resample": "box"}, "resample"),
+        ({"resize_policy": "resize_center_crop"}, "crop_ratio"),
+        ({"crop_ratio": 0.875}, "crop_ratio"),  # only meaningful with resize_center_crop
+        ({"mean": (0.5, 0.5)}, "one value per channel"),
+        ({"std": (0.0,)}, "positive"),
+    ],
+)
+def test_image_spec_follows_the_metadata_rules(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ImageSpec(**fields)
 
 
 def test_random_affine_is_seeded(digits) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -16,6 +18,9 @@ from attnserve_export.__main__ import main
 from attnserve_export.image_export import INPUT_NAME, OUTPUT_NAME, export_classifier
 from attnserve_export.image_train import ImageTrainConfig, image_spec_for, train_image
 from attnserve_export.onnx_export import ParityError
+from attnserve_server.model_format.metadata import read_metadata
+from attnserve_server.task_table import TaskTable
+from attnserve_server.vision.metadata import ImageClassificationMetadata
 
 METADATA_KEYS = {"format_version", "task", "description", "model_file", "image_classification", "provenance"}
 IMAGE_KEYS = {
@@ -70,6 +75,31 @@ def test_cli_export_of_a_trained_run(tiny_run: Path, tmp_path: Path) -> None:
     assert parity["passed"] and parity["images"] == 360 and parity["max_rel_diff"] <= 1e-4
     assert meta["provenance"]["seed"] == 0
     assert meta["provenance"]["test_accuracy"] == json.loads((tiny_run / "results.json").read_text())["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("channels", "preprocessing"),
+    [
+        (1, {}),
+        (3, {"resize_policy": "resize_center_crop", "crop_ratio": 0.875, "mean": [0.4, 0.5, 0.6]}),
+    ],
+    ids=["grey-resize", "rgb-center-crop"],
+)
+def test_classifier_metadata_parses_with_the_model_format(
+    tmp_path: Path, export_image_classifier: Callable[..., Path], channels: int, preprocessing: dict[str, Any]
+) -> None:
+    """The server's own parser accepts the file, and writing the parsed metadata gives the same JSON."""
+    model_dir = export_image_classifier(tmp_path, "tiny", channels=channels, **preprocessing)
+    raw = json.loads((model_dir / "1" / "metadata.json").read_text())
+    parsed = read_metadata(model_dir / "1", TaskTable().sections())
+    assert isinstance(parsed.section, ImageClassificationMetadata)
+    spec = parsed.section.input_spec()
+    assert (spec.channels, spec.resize_policy, spec.crop_ratio) == (
+        channels,
+        preprocessing.get("resize_policy", "resize"),
+        preprocessing.get("crop_ratio"),
+    )
+    assert parsed.to_json_dict() == raw
 
 
 def test_swin_export_parity_and_dynamic_batch(tmp_path: Path) -> None:

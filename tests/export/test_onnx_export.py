@@ -14,6 +14,9 @@ from tokenizers import Tokenizer
 
 from attnserve_export.gpt import GPT, PRESETS, left_pad
 from attnserve_export.onnx_export import export_gpt, next_version_dir
+from attnserve_server.model_format.metadata import read_metadata
+from attnserve_server.task_table import TaskTable
+from attnserve_server.text.metadata import TextGenerationMetadata
 
 METADATA_KEYS = {"format_version", "task", "description", "model_file", "text_generation", "provenance"}
 TEXT_KEYS = {
@@ -72,6 +75,17 @@ def test_files_and_metadata(exported) -> None:
     assert meta["provenance"]["seed"] == 0
     assert meta["provenance"]["parity"]["passed"] is True
     assert report.passed and report.max_abs_diff <= 1e-4 and report.argmax_mismatches == 0
+
+
+def test_metadata_parses_with_the_model_format(exported) -> None:
+    """The server's own parser accepts the file, and writing the parsed metadata gives the same JSON."""
+    model, version_dir, _ = exported
+    raw = json.loads((version_dir / "metadata.json").read_text())
+    parsed = read_metadata(version_dir, TaskTable().sections())
+    assert isinstance(parsed.section, TextGenerationMetadata)
+    assert parsed.section.num_layers == model.config.num_layers
+    assert parsed.section.kv_cache_layout == raw["text_generation"]["kv_cache_layout"]
+    assert parsed.to_json_dict() == raw
 
 
 def test_graph_io_matches_metadata(exported) -> None:
