@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -235,8 +236,9 @@ def image_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def image_server_address(image_repository: Path, tiny_repository: Path) -> Iterator[str]:
-    """A real server serving ``tiny-digits`` and ``tiny-gpt`` (a link to it), so task mix-ups can be tested."""
-    (image_repository / TINY_MODEL).symlink_to(tiny_repository / TINY_MODEL, target_is_directory=True)
+    """A real server serving ``tiny-digits`` and ``tiny-gpt`` (a copy: the server refuses links that leave
+    its repository), so task mix-ups can be tested."""
+    shutil.copytree(tiny_repository / TINY_MODEL, image_repository / TINY_MODEL)
     server = launch_server(image_repository)
     yield server.address
     server.close()

@@ -46,3 +46,25 @@ class ModelLoadError(AttnserveError):
 
 class RepositoryError(AttnserveError):
     """The model repository itself is unusable (missing directory, bad model directory name)."""
+
+
+# Client-supplied names and values are cut to this many characters in error messages, so that a
+# huge name neither bloats the reply (gRPC caps trailing metadata at 16 KB) nor floods the logs.
+MAX_SHOWN_CHARS = 64
+MAX_SHOWN_DIMS = 8
+
+
+def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shown_shape(shape: object) -> str:
+    """A client's tensor shape for an error message, with at most ``MAX_SHOWN_DIMS`` dimensions."""
+    dims = list(shape)  # type: ignore[call-overload]
+    if len(dims) <= MAX_SHOWN_DIMS:
+        return str(dims)
+    return f"[{', '.join(map(str, dims[:MAX_SHOWN_DIMS]))}, ...] ({len(dims)} dimensions)"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from attnserve_server.errors import FailedPreconditionError, ModelNotFoundError
+from attnserve_server.errors import FailedPreconditionError, ModelNotFoundError, shown
 from attnserve_server.model_format.config import ModelConfig
 from attnserve_server.model_format.metadata import ModelMetadata, TaskSection
 
@@ -101,7 +101,7 @@ class Model:
         found = self.versions.get(version or self.default_version)
         if found is None:
             loaded = ", ".join(self.versions)
-            raise ModelNotFoundError(f"model {self.name!r} has no loaded version {version!r} (loaded: {loaded})")
+            raise ModelNotFoundError(f"model {self.name!r} has no loaded version {shown(version)} (loaded: {loaded})")
         return found
 
     def batch_stats(self) -> BatchStats:

@@ -110,8 +110,12 @@ def check_external_data(model_path: Path) -> None:
     folder = model_path.parent.resolve()
     try:
         locations = external_data_locations(model_path)
-    except ValueError:
-        return  # not protobuf at all: ONNX Runtime refuses it with its own message
+    except ValueError as exc:
+        # Fail closed: a file this walk cannot read might still name external data that ONNX
+        # Runtime would open, so it is refused rather than handed over unchecked.
+        raise ValueError(
+            f"{model_path.name} cannot be read as an ONNX model ({exc}), so its external data cannot be checked"
+        ) from None
     for location in locations:
         if Path(location).is_absolute() or not (folder / location).resolve().is_relative_to(folder):
             raise ValueError(

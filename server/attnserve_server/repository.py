@@ -23,6 +23,7 @@ from attnserve_server.errors import (
     ModelNotFoundError,
     RepositoryError,
     UnavailableError,
+    shown,
 )
 from attnserve_server.loaded import (
     READY,
@@ -86,22 +87,22 @@ class ModelRepository:
         """The directory of a model named by a client: never outside the repository, never through a link."""
         if not MODEL_NAME.match(name) or name in (".", ".."):
             raise InvalidArgumentError(
-                f"invalid model name {name!r}: use letters, digits, '_', '.' and '-' (no path separators, "
+                f"invalid model name {shown(name)}: use letters, digits, '_', '.' and '-' (no path separators, "
                 "no leading '.')"
             )
         path = self.root / name
         if path.is_symlink():
-            raise InvalidArgumentError(f"model {name!r} is a link; links are not loaded on request")
+            raise InvalidArgumentError(f"model {shown(name)} is a link; links are not loaded on request")
         if not path.resolve().is_relative_to(self.root.resolve()):
-            raise InvalidArgumentError(f"model {name!r} is outside the model repository")
+            raise InvalidArgumentError(f"model {shown(name)} is outside the model repository")
         if not path.is_dir():
-            raise ModelNotFoundError(f"no model directory {name!r} in the model repository")
+            raise ModelNotFoundError(f"no model directory {shown(name)} in the model repository")
         return path
 
     def load_version(self, name: str, version_dir: Path, config: ModelConfig, executor: Executor) -> ModelVersion:
         """Load one version directory through its task's row (blocking)."""
         try:
-            metadata = read_metadata(version_dir, self.tasks.sections())
+            metadata = read_metadata(version_dir, self.tasks.sections(), root=self.root)
         except MetadataError as exc:
             raise ModelLoadError(name, f"version {version_dir.name}: {exc}") from None
         ctx = LoadContext(
@@ -117,10 +118,27 @@ class ModelRepository:
         return ModelVersion(version=version_dir.name, path=version_dir, metadata=metadata, engine=engine)
 
     def build_model(self, model_dir: Path, executor: Executor) -> Model:
-        """Load the versions that the model's version policy selects (blocking); install nothing."""
-        name = model_dir.name
+        """Load the versions that the model's version policy selects (blocking); install nothing.
+
+        A failure's reason never holds the repository's absolute path: it reaches remote clients.
+        """
         try:
-            config = read_config(model_dir)
+            return self._build_model(model_dir, executor)
+        except ModelLoadError as exc:
+            raise ModelLoadError(exc.model, self._redact(exc.reason)) from None
+
+    def _redact(self, reason: str) -> str:
+        for root in {str(self.root.resolve()), str(self.root.absolute()), str(self.root)}:
+            if root not in (".", ""):
+                reason = reason.replace(root, "<model repository>")
+        return reason
+
+    def _build_model(self, model_dir: Path, executor: Executor) -> Model:
+        name = model_dir.name
+        if not model_dir.resolve().is_relative_to(self.root.resolve()):
+            raise ModelLoadError(name, "the model's directory is a link that points outside the model repository")
+        try:
+            config = read_config(model_dir, root=self.root)
         except MetadataError as exc:
             raise ModelLoadError(name, str(exc)) from None
         on_disk = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0]
@@ -204,7 +222,7 @@ class ModelRepository:
             raise UnavailableError("the server is still loading its models; retry shortly")
         if model is None:
             known = ", ".join(self._models) or "none"
-            raise ModelNotFoundError(f"no model named {name!r} (loaded models: {known})")
+            raise ModelNotFoundError(f"no model named {shown(name)} (loaded models: {known})")
         return model
 
     def models(self) -> list[Model]:

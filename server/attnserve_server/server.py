@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
+from attnserve_server.api.health import HealthServicer
 from attnserve_server.api.image_classification import ImageClassificationServicer
 from attnserve_server.api.interceptor import RequestInterceptor
 from attnserve_server.api.models import ModelServicer
@@ -77,12 +78,7 @@ def build_server(
     metrics: ServerMetrics,
 ) -> tuple[grpc.aio.Server, AsyncHealth]:
     """The grpc.aio server with every service registered; health starts NOT_SERVING."""
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),  # two servers on one port would split traffic silently
-    ]
-    server = grpc.aio.server(options=options, interceptors=[RequestInterceptor(metrics)])
+    server = grpc.aio.server(options=settings.grpc_options(), interceptors=[RequestInterceptor(metrics)])
     # One handler per task, shared by both APIs; they record one set of per-version inference
     # statistics (the v2 API's ModelStatistics reports it). Text requests are admitted by their
     # model's continuous batcher, image requests by their model's dynamic batcher.
@@ -98,7 +94,7 @@ def build_server(
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
     dataplane = DataPlane(repository, repository.tasks, handlers, statistics)
     add_servicer(server, InferenceServicer(dataplane, control), INFERENCE_SERVICE)
-    health_servicer: AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_servicer: AsyncHealth = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # The inference.* descriptors live in their own pool (see attnserve_server.kserve.pb).
     reflection.enable_server_reflection(SERVICE_NAMES, server, pool=reflection_pool(SERVICE_NAMES))

@@ -80,6 +80,45 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled.",
     )
+    handshake_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A connection that has not finished its HTTP/2 handshake by then is closed "
+        "(gRPC's own default is 120 s, which lets silent sockets pile up).",
+    )
+    max_connection_idle_s: float = Field(
+        default=600.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="A connection with no RPC for this long is closed with a GOAWAY (0: never); clients "
+        "reconnect on their next call.",
+    )
+    max_connection_age_s: float = Field(
+        default=1800.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="A connection older than this is asked to go away (0: never), so that clients spread "
+        "over new replicas; running RPCs get max_connection_age_grace_s to finish.",
+    )
+    max_connection_age_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="After max_connection_age_s, how long running RPCs may go on before the connection closes.",
+    )
+    keepalive_time_s: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="The server pings an idle connection this often, to find peers that are gone.",
+    )
+    keepalive_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A ping not answered within this time closes the connection.",
+    )
     intra_op_threads: int = Field(
         default=0,
         ge=0,
@@ -197,6 +236,27 @@ class ServerSettings(BaseSettings):
             max_waiting_sequences=self.max_waiting_sequences,
             max_prefill_tokens_per_step=self.max_prefill_tokens_per_step,
         )
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """The gRPC channel arguments of the server: message limits, and when connections close."""
+
+        def ms(seconds: float) -> int:
+            return int(seconds * 1000) if seconds > 0 else 2**31 - 1  # gRPC's "never"
+
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # two servers on one port would split traffic silently
+            ("grpc.server_handshake_timeout_ms", ms(self.handshake_timeout_s)),
+            ("grpc.max_connection_idle_ms", ms(self.max_connection_idle_s)),
+            ("grpc.max_connection_age_ms", ms(self.max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace_s)),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_time_s)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
+            # Clients may ping as often as every 10 s (grpc's clients default to never) without a GOAWAY.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
 
     def runtime_options(self) -> RuntimeOptions:
         """How every ONNX Runtime session is configured."""

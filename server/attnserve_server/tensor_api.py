@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.errors import InvalidArgumentError, shown
 
 ParameterValue = bool | int | str | float
 # ONNX Runtime runs every model; the names are the ones Triton gives ONNX models.
@@ -92,13 +92,13 @@ def check_outputs(requested: tuple[RequestedOutput, ...], signature: Signature, 
     for output in requested:
         if output.name not in known:
             raise InvalidArgumentError(
-                f"unknown requested output {output.name!r} (the model's outputs: {', '.join(sorted(known))})"
+                f"unknown requested output {shown(output.name)} (the model's outputs: {', '.join(sorted(known))})"
             )
         if output.classification and not 1 <= output.classification <= classes:
             if not classes:
-                raise InvalidArgumentError(f"output {output.name!r} has no classification")
+                raise InvalidArgumentError(f"output {shown(output.name)} has no classification")
             raise InvalidArgumentError(
-                f"output {output.name!r}: classification must be in [1, {classes}], got {output.classification}"
+                f"output {shown(output.name)}: classification must be in [1, {classes}], got {output.classification}"
             )
 
 
@@ -107,10 +107,10 @@ def inputs_by_name(inputs: tuple[InputTensor, ...], signature: Signature) -> dic
     by_name: dict[str, InputTensor] = {}
     for tensor in inputs:
         if tensor.name in by_name:
-            raise InvalidArgumentError(f"input {tensor.name!r} appears twice")
+            raise InvalidArgumentError(f"input {shown(tensor.name)} appears twice")
         if signature.input(tensor.name) is None:
             known = ", ".join(t.name for t in signature.inputs)
-            raise InvalidArgumentError(f"unknown input {tensor.name!r} (the model's inputs: {known})")
+            raise InvalidArgumentError(f"unknown input {shown(tensor.name)} (the model's inputs: {known})")
         by_name[tensor.name] = tensor
     return by_name
 
@@ -120,7 +120,7 @@ def int_parameter(parameters: dict[str, ParameterValue], key: str) -> int | None
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgumentError(f"parameter {key!r} must be an integer, got {value!r}")
+        raise InvalidArgumentError(f"parameter {shown(key)} must be an integer, got {shown(value)}")
     return value
 
 
@@ -129,5 +129,5 @@ def float_parameter(parameters: dict[str, ParameterValue], key: str) -> float | 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentError(f"parameter {key!r} must be a number, got {value!r}")
+        raise InvalidArgumentError(f"parameter {shown(key)} must be a number, got {shown(value)}")
     return float(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -68,8 +69,8 @@ def png(seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def both_models(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path, image_repository: Path) -> Path:
     root = tmp_path_factory.mktemp("observed-models")
-    (root / TEXT).symlink_to(tiny_repository / TEXT, target_is_directory=True)
-    (root / IMAGE).symlink_to(image_repository / IMAGE, target_is_directory=True)
+    shutil.copytree(tiny_repository / TEXT, root / TEXT)  # copies: links out of a repository are refused
+    shutil.copytree(image_repository / IMAGE, root / IMAGE)
     return root
 
 

@@ -159,10 +159,19 @@ def test_missing_files(repo_copy: Path, executor: ThreadPoolExecutor) -> None:
         load(repo_copy, executor)
 
 
-def test_corrupt_onnx(repo_copy: Path, executor: ThreadPoolExecutor) -> None:
+def test_corrupt_onnx_fails_closed(repo_copy: Path, executor: ThreadPoolExecutor) -> None:
+    # A file the external-data check cannot walk is refused, never handed to ONNX Runtime unchecked.
     (repo_copy / NAME / "1" / "model.onnx").write_bytes(b"not a model")
-    with pytest.raises(ModelLoadError, match="ONNX Runtime cannot load"):
+    with pytest.raises(ModelLoadError, match="cannot be read as an ONNX model") as info:
         load(repo_copy, executor)
+    assert str(repo_copy) not in str(info.value)
+
+
+def test_onnx_runtime_refusal_names_no_server_path(repo_copy: Path, executor: ThreadPoolExecutor) -> None:
+    (repo_copy / NAME / "1" / "model.onnx").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="ONNX Runtime cannot load") as info:
+        load(repo_copy, executor)
+    assert str(repo_copy.resolve()) not in info.value.reason and "/tmp" not in info.value.reason
 
 
 def test_bad_config_yaml(repo_copy: Path, executor: ThreadPoolExecutor) -> None:

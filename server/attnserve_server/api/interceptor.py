@@ -27,6 +27,7 @@ from google.protobuf import message, text_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from attnserve_server import logs
+from attnserve_server.api.status import MalformedRequest
 from attnserve_server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ INSTRUMENTED = (
     "/inference.GRPCInferenceService/ModelInfer",
     "/inference.GRPCInferenceService/ModelStreamInfer",
 )
+
+# Services whose servicers take a MalformedRequest themselves (see api.registration).
+OWN_SERVICES = ("/attnserve.v1.", "/inference.")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:  # grpc-stubs make it generic; the runtime class is not subscriptable
@@ -120,7 +124,7 @@ class RequestInterceptor(_ServerInterceptor):
 
         else:
             track = _tag
-        wrapped = _wrap_handler(handler, track)
+        wrapped = _wrap_handler(handler, track, full_method)
         self._wrapped[full_method] = (handler, wrapped)
         return wrapped
 
@@ -165,13 +169,54 @@ def _tag(request: Any, context: Context) -> Iterator[None]:
     yield
 
 
-def _wrap_behavior(behavior: Callable[..., Any], track: Track) -> Callable[..., Any] | None:
-    """The same kind of callable (coroutine or async generator function), run inside ``track``."""
+def _tolerant(deserialize: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any] | None:
+    """A deserializer that hands a :class:`MalformedRequest` to the behaviour instead of raising, where
+    gRPC would answer UNKNOWN and log a traceback (health and reflection parse their own requests)."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # protobuf's DecodeError, or whatever a library's parser raises
+            return MalformedRequest(method, str(exc)[:200] or type(exc).__name__)
+
+    return parse
+
+
+async def _refuse(context: Context, request: MalformedRequest) -> None:
+    logger.warning("malformed request refused: %s", request.error())
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.error()))
+
+
+async def _checked(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, MalformedRequest):
+            await _refuse(context, request)
+        yield request
+
+
+def _wrap_behavior(
+    behavior: Callable[..., Any], track: Track, *, request_streaming: bool, check_stream: bool
+) -> Callable[..., Any] | None:
+    """The same kind of callable (coroutine or async generator function), run inside ``track``.
+
+    A request that could not be parsed is refused with INVALID_ARGUMENT before the behaviour runs;
+    with ``check_stream``, so is each bad message of a request stream.
+    """
+
+    def guarded(request: Any, context: Context) -> Any:
+        if request_streaming and check_stream:
+            return _checked(request, context)
+        return request
+
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             with track(request, context):
-                async for item in behavior(request, context):
+                if isinstance(request, MalformedRequest):
+                    await _refuse(context, request)
+                async for item in behavior(guarded(request, context), context):
                     yield item
 
         return stream
@@ -179,7 +224,9 @@ def _wrap_behavior(behavior: Callable[..., Any], track: Track) -> Callable[..., 
 
         async def unary(request: Any, context: Context) -> Any:
             with track(request, context):
-                return await behavior(request, context)
+                if isinstance(request, MalformedRequest):
+                    await _refuse(context, request)
+                return await behavior(guarded(request, context), context)
 
         return unary
     return None  # a synchronous handler: none of ours
@@ -193,13 +240,20 @@ _MAKERS = {
 }
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler[Any, Any], track: Track) -> grpc.RpcMethodHandler[Any, Any]:
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], track: Track, method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
     attribute, make = _MAKERS[(handler.request_streaming, handler.response_streaming)]
-    wrapped = _wrap_behavior(getattr(handler, attribute), track)
+    # Our own streaming servicers answer a malformed message inside the stream (v2 ModelStreamInfer
+    # sends an error_message and goes on); the libraries' ones (reflection) are refused here.
+    own = method.startswith(OWN_SERVICES)
+    wrapped = _wrap_behavior(
+        getattr(handler, attribute), track, request_streaming=handler.request_streaming, check_stream=not own
+    )
     if wrapped is None:
         return handler
     return make(
         wrapped,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_tolerant(handler.request_deserializer, method),
         response_serializer=handler.response_serializer,
     )

@@ -8,7 +8,8 @@ gets UNKNOWN. Here the parser hands the servicer a :class:`MalformedRequest` ins
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -16,6 +17,8 @@ from google.protobuf import message, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from attnserve_server.api.status import MalformedRequest
+
+logger = logging.getLogger(__name__)
 
 
 def _tolerant(message_class: type[message.Message]) -> Callable[[bytes], Any]:
@@ -28,8 +31,27 @@ def _tolerant(message_class: type[message.Message]) -> Callable[[bytes], Any]:
     return parse
 
 
+def _implemented(servicer: object, name: str) -> bool:
+    """Whether the servicer itself defines ``name`` (the generated base class only answers UNIMPLEMENTED)."""
+    for cls in type(servicer).__mro__:
+        if name in vars(cls):
+            return not cls.__module__.endswith("_pb2_grpc")
+    return False
+
+
+def _unimplemented(full_name: str) -> Callable[..., Any]:
+    """A method the server does not offer: UNIMPLEMENTED and one INFO line, where gRPC would log a traceback."""
+
+    async def answer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        logger.info("%s is not implemented by this server", full_name)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{full_name} is not implemented by attnserve")
+
+    return answer  # for a client-streaming method the request iterator is simply never read
+
+
 def add_servicer(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
-    """Register every method of ``service`` that ``servicer`` implements, with tolerant parsing."""
+    """Register every method of ``service``, with tolerant parsing; those that ``servicer`` does not
+    implement answer UNIMPLEMENTED."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
@@ -41,9 +63,27 @@ def add_servicer(server: grpc.aio.Server, servicer: object, service: ServiceDesc
             (True, True): grpc.stream_stream_rpc_method_handler,
         }
         make = kinds[(method.client_streaming, method.server_streaming)]
+        behavior = (
+            getattr(servicer, method.name)
+            if _implemented(servicer, method.name)
+            else _unimplemented(f"{service.full_name}/{method.name}")
+        )
+        if method.server_streaming and not _implemented(servicer, method.name):
+            behavior = _as_stream(behavior)
         handlers[method.name] = make(
-            getattr(servicer, method.name),
+            behavior,
             request_deserializer=_tolerant(request_class),
             response_serializer=response_class.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def _as_stream(unary: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    """The same answer as a server-streaming behaviour (an async generator that yields nothing)."""
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        await unary(request, context)
+        return
+        yield  # an async generator, for gRPC's streaming handler
+
+    return stream

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.errors import InvalidArgumentError, shown
 from attnserve_server.kserve.pb import grpc_service_pb2 as pb
 from attnserve_server.kserve.tensors import (
     decode_input,
@@ -23,10 +23,10 @@ def _requested_output(output: pb.ModelInferRequest.InferRequestedOutputTensor) -
         value = parameter_value(output.parameters[CLASSIFICATION])
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidArgumentError(
-                f"output {output.name!r}: the classification parameter must be an integer (the number of classes)"
+                f"output {shown(output.name)}: the classification parameter must be an integer (the number of classes)"
             )
         if value < 1:
-            raise InvalidArgumentError(f"output {output.name!r}: classification must be at least 1, got {value}")
+            raise InvalidArgumentError(f"output {shown(output.name)}: classification must be at least 1, got {value}")
         classification = value
     return RequestedOutput(output.name, classification)
 

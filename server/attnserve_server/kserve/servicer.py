@@ -15,6 +15,7 @@ import grpc
 
 from attnserve_server import __version__
 from attnserve_server.api.status import MalformedRequest, grpc_errors, stream_error_text
+from attnserve_server.errors import InvalidArgumentError, shown
 from attnserve_server.handlers import deadline_from_timeout
 from attnserve_server.kserve import convert
 from attnserve_server.kserve.dataplane import DataPlane
@@ -229,6 +230,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(  # noqa: N802 (gRPC method name)
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
+        if request.parameters:
+            # Triton loads a model from files or a config sent in these; attnserve only from its
+            # repository. Saying OK would tell the client that its override took effect.
+            named = ", ".join(shown(key) for key in sorted(request.parameters)[:4])
+            raise InvalidArgumentError(
+                f"RepositoryModelLoad takes no parameters (got {named}): attnserve loads a model only from "
+                "its files in the model repository; 'config' and 'file:' overrides are not supported"
+            )
         await self._control.load_from_request(request.model_name)
         return pb.RepositoryModelLoadResponse()
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.errors import InvalidArgumentError, shown, shown_shape
 from attnserve_server.kserve.pb import grpc_service_pb2 as pb
 from attnserve_server.tensor_api import ParameterValue
 
@@ -47,6 +47,8 @@ _DATATYPES = (
 )
 DATATYPES = {d.name: d for d in _DATATYPES}
 _BY_KIND = {d.dtype.newbyteorder("="): d for d in _DATATYPES if d.name != "BYTES"}
+# numpy builds arrays of up to 64 dimensions; no model here takes more than a handful.
+MAX_DIMS = 16
 _LENGTH = struct.Struct("<I")
 
 
@@ -61,9 +63,22 @@ def datatype_of(array: npt.NDArray[Any]) -> str:
 
 
 def _element_count(name: str, shape: Sequence[int]) -> int:
+    if len(shape) > MAX_DIMS:
+        raise InvalidArgumentError(
+            f"input {shown(name)}: shape {shown_shape(shape)} has more than {MAX_DIMS} dimensions"
+        )
     if any(d < 0 for d in shape):
-        raise InvalidArgumentError(f"input {name!r}: shape {list(shape)} has a negative dimension")
+        raise InvalidArgumentError(f"input {shown(name)}: shape {shown_shape(shape)} has a negative dimension")
     return math.prod(shape)
+
+
+def _shaped(name: str, array: npt.NDArray[Any], shape: tuple[int, ...]) -> npt.NDArray[Any]:
+    """``array`` in the client's ``shape``. Its element count already matches; numpy may still refuse a
+    shape whose dimensions it cannot index (``[0, 2**62]``), which is the client's shape to fix."""
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"input {shown(name)}: shape {shown_shape(shape)} cannot be built: {exc}") from None
 
 
 def _split_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
@@ -74,20 +89,20 @@ def _split_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
     while offset < len(raw):
         if offset + 4 > len(raw):
             raise InvalidArgumentError(
-                f"input {name!r}: raw BYTES contents end inside a 4-byte length prefix (at byte {offset})"
+                f"input {shown(name)}: raw BYTES contents end inside a 4-byte length prefix (at byte {offset})"
             )
         (length,) = _LENGTH.unpack_from(raw, offset)
         offset += 4
         if offset + length > len(raw):
             raise InvalidArgumentError(
-                f"input {name!r}: raw BYTES element {len(elements)} claims {length} bytes but only "
+                f"input {shown(name)}: raw BYTES element {len(elements)} claims {length} bytes but only "
                 f"{len(raw) - offset} remain"
             )
         elements.append(bytes(view[offset : offset + length]))
         offset += length
     if len(elements) != count:
         raise InvalidArgumentError(
-            f"input {name!r}: raw BYTES contents hold {len(elements)} elements, the shape needs {count}"
+            f"input {shown(name)}: raw BYTES contents hold {len(elements)} elements, the shape needs {count}"
         )
     return elements
 
@@ -98,42 +113,44 @@ def decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | Non
     datatype = DATATYPES.get(tensor.datatype)
     if datatype is None:
         raise InvalidArgumentError(
-            f"input {name!r}: unknown datatype {tensor.datatype!r} (use one of {', '.join(DATATYPES)})"
+            f"input {shown(name)}: unknown datatype {shown(tensor.datatype)} (use one of {', '.join(DATATYPES)})"
         )
     shape = tuple(tensor.shape)
     count = _element_count(name, shape)
     if raw is not None:
         if tensor.HasField("contents"):
-            raise InvalidArgumentError(f"input {name!r} has both contents and raw_input_contents; send one")
+            raise InvalidArgumentError(f"input {shown(name)} has both contents and raw_input_contents; send one")
         if datatype.name == "BYTES":
-            return np.array(_split_bytes(name, raw, count) or [], dtype=object).reshape(shape)
+            return _shaped(name, np.array(_split_bytes(name, raw, count) or [], dtype=object), shape)
         expected = count * datatype.dtype.itemsize
         if len(raw) != expected:
             raise InvalidArgumentError(
-                f"input {name!r}: raw contents are {len(raw)} bytes, but {datatype.name} with shape "
-                f"{list(shape)} needs {expected}"
+                f"input {shown(name)}: raw contents are {len(raw)} bytes, but {datatype.name} with shape "
+                f"{shown_shape(shape)} needs {expected}"
             )
-        return np.frombuffer(raw, dtype=datatype.dtype).reshape(shape)
+        return _shaped(name, np.frombuffer(raw, dtype=datatype.dtype), shape)
     if datatype.contents_field is None:
-        raise InvalidArgumentError(f"input {name!r}: {datatype.name} has no typed contents; send raw_input_contents")
+        raise InvalidArgumentError(
+            f"input {shown(name)}: {datatype.name} has no typed contents; send raw_input_contents"
+        )
     values = getattr(tensor.contents, datatype.contents_field)
     if len(values) != count:
         raise InvalidArgumentError(
-            f"input {name!r}: contents.{datatype.contents_field} holds {len(values)} elements, the shape "
-            f"{list(shape)} needs {count}"
+            f"input {shown(name)}: contents.{datatype.contents_field} holds {len(values)} elements, the shape "
+            f"{shown_shape(shape)} needs {count}"
         )
     if datatype.name == "BYTES":
-        return np.array(list(values), dtype=object).reshape(shape)
+        return _shaped(name, np.array(list(values), dtype=object), shape)
     if datatype.dtype.kind in "iu":
         # The wire fields are 32 or 64 bits wide; a narrower datatype must not wrap silently.
         wide = np.array(values, dtype=np.int64 if datatype.dtype.kind == "i" else np.uint64)
         info = np.iinfo(datatype.dtype)
         if wide.size and (wide.min() < info.min or wide.max() > info.max):
             raise InvalidArgumentError(
-                f"input {name!r}: a value of contents.{datatype.contents_field} does not fit {datatype.name}"
+                f"input {shown(name)}: a value of contents.{datatype.contents_field} does not fit {datatype.name}"
             )
-        return wide.astype(datatype.dtype).reshape(shape)
-    return np.array(values, dtype=datatype.dtype).reshape(shape)
+        return _shaped(name, wide.astype(datatype.dtype), shape)
+    return _shaped(name, np.array(values, dtype=datatype.dtype), shape)
 
 
 def encode_bytes(elements: Sequence[bytes]) -> bytes:

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
-from attnserve_server.model_format.metadata import MetadataError, Strict, format_validation_error
+from attnserve_server.model_format.metadata import MetadataError, Strict, check_inside, format_validation_error
 
 CONFIG_FILE = "config.yaml"
 
@@ -79,15 +79,20 @@ class ModelConfig(Strict):
     max_prefill_tokens_per_step: PositiveInt | None = None
 
 
-def read_config(model_dir: Path) -> ModelConfig:
-    """Read and validate the optional ``model_dir/config.yaml``; MetadataError says what is wrong."""
+def read_config(model_dir: Path, *, root: Path | None = None) -> ModelConfig:
+    """Read and validate the optional ``model_dir/config.yaml``; MetadataError says what is wrong.
+
+    With ``root``, a file that resolves outside it is never read. The message never quotes the
+    file: YAML's own errors show the offending line, which must not reach a remote client.
+    """
     path = model_dir / CONFIG_FILE
     if not path.exists():
         return ModelConfig()
+    check_inside(path, root, CONFIG_FILE)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise MetadataError(f"cannot read {CONFIG_FILE}: {exc}") from None
+        raise MetadataError(f"cannot read {CONFIG_FILE}: {_yaml_problem(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
         raise MetadataError(f"cannot read {CONFIG_FILE}: {reason}") from None
@@ -95,3 +100,12 @@ def read_config(model_dir: Path) -> ModelConfig:
         return ModelConfig.model_validate(raw)
     except ValidationError as exc:
         raise MetadataError(f"invalid {CONFIG_FILE}: {format_validation_error(exc)}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What YAML found wrong and where, without the snippet of the file that its message quotes."""
+    problem = getattr(exc, "problem", None) or "not valid YAML"
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return str(problem)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"

@@ -130,9 +130,22 @@ def parse_metadata(raw: object, sections: Mapping[str, type[TaskSection]]) -> Mo
     return ModelMetadata(section=section, **envelope.model_dump())
 
 
-def read_metadata(version_dir: Path, sections: Mapping[str, type[TaskSection]]) -> ModelMetadata:
-    """Read and validate ``version_dir/metadata.json``; MetadataError says what is wrong (without the path)."""
+def check_inside(path: Path, root: Path | None, what: str) -> None:
+    """Refuse ``path`` if it resolves outside ``root`` (links inside the root are fine: Kubernetes
+    ConfigMap mounts are made of them)."""
+    if root is not None and not path.resolve().is_relative_to(root.resolve()):
+        raise MetadataError(f"{what} is a link that points outside the model repository")
+
+
+def read_metadata(
+    version_dir: Path, sections: Mapping[str, type[TaskSection]], *, root: Path | None = None
+) -> ModelMetadata:
+    """Read and validate ``version_dir/metadata.json``; MetadataError says what is wrong (without the path).
+
+    With ``root``, a file that resolves outside it is never read.
+    """
     path = version_dir / METADATA_FILE
+    check_inside(path, root, METADATA_FILE)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from attnserve_server.errors import InvalidArgumentError
 from attnserve_server.runtime import RuntimeSession
 from attnserve_server.text.kv_cache import ConcatKVCache, KVCache, SharedBufferKVCache
 from attnserve_server.text.metadata import KVCacheLayout
@@ -82,12 +83,26 @@ class TextGenerator:
             return SharedBufferKVCache(self, slots)
         return ConcatKVCache(self)
 
+    @property
+    def max_prompt_bytes(self) -> int:
+        """No prompt longer than this (in UTF-8 bytes) can fit the context: it is refused untokenized."""
+        return self.spec.context_length * self.tokenizer.max_token_bytes
+
     async def encode(self, prompt: str) -> list[int]:
         """Tokenize; a long prompt off the event loop, where it cannot stall other streams.
 
-        A short prompt takes microseconds in the Rust tokenizer, far less than the hop to a worker
-        thread and back, and that hop would sit on every request's time to first token.
+        A prompt that cannot fit the context is refused before any tokenizing, so the work is
+        bounded whatever the client sends. A short prompt takes microseconds in the Rust tokenizer,
+        far less than the hop to a worker thread and back, and that hop would sit on every
+        request's time to first token.
         """
+        limit = self.max_prompt_bytes
+        # Each character is at least one byte: a prompt with too many characters needs no encoding.
+        if len(prompt) > limit or len(prompt.encode("utf-8")) > limit:
+            raise InvalidArgumentError(
+                f"the prompt is longer than any prompt that fits this model's context of "
+                f"{self.spec.context_length} tokens ({limit} bytes at most); shorten it"
+            )
         if len(prompt) <= INLINE_TOKENIZE_CHARS:
             return self.tokenizer.encode(prompt)
         loop = asyncio.get_running_loop()

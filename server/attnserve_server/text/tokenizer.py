@@ -13,6 +13,10 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tokenizer = tokenizer
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        # No token stands for more UTF-8 bytes than its own text has (byte-level BPE writes one
+        # character per byte); what a normalizer might drop is not counted, so this only over-estimates.
+        self.max_token_bytes = max((len(token.encode("utf-8")) for token in vocab), default=1)
 
     @classmethod
     def from_file(cls, path: Path) -> TextTokenizer:
@@ -25,8 +29,13 @@ class TextTokenizer:
         return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``."""
-        return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        """Token ids of ``text``.
+
+        Through ``encode_batch``, which releases the GIL while it runs (``encode`` holds it for the
+        whole call), so tokenizing in a worker thread never stalls the event loop.
+        """
+        (encoding,) = self._tokenizer.encode_batch([text], add_special_tokens=False)
+        return list(encoding.ids)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, without special tokens. Incomplete UTF-8 at the end decodes to U+FFFD."""

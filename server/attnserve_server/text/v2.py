@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.errors import InvalidArgumentError, shown, shown_shape
 from attnserve_server.loaded import Target
 from attnserve_server.tensor_api import (
     ENABLE_EMPTY_FINAL_RESPONSE,
@@ -46,7 +46,7 @@ def generation_parameters(parameters: dict[str, ParameterValue]) -> RequestedPar
     """The generate convention's request parameters as attnserve sampling settings."""
     stop = parameters.get("stop")
     if stop is not None and not isinstance(stop, str):
-        raise InvalidArgumentError(f"parameter 'stop' must be a string, got {stop!r}")
+        raise InvalidArgumentError(f"parameter 'stop' must be a string, got {shown(stop)}")
     return RequestedParameters(
         max_new_tokens=int_parameter(parameters, "max_tokens"),
         temperature=float_parameter(parameters, "temperature"),
@@ -65,10 +65,11 @@ def _prompt(request: InferRequest, signature: Signature) -> tuple[str, tuple[int
     if tensor is None:
         raise InvalidArgumentError(f"missing input {TEXT_INPUT!r} (BYTES, the prompt)")
     if tensor.datatype != "BYTES":
-        raise InvalidArgumentError(f"input {TEXT_INPUT!r} must be BYTES, got {tensor.datatype}")
+        raise InvalidArgumentError(f"input {TEXT_INPUT!r} must be BYTES, got {shown(tensor.datatype)}")
     if tensor.array.size != 1:
         raise InvalidArgumentError(
-            f"input {TEXT_INPUT!r} must hold exactly one prompt (shape [1]), got shape {list(tensor.array.shape)}"
+            f"input {TEXT_INPUT!r} must hold exactly one prompt (shape [1]), "
+            f"got shape {shown_shape(tensor.array.shape)}"
         )
     try:
         prompt = tensor.array.reshape(-1)[0].decode("utf-8")

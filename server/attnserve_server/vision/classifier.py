@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.errors import DeadlineExceededError, InvalidArgumentError
 from attnserve_server.loaded import BatchStats
 from attnserve_server.model_format.preprocess import InputSpec, preprocess
 from attnserve_server.runtime import RuntimeSession, available_cpus
@@ -86,14 +88,25 @@ class ImageClassifier:
         (logits,) = self._session.run([self.spec.output_name], {self.spec.input_name: batch})
         return logits
 
-    def prepare(self, images: Sequence[bytes], max_pixels: int) -> npt.NDArray[np.float32]:
+    def prepare(
+        self,
+        images: Sequence[bytes],
+        max_pixels: int,
+        stop: threading.Event | None = None,
+        deadline: float | None = None,
+    ) -> npt.NDArray[np.float32]:
         """Decode and preprocess every image into one ``(batch, C, H, W)`` array (blocking).
 
         Raises InvalidArgumentError naming the first bad image. Images are decoded one at a time
-        and dropped once resized, so at most one full-size image is in memory per request.
+        and dropped once resized, so at most one full-size image is in memory per request. Between
+        images it gives up once ``stop`` is set (the client left) or ``deadline`` has passed.
         """
         arrays = []
         for index, data in enumerate(images):
+            if stop is not None and stop.is_set():
+                raise asyncio.CancelledError
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceededError(f"the deadline passed while decoding image {index}")
             with decode_image(data, index=index, max_pixels=max_pixels) as image:
                 try:
                     arrays.append(preprocess(image, self.spec.input))
@@ -133,8 +146,13 @@ class ImageClassifier:
         """Logits ``(batch, num_classes)`` of encoded images, decoded in the decode pool and run in the
         batcher; ``timing``, if given, learns how long they queued and computed."""
         loop = asyncio.get_running_loop()
+        stop = threading.Event()
         with self.batcher.reserve(len(images), timing) as reservation:
-            batch = await loop.run_in_executor(self._decode_pool, self.prepare, images, max_pixels)
+            try:
+                batch = await loop.run_in_executor(self._decode_pool, self.prepare, images, max_pixels, stop, deadline)
+            except asyncio.CancelledError:
+                stop.set()  # the thread cannot be interrupted, but it stops before the next image
+                raise
             return await reservation.run(batch, deadline)
 
     async def logits_of_pixels(

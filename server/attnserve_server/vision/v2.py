@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from attnserve_server.errors import InvalidArgumentError
+from attnserve_server.errors import InvalidArgumentError, shown, shown_shape
 from attnserve_server.loaded import Target
 from attnserve_server.tensor_api import (
     FINAL_RESPONSE,
@@ -76,14 +76,19 @@ def _logits_request(request: InferRequest, target: Target, signature: Signature)
     common = {"model": target.name, "model_version": target.version.version, "deadline": request.deadline}
     if tensor.name == encoded_name:
         if tensor.datatype != "BYTES":
-            raise InvalidArgumentError(f"input {tensor.name!r} must be BYTES (encoded images), got {tensor.datatype}")
+            raise InvalidArgumentError(
+                f"input {shown(tensor.name)} must be BYTES (encoded images), got {shown(tensor.datatype)}"
+            )
         if tensor.array.ndim not in (1, 2) or (tensor.array.ndim == 2 and tensor.array.shape[1] != 1):
             raise InvalidArgumentError(
-                f"input {tensor.name!r} must have shape [batch] or [batch, 1], got {list(tensor.array.shape)}"
+                f"input {shown(tensor.name)} must have shape [batch] or [batch, 1], "
+                f"got {shown_shape(tensor.array.shape)}"
             )
         return LogitsRequest(images=tuple(tensor.array.reshape(-1).tolist()), **common)  # type: ignore[arg-type]
     if tensor.datatype not in PIXEL_DATATYPES:
-        raise InvalidArgumentError(f"input {tensor.name!r} must be FP32 (or FP16/FP64), got {tensor.datatype}")
+        raise InvalidArgumentError(
+            f"input {shown(tensor.name)} must be FP32 (or FP16/FP64), got {shown(tensor.datatype)}"
+        )
     return LogitsRequest(pixels=tensor.array, **common)  # type: ignore[arg-type]
 
 

@@ -55,9 +55,7 @@ def test_a_plugin_task_loads_is_listed_and_serves(
     tmp_path: Path, tiny_repository: Path, server_launcher: Callable[..., Any]
 ) -> None:
     root = write_scaler(tmp_path / "models")
-    server = server_launcher(
-        root, "--task-plugin", "vector_scaling:TASK", env={"PYTHONPATH": str(HERE)}
-    )
+    server = server_launcher(root, "--task-plugin", "vector_scaling:TASK", env={"PYTHONPATH": str(HERE)})
     with Client(server.address, timeout=30) as client:
         (info,) = client.models()
         assert (info.name, info.task, info.versions) == (MODEL, "vector-scaling", ("1",))
@@ -88,11 +86,11 @@ def test_an_unknown_task_plugin_stops_the_server(tmp_path: Path, server_launcher
     assert "cannot import task plugin 'no_such_module:TASK'" in server.stderr()
 
 
-def test_a_model_of_an_unserved_task_names_the_served_ones(
-    tmp_path: Path, server_launcher: Callable[..., Any]
-) -> None:
+def test_a_model_of_an_unserved_task_names_the_served_ones(tmp_path: Path, server_launcher: Callable[..., Any]) -> None:
     root = write_scaler(tmp_path / "models")
     server = server_launcher(root, "--no-exit-on-error", "--no-strict-readiness")
     with Client(server.address, timeout=30) as client:
         assert client.models() == []
-    assert "unknown task 'vector-scaling' (this server serves: image-classification, text-generation)" in server.stderr()
+    assert (
+        "unknown task 'vector-scaling' (this server serves: image-classification, text-generation)" in server.stderr()
+    )
