@@ -15,6 +15,8 @@ from typing import TextIO
 
 from attnserve_client.client import DEFAULT_HEALTH_TIMEOUT, DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
 from attnserve_client.errors import AttnserveError, ServerError
+from attnserve_client.limits import MAX_STOP_SEQUENCES
+from attnserve_client.request import generate_arguments
 from attnserve_client.types import FinishReason, GenerationChunk, ModelInfo, Prediction, Usage
 
 __all__ = ["HEALTH_TIMEOUT", "build_parser", "main"]
@@ -81,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1] (1: off)")
     generate.add_argument("--repetition-penalty", type=float, help="penalty on repeated tokens, > 0 (1: off)")
     generate.add_argument(
-        "--stop", action="append", metavar="TEXT", help="stop before this text (repeatable, up to 4 times)"
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help=f"stop before this text (repeatable, up to {MAX_STOP_SEQUENCES} times)",
     )
     generate.add_argument("--seed", type=int, help="random seed, for reproducible output")
     generate.add_argument(
@@ -118,38 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    with Client(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES) as client:
+    # The options are named after generate's arguments: the client validates and builds the request.
+    arguments = generate_arguments(vars(args))
+    with _client(args) as client:
         if args.stream:
-            stream = client.generate_stream(
-                args.prompt,
-                model=args.model,
-                model_version=args.model_version,
-                max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                top_p=args.top_p,
-                repetition_penalty=args.repetition_penalty,
-                stop=args.stop,
-                seed=args.seed,
-            )
+            stream = client.generate_stream(**arguments)
             try:
                 last, seed = _write_stream(stream, sys.stdout)
             finally:
                 stream.close()  # cancels the call if we stopped early (Ctrl-C)
             finish_reason, usage, model, version = last.finish_reason, last.usage, last.model, last.model_version
         else:
-            generation = client.generate(
-                args.prompt,
-                model=args.model,
-                model_version=args.model_version,
-                max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                top_p=args.top_p,
-                repetition_penalty=args.repetition_penalty,
-                stop=args.stop,
-                seed=args.seed,
-            )
+            generation = client.generate(**arguments)
             _write(sys.stdout, generation.text)
             finish_reason, usage, seed = generation.finish_reason, generation.usage, generation.seed
             model, version = generation.model, generation.model_version
@@ -186,7 +171,7 @@ def _summary(
 
 
 def _classify(args: argparse.Namespace) -> int:
-    with Client(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES) as client:
+    with _client(args) as client:
         results = client.classify_batch(
             args.images, model=args.model, model_version=args.model_version, top_k=args.top_k
         )
@@ -215,7 +200,7 @@ def _columns(rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
 
 
 def _models(args: argparse.Namespace) -> int:
-    with Client(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES) as client:
+    with _client(args) as client:
         models = client.models()
     _write(sys.stdout, _table(models))
     return 0
@@ -259,6 +244,10 @@ def _health(args: argparse.Namespace) -> int:
         serving = client.health(args.model, timeout=args.timeout or HEALTH_TIMEOUT)
     _write(sys.stdout, "SERVING\n" if serving else "NOT_SERVING\n")
     return 0 if serving else 1
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES)
 
 
 def _write(out: TextIO, text: str) -> None:

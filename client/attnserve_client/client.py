@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 import grpc.experimental
 
-from attnserve_client import convert, methods
-from attnserve_client.errors import InvalidArgumentError, from_rpc_error
-from attnserve_client.health import HEALTH_CHECK_METHOD, ServingStatus, decode_response, encode_request
+from attnserve_client import methods
+from attnserve_client.core import (
+    DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_RETRIES,
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    HEALTH_FALSE_CODES,
+    ClientCore,
+    GenerationStream,
+    Plan,
+)
 from attnserve_client.images import ImageInput
-from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
-from attnserve_client.request import ClassificationRequest, GenerationRequest
-from attnserve_client.retry import Deadline, RetryPolicy, channel_options, check_timeout, log_retry
 from attnserve_client.types import Generation, GenerationChunk, ModelInfo, Prediction
 
 __all__ = [
@@ -28,24 +33,12 @@ __all__ = [
     "Client",
 ]
 
-DEFAULT_TARGET = "127.0.0.1:50051"
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_RETRIES = 2
-# A probe must answer quickly whatever the client's default deadline (it runs as a container
-# HEALTHCHECK): a server that cannot say SERVING within this is not healthy.
-DEFAULT_HEALTH_TIMEOUT = 3.0
-# Health answers False (rather than raising) for these: the server is down, too slow to
-# answer, or does not know the model.
-HEALTH_FALSE_CODES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND}
-)
-
 SINGLE_THREADED_UNARY_STREAM = grpc.experimental.ChannelOptions.SingleThreadedUnaryStream
 
-_Response = TypeVar("_Response")
+_T = TypeVar("_T")
 
 
-class Client:
+class Client(ClientCore):
     """A blocking client of an attnserve server.
 
     Example::
@@ -78,64 +71,16 @@ class Client:
         retry_overloaded: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self._timeout = check_timeout(timeout)
-        self._retry = RetryPolicy(retries=retries, retry_overloaded=retry_overloaded)
-        self._target = target
+        super().__init__(target, timeout=timeout, retries=retries, retry_overloaded=retry_overloaded)
         # A sync server-streaming call normally hands every message over from gRPC's channel
         # spin thread, which costs about 2 ms before the first chunk; consuming the stream on
         # the calling thread brings that to the cost of a unary call.
-        options = [*channel_options(self._retry), (SINGLE_THREADED_UNARY_STREAM, 1)]
+        options = [*self._channel_options(), (SINGLE_THREADED_UNARY_STREAM, 1)]
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
             self._channel = grpc.secure_channel(target, credentials, options=options)
-        self._generate: grpc.UnaryUnaryMultiCallable[
-            text_generation_pb2.GenerateRequest, text_generation_pb2.GenerateResponse
-        ] = self._channel.unary_unary(
-            methods.GENERATE,
-            request_serializer=text_generation_pb2.GenerateRequest.SerializeToString,
-            response_deserializer=text_generation_pb2.GenerateResponse.FromString,
-        )
-        self._generate_stream: grpc.UnaryStreamMultiCallable[
-            text_generation_pb2.GenerateRequest, text_generation_pb2.GenerateStreamResponse
-        ] = self._channel.unary_stream(
-            methods.GENERATE_STREAM,
-            request_serializer=text_generation_pb2.GenerateRequest.SerializeToString,
-            response_deserializer=text_generation_pb2.GenerateStreamResponse.FromString,
-        )
-        self._list_models: grpc.UnaryUnaryMultiCallable[models_pb2.ListModelsRequest, models_pb2.ListModelsResponse] = (
-            self._channel.unary_unary(
-                methods.LIST_MODELS,
-                request_serializer=models_pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=models_pb2.ListModelsResponse.FromString,
-            )
-        )
-        self._get_model: grpc.UnaryUnaryMultiCallable[models_pb2.GetModelRequest, models_pb2.ModelInfo] = (
-            self._channel.unary_unary(
-                methods.GET_MODEL,
-                request_serializer=models_pb2.GetModelRequest.SerializeToString,
-                response_deserializer=models_pb2.ModelInfo.FromString,
-            )
-        )
-        self._classify: grpc.UnaryUnaryMultiCallable[
-            image_classification_pb2.ClassifyRequest, image_classification_pb2.ClassifyResponse
-        ] = self._channel.unary_unary(
-            methods.CLASSIFY,
-            request_serializer=image_classification_pb2.ClassifyRequest.SerializeToString,
-            response_deserializer=image_classification_pb2.ClassifyResponse.FromString,
-        )
-        self._health_check: grpc.UnaryUnaryMultiCallable[str, ServingStatus] = self._channel.unary_unary(
-            HEALTH_CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response
-        )
-
-    @property
-    def target(self) -> str:
-        return self._target
-
-    @property
-    def timeout(self) -> float:
-        """The default deadline of a call, in seconds."""
-        return self._timeout
+        self._stubs = methods.bind(self._channel)
 
     def close(self) -> None:
         """Closes the channel; cancels the calls in flight."""
@@ -191,23 +136,7 @@ class Client:
             ModelNotFoundError: no such model or version.
             OverloadedError, DeadlineExceededError, UnavailableError, ServerError: see their docs.
         """
-        request = GenerationRequest.create(
-            prompt,
-            model=model,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            stop=stop,
-            seed=seed,
-            logprobs=logprobs,
-            model_version=model_version,
-        )
-        deadline = self._deadline(timeout)
-        message = request.to_proto(request.model or self._only_model(deadline))
-        response = self._call(self._generate, message, deadline, methods.GENERATE)
-        return convert.to_generation(response, logprobs=request.logprobs)
+        return self._run(self._generate_plan(locals()))
 
     def generate_stream(
         self,
@@ -233,21 +162,7 @@ class Client:
         (``break``, or ``close()`` on the generator) cancels the call, so the server stops
         decoding. ``timeout`` bounds the whole stream.
         """
-        request = GenerationRequest.create(
-            prompt,
-            model=model,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            stop=stop,
-            seed=seed,
-            logprobs=logprobs,
-            model_version=model_version,
-        )
-        # The deadline starts with the iteration, when the call is sent.
-        return self._stream(request, self._timeout if timeout is None else check_timeout(timeout))
+        return self._stream(GenerationStream(self, locals()))
 
     def classify(
         self,
@@ -295,25 +210,15 @@ class Client:
         predictions (best first) per image, in order. The server caps how many images one request
         may carry (``get_model(name).image_classification.max_images_per_request``).
         """
-        request = ClassificationRequest.create(images, model=model, top_k=top_k, model_version=model_version)
-        deadline = self._deadline(timeout)
-        name = request.model or self._only_model(deadline, task=convert.IMAGE_CLASSIFICATION)
-        response = self._call(self._classify, request.to_proto(name), deadline, methods.CLASSIFY)
-        return convert.to_predictions(response, images=len(request.images))
+        return self._run(self._classify_plan(images, model, top_k, model_version, timeout))
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The served models, with their versions, settings and live counters."""
-        response = self._call(
-            self._list_models, models_pb2.ListModelsRequest(), self._deadline(timeout), methods.LIST_MODELS
-        )
-        return [convert.to_model_info(info) for info in response.models]
+        return self._run(self._models_plan(timeout))
 
     def get_model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
         """The model called ``name``; raises ModelNotFoundError if the server has none."""
-        if not isinstance(name, str) or not name:
-            raise InvalidArgumentError("name must be a non-empty string")
-        request = models_pb2.GetModelRequest(name=name)
-        return convert.to_model_info(self._call(self._get_model, request, self._deadline(timeout), methods.GET_MODEL))
+        return self._run(self._get_model_plan(name, timeout))
 
     def health(self, model: str = "", *, timeout: float | None = None) -> bool:
         """Whether the server (or, with ``model``, that model) is SERVING.
@@ -325,64 +230,35 @@ class Client:
         be reached before the deadline (UNAVAILABLE, DEADLINE_EXCEEDED). Other failures,
         such as a server without the health service (UNIMPLEMENTED), raise.
         """
-        try:
-            status = self._health_check(
-                model, timeout=min(self._timeout, DEFAULT_HEALTH_TIMEOUT) if timeout is None else check_timeout(timeout)
-            )
-        except grpc.RpcError as error:
-            if error.code() in HEALTH_FALSE_CODES:
-                return False
-            raise from_rpc_error(error) from error
-        return status == ServingStatus.SERVING
+        return self._run(self._health_plan(model, timeout))
 
-    def _deadline(self, timeout: float | None) -> Deadline:
-        return Deadline(self._timeout if timeout is None else check_timeout(timeout))
-
-    def _only_model(self, deadline: Deadline, task: str = convert.TEXT_GENERATION) -> str:
-        response = self._call(self._list_models, models_pb2.ListModelsRequest(), deadline, methods.LIST_MODELS)
-        return convert.choose_model([convert.to_model_info(info) for info in response.models], task)
-
-    def _call(
-        self,
-        method: Callable[..., _Response],
-        request: object,
-        deadline: Deadline,
-        name: str,
-    ) -> _Response:
-        """One unary call, retried (as the retry policy says) within ``deadline``."""
-        retry = 0
+    def _run(self, plan: Plan[_T]) -> _T:
+        """Carries ``plan`` out with blocking calls: sleeps each attempt's wait, then sends it."""
+        outcome: object = None
         while True:
             try:
-                return method(request, timeout=deadline.remaining())
+                attempt = plan.send(outcome)
+            except StopIteration as done:
+                return cast(_T, done.value)
+            if attempt.wait:
+                time.sleep(attempt.wait)
+            try:
+                outcome = self._stubs[attempt.method](attempt.message, timeout=attempt.deadline.remaining())
             except grpc.RpcError as error:
-                wait = self._retry.delay(error.code(), retry, deadline.left())
-                if wait is None:
-                    raise from_rpc_error(error) from error
-                log_retry(name, error, retry, self._retry, wait)
-            time.sleep(wait)
-            retry += 1
+                outcome = error
 
-    def _stream(self, request: GenerationRequest, timeout: float) -> Generator[GenerationChunk, None, None]:
-        deadline = Deadline(timeout)
-        message = request.to_proto(request.model or self._only_model(deadline))
-        retry = 0
+    def _stream(self, stream: GenerationStream) -> Generator[GenerationChunk, None, None]:
+        message = self._run(stream.start())
         while True:
-            call = self._generate_stream(message, timeout=deadline.remaining())
-            received = False
+            call = self._stubs[methods.GENERATE_STREAM](message, timeout=stream.remaining())
             try:
                 for response in call:
-                    yield convert.to_chunk(response, logprobs=request.logprobs, first=not received)
-                    received = True
+                    yield stream.chunk(response)
                 return
             except grpc.RpcError as error:
-                # Once a chunk has been yielded, sending the request again would repeat text.
-                wait = None if received else self._retry.delay(error.code(), retry, deadline.left())
-                if wait is None:
-                    raise from_rpc_error(error) from error
-                log_retry(methods.GENERATE_STREAM, error, retry, self._retry, wait)
+                wait = stream.retry_wait(error)  # raises when the stream is not to be sent again
             finally:
                 # A no-op when the stream has ended; when the consumer stopped early
                 # (GeneratorExit), this tells the server to stop decoding.
-                call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it unannotated
+                call.cancel()
             time.sleep(wait)
-            retry += 1

@@ -7,19 +7,24 @@ server, which answers INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from attnserve_client.errors import InvalidArgumentError
 from attnserve_client.images import encode_image
+from attnserve_client.limits import INT32_MAX, MAX_SEED, MAX_STOP_SEQUENCES
 from attnserve_client.pb import image_classification_pb2, text_generation_pb2
 
-__all__ = ["MAX_STOP_SEQUENCES", "ClassificationRequest", "GenerationRequest"]
-
-MAX_STOP_SEQUENCES = 4
-_INT32_MAX = 2**31 - 1
-_UINT64_MAX = 2**64 - 1
+__all__ = [
+    "GENERATE_PARAMETERS",
+    "MAX_STOP_SEQUENCES",
+    "ClassificationRequest",
+    "GenerationRequest",
+    "generate_arguments",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +56,9 @@ class GenerationRequest:
             raise InvalidArgumentError("model must be a non-empty string, or None to use the only served model")
         if self.model_version is not None and not isinstance(self.model_version, str):
             raise InvalidArgumentError("model_version must be a string (a version directory name) or None")
-        _check_int("max_new_tokens", self.max_new_tokens, low=1, high=_INT32_MAX)
-        _check_int("top_k", self.top_k, low=0, high=_INT32_MAX, hint="0 disables the filter")
-        _check_int("seed", self.seed, low=0, high=_UINT64_MAX)
+        _check_int("max_new_tokens", self.max_new_tokens, low=1, high=INT32_MAX)
+        _check_int("top_k", self.top_k, low=0, high=INT32_MAX, hint="0 disables the filter")
+        _check_int("seed", self.seed, low=0, high=MAX_SEED)
         _check_float("temperature", self.temperature)
         if self.temperature is not None and self.temperature < 0:
             raise InvalidArgumentError(f"temperature must be >= 0 (0 means greedy decoding), got {self.temperature}")
@@ -101,6 +106,17 @@ class GenerationRequest:
             model_version=model_version,
         )
 
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> GenerationRequest:
+        """Builds and validates a request from ``generate``'s arguments, given by name.
+
+        ``arguments`` is the ``locals()`` of a ``generate`` method (the clients' methods share
+        their signature with :meth:`create`) or the ``vars()`` of the CLI's parsed arguments. Names
+        that :meth:`create` does not take (``self``, ``timeout``) are ignored; names that are
+        absent keep its defaults.
+        """
+        return cls.create(**generate_arguments(arguments))
+
     def to_proto(self, model: str) -> text_generation_pb2.GenerateRequest:
         """The protobuf for ``model``, with only the parameters that were set."""
         parameters = text_generation_pb2.GenerationParameters(stop=self.stop, logprobs=self.logprobs)
@@ -124,6 +140,15 @@ class GenerationRequest:
             parameters=parameters,
             model_version=self.model_version or "",
         )
+
+
+GENERATE_PARAMETERS: tuple[str, ...] = tuple(inspect.signature(GenerationRequest.create).parameters)
+"""The names of ``generate``'s and ``generate_stream``'s arguments, ``timeout`` aside, in order."""
+
+
+def generate_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``arguments`` that are arguments of ``generate`` (:data:`GENERATE_PARAMETERS`)."""
+    return {name: arguments[name] for name in GENERATE_PARAMETERS if name in arguments}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +179,7 @@ class ClassificationRequest:
             raise InvalidArgumentError("model must be a non-empty string, or None to use the only served model")
         if model_version is not None and not isinstance(model_version, str):
             raise InvalidArgumentError("model_version must be a string (a version directory name) or None")
-        _check_int("top_k", top_k, low=1, high=_INT32_MAX, hint="the number of predictions per image")
+        _check_int("top_k", top_k, low=1, high=INT32_MAX, hint="the number of predictions per image")
         encoded = tuple(encode_image(image, index) for index, image in enumerate(images))
         return cls(images=encoded, model=model, top_k=top_k, model_version=model_version)
 

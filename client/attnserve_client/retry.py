@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from attnserve_client.errors import DeadlineExceededError
+from attnserve_client.errors import DeadlineExceededError, from_rpc_error
 
-__all__ = ["Deadline", "RetryPolicy", "channel_options", "check_timeout", "log_retry"]
+__all__ = ["Deadline", "RetryPolicy", "channel_options", "check_timeout", "log_retry", "retry_wait"]
 
 logger = logging.getLogger("attnserve_client")
 
@@ -116,3 +116,16 @@ def log_retry(method: str, error: grpc.RpcError, retry: int, policy: RetryPolicy
         policy.retries,
         wait,
     )
+
+
+def retry_wait(policy: RetryPolicy, method: str, error: grpc.RpcError, retry: int, deadline: Deadline) -> float:
+    """The wait before retry number ``retry`` (0-based) of ``method``, which failed with ``error``.
+
+    Logs the retry. Raises ``error`` as its typed :class:`~attnserve_client.AttnserveError` when
+    the policy gives up (see :meth:`RetryPolicy.delay`).
+    """
+    wait = policy.delay(error.code(), retry, deadline.left())
+    if wait is None:
+        raise from_rpc_error(error) from error
+    log_retry(method, error, retry, policy, wait)
+    return wait

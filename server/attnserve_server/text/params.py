@@ -9,9 +9,9 @@ import enum
 import math
 from dataclasses import dataclass
 
+from attnserve_client.limits import MAX_STOP_SEQUENCES
 from attnserve_server.errors import InvalidArgumentError
 
-MAX_STOP_STRINGS = 4
 
 
 class FinishReason(enum.Enum):
@@ -132,9 +132,9 @@ def resolve_parameters(
     if penalty <= 0:
         raise InvalidArgumentError(f"parameters.repetition_penalty must be > 0 (1 disables it), got {penalty}")
 
-    if len(requested.stop) > MAX_STOP_STRINGS:
+    if len(requested.stop) > MAX_STOP_SEQUENCES:
         raise InvalidArgumentError(
-            f"parameters.stop takes at most {MAX_STOP_STRINGS} strings, got {len(requested.stop)}"
+            f"parameters.stop takes at most {MAX_STOP_SEQUENCES} strings, got {len(requested.stop)}"
         )
     if any(s == "" for s in requested.stop):
         raise InvalidArgumentError("parameters.stop must not contain an empty string")
