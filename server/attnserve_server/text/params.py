@@ -13,7 +13,6 @@ from attnserve_client.limits import MAX_STOP_SEQUENCES
 from attnserve_server.errors import InvalidArgumentError
 
 
-
 class FinishReason(enum.Enum):
     """Why a generation ended."""
 
