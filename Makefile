@@ -42,7 +42,7 @@ $(TEST_VENV)/.installed-test: client/pyproject.toml server/pyproject.toml export
 
 install-test: $(TEST_VENV)/.installed-test
 
-# The kserve SDK pins protobuf<7, which the client's generated stubs refuse, so it gets a venv of its
+# The kserve SDK pins protobuf<7; the test venv runs protobuf 7 (the client runs on both), so the SDK gets a venv of its
 # own; tests/deploy runs it only to check the InferenceService manifest against KServe's models.
 $(KSERVE_VENV)/.installed-kserve: requirements/kserve.txt
 	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
@@ -84,6 +84,12 @@ container-tools:
 ## tests/ecosystem runs tests/client again in .venv-pb6 and installs the client next to tritonclient and kserve
 test: install-test install-kserve install-proto install-pb6 container-tools
 	$(TEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+## fuzz: the long fuzz tier, $(FUZZ_REQUESTS) requests of every RPC against real servers (`make test` runs a short one)
+FUZZ_REQUESTS ?= 100000
+.PHONY: fuzz
+fuzz: install-test
+	ATTNSERVE_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(TEST_VENV)/bin/python -m pytest tests/fuzz -m fuzz_long $(PYTEST_ARGS)
 
 ## lint: ruff and mypy over the whole tree
 lint: install-test

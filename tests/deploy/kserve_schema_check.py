@@ -1,6 +1,6 @@
 """Load KServe manifests into the kserve SDK's generated models, refusing any field they don't know.
 
-Run with the interpreter of .venv-kserve (the SDK pins protobuf<7, which the client's stubs refuse):
+Run with the interpreter of .venv-kserve (the SDK pins protobuf<7, and the test venv runs protobuf 7):
 
     .venv-kserve/bin/python tests/deploy/kserve_schema_check.py docker/k8s/kserve/inferenceservice.yaml
 
