@@ -9,11 +9,8 @@ import enum
 import math
 from dataclasses import dataclass
 
-from attnserve_client.limits import MAX_STOP_SEQUENCES
+from attnserve_client.limits import MAX_SEED, MAX_STOP_SEQUENCES
 from attnserve_server.errors import InvalidArgumentError
-
-# The typed API's seed is a uint64; the v2 API's parameters are int64, so a negative one is possible.
-MAX_SEED = 2**64 - 1
 
 
 class FinishReason(enum.Enum):
@@ -141,6 +138,7 @@ def resolve_parameters(
     if any(s == "" for s in requested.stop):
         raise InvalidArgumentError("parameters.stop must not contain an empty string")
 
+    # The typed API's seed is a uint64; the v2 API's parameters are int64, so a negative one is possible.
     if requested.seed is not None and not 0 <= requested.seed <= MAX_SEED:
         raise InvalidArgumentError(f"parameters.seed must be in [0, 2**64 - 1], got {requested.seed}")
 
