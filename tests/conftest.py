@@ -81,9 +81,18 @@ class ServerProcess:
         return self.process.returncode
 
     def close(self) -> None:
-        """Terminate and delete the log."""
-        self.terminate()
+        """SIGTERM a server that is still running, delete the log, and fail unless it exited with 0.
+
+        A server that already exited (a test that expected it to, or stopped it itself) is not
+        judged here; one that was running must shut down cleanly: a crash or a hang on SIGTERM
+        (SIGKILLed after the timeout) is an error of the test that used it.
+        """
+        running = self.process.poll() is None
+        code = self.terminate()
+        log = self.stderr()
         self.stderr_path.unlink(missing_ok=True)
+        if running and code != 0:
+            raise AssertionError(f"server {self.address} exited with {code} on SIGTERM, not 0:\n{log}")
 
 
 def free_port() -> int:
@@ -277,8 +286,14 @@ def _launcher() -> Iterator[Callable[..., ServerProcess]]:
         return server
 
     yield launch
-    for server in started:
-        server.close()
+    failures = []
+    for server in started:  # every server is stopped, even after one failed to stop cleanly
+        try:
+            server.close()
+        except AssertionError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise AssertionError("\n\n".join(failures))
 
 
 @pytest.fixture
