@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from attnserve_export import swin
+from attnserve_export import image_export, swin, vit
 from attnserve_export.__main__ import main
 from attnserve_export.image_export import INPUT_NAME, OUTPUT_NAME, export_classifier
 from attnserve_export.image_train import ImageTrainConfig, image_spec_for, train_image
@@ -121,11 +121,33 @@ def test_swin_export_parity_and_dynamic_batch(tmp_path: Path) -> None:
         np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_failed_parity_writes_nothing(tmp_path: Path) -> None:
+def test_labels_that_do_not_fit_the_model_write_nothing(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = swin.PRESETS["tiny"]
     images = np.zeros((2, 1, cfg.image_size, cfg.image_size), dtype=np.float32)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="2 labels for a model with 10 outputs"):
         export_classifier(swin.Swin(cfg), image_spec_for(cfg), ["a", "b"], images, tmp_path / "1")
     assert not (tmp_path / "1").exists()
-    assert ParityError  # raised by export_classifier when ORT disagrees (see its docstring)
+
+
+def test_failed_parity_raises_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tamper: Callable[[onnx.ModelProto, str, int, float], None]
+) -> None:
+    """A graph that computes other logits than PyTorch (here: logit 0 shifted by 0.01, far above the
+    1e-4 relative tolerance of logits near 1) is refused, and the version directory is never made."""
+    real_export = image_export.export_classifier_onnx
+
+    def tampered_export(model: torch.nn.Module, spec: Any, path: Path) -> None:
+        real_export(model, spec, path)
+        graph = onnx.load(str(path))
+        tamper(graph, OUTPUT_NAME, 10, 0.01)
+        onnx.save(graph, str(path))
+
+    monkeypatch.setattr(image_export, "export_classifier_onnx", tampered_export)
+    torch.manual_seed(0)
+    cfg = vit.PRESETS["tiny"]
+    images = np.random.default_rng(0).standard_normal((4, 1, cfg.image_size, cfg.image_size)).astype(np.float32)
+    version_dir = tmp_path / "tiny-vit" / "1"
+    with pytest.raises(ParityError, match=r"ONNX Runtime disagrees with PyTorch: max \|Δlogit\| 0\.01\b"):
+        export_classifier(vit.ViT(cfg), image_spec_for(cfg), [str(i) for i in range(10)], images, version_dir)
+    assert not version_dir.exists() and not version_dir.parent.exists()

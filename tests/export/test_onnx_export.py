@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -12,8 +14,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from attnserve_export import onnx_export
 from attnserve_export.gpt import GPT, PRESETS, left_pad
-from attnserve_export.onnx_export import export_gpt, next_version_dir
+from attnserve_export.onnx_export import ParityError, export_gpt, next_version_dir
 from attnserve_server.model_format.metadata import read_metadata
 from attnserve_server.task_table import TaskTable
 from attnserve_server.text.metadata import TextGenerationMetadata
@@ -126,6 +129,31 @@ def test_shared_buffer_refuses_head_sizes_ort_cannot_run(tiny_tokenizer: Tokeniz
     with pytest.raises(ValueError, match="kv_cache_layout='concat'"):
         export_gpt(model, tiny_tokenizer, tmp_path / "m" / "1", kv_cache_layout="shared_buffer")
     assert not (tmp_path / "m").exists()
+
+
+def test_failed_parity_raises_and_writes_nothing(
+    tiny_tokenizer: Tokenizer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tamper: Callable[[onnx.ModelProto, str, int, float], None],
+) -> None:
+    """A graph whose logits differ from PyTorch's (logit 0 shifted by 0.01, far above the 1e-4 relative
+    tolerance) is refused, and nothing reaches the repository. (The default layout only: the concat
+    one shares the same gate after its own comparison, and its torch.export takes seconds.)"""
+    torch.manual_seed(0)
+    model = GPT(PRESETS["tiny"].with_(vocab_size=tiny_tokenizer.get_vocab_size(with_added_tokens=True)))
+    build = onnx_export.build_shared_buffer_graph
+
+    def tampered_build(gpt: GPT, names: Any) -> onnx.ModelProto:
+        graph = build(gpt, names)
+        tamper(graph, onnx_export.LOGITS, gpt.config.vocab_size, 0.01)
+        return graph
+
+    monkeypatch.setattr(onnx_export, "build_shared_buffer_graph", tampered_build)
+    version_dir = tmp_path / "tiny-gpt" / "1"
+    with pytest.raises(ParityError, match=r"max \|Δlogit\| 0\.01\b"):
+        export_gpt(model, tiny_tokenizer, version_dir, kv_cache_layout="shared_buffer")
+    assert not version_dir.parent.exists()
 
 
 def test_ort_runs_prefill_then_decode(exported) -> None:
