@@ -1,13 +1,15 @@
 """``attnserve-export quantize``: the int8 round trip on tiny models, from repository entry to a served version.
 
 The tiny random-weight models are not faster in int8 (they are too small for int8 kernels to pay
-off), so the round trip uses ``--force``; the gate itself is tested with an impossible tolerance.
+off), so the round trip uses ``--force``. The gate itself is tested with impossible tolerances (accuracy
+and bits per character), and its speed rule with fixed latencies in place of the measurement.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,9 @@ import onnxruntime as ort
 import pytest
 
 from attnserve_client import Client
+from attnserve_export import quantize
 from attnserve_export.__main__ import main
-from attnserve_export.quantize import QuantizationReport, quantize_entry
+from attnserve_export.quantize import QuantizationReport, SpeedCase, quantize_entry
 
 QUANTIZED_NODES = {"MatMulInteger", "DynamicQuantizeLinear"}
 
@@ -64,6 +67,53 @@ def test_a_quantized_variant_that_misses_the_tolerance_is_not_written(
     assert report["version"] is None
     assert any("accuracy points" in reason for reason in report["reasons"])
     assert sorted(p.name for p in (repository / "digits").iterdir()) == versions
+
+
+def test_text_bits_per_character_over_the_tolerance_is_not_written(repository: Path, corpus: Path) -> None:
+    versions = sorted(p.name for p in (repository / "gpt").iterdir())
+    report = quantize_entry(repository, "gpt", from_version="1", corpus=[corpus], repeats=1, max_bpc_increase=-1.0)
+    assert not report.accepted and report.version is None
+    assert report.metric == "test_bpc" and report.cost > -1.0
+    assert any(reason.startswith("costs ") and "bits per character" in reason for reason in report.reasons), report
+    assert sorted(p.name for p in (repository / "gpt").iterdir()) == versions
+
+
+def _timed(fp32_ms: float, int8_ms: float) -> Callable[..., list[SpeedCase]]:
+    """A stand-in for quantize's speed measurement with fixed latencies, so the gate's decision does
+    not depend on how fast this machine runs int8 kernels today."""
+
+    def compare_speed(fp32: Any, int8: Any, cases: dict[str, Any], repeats: int) -> list[SpeedCase]:
+        return [SpeedCase(name, fp32_ms, int8_ms) for name in cases]
+
+    return compare_speed
+
+
+def test_a_quantized_variant_that_is_not_faster_is_not_written(
+    repository: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(quantize, "compare_speed", _timed(fp32_ms=1.0, int8_ms=1.0))  # a tie is not faster
+    versions = sorted(p.name for p in (repository / "digits").iterdir())
+    code = main(["quantize", "--repository", str(repository), "--name", "digits", "--from-version", "1",
+                 "--max-accuracy-drop", "100", "--repeats", "1"])  # fmt: skip
+    report = _report(capsys)
+    assert code == 4
+    assert report["reasons"] == ["not faster than fp32 for: batch 1, batch 8"]
+    assert report["version"] is None
+    assert sorted(p.name for p in (repository / "digits").iterdir()) == versions
+
+
+def test_a_faster_variant_within_the_tolerance_is_written_without_force(
+    repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(quantize, "compare_speed", _timed(fp32_ms=2.0, int8_ms=1.0))
+    written = repository / "digits" / "9"  # out of the way of the round trip's version 2; removed below
+    try:
+        report = quantize_entry(repository, "digits", from_version="1", version=9, repeats=1, max_accuracy_drop=100)
+        assert report.accepted and report.version == "9"
+        metadata = json.loads((written / "metadata.json").read_text())
+        assert metadata["provenance"]["quantization"]["accepted"] is True
+    finally:
+        shutil.rmtree(written, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
