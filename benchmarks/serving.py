@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from attnserve_client import Client
@@ -19,18 +20,24 @@ def free_port() -> int:
 
 
 def start_server(
-    repository: Path, *flags: str, timeout: float = 300, env: dict[str, str] | None = None
+    repository: Path,
+    *flags: str,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    program: Sequence[str] = ("-m", "attnserve_server"),
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``attnserve-server`` on ``repository`` with ``flags``; returns once its health is SERVING.
 
     ``env`` replaces the server's environment (for example a PYTHONPATH that runs another revision).
+    ``program`` is what the Python interpreter runs: the server module, or a script that wraps it
+    (``benchmarks/leaky_server.py``).
 
     Its output goes to a temporary log file (named if it fails to start), so that it never
     interleaves with the benchmark's JSON on stdout.
     """
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="attnserve-bench-", suffix=".log", delete=False)  # noqa: SIM115
-    command = [sys.executable, "-m", "attnserve_server", "--model-repository", str(repository),
+    command = [sys.executable, *program, "--model-repository", str(repository),
                "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING",
                *flags]  # fmt: skip
     process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
