@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from tokenizers import Tokenizer
 
 from attnserve_client.pb import models_pb2, models_pb2_grpc, text_generation_pb2, text_generation_pb2_grpc
 from attnserve_server.settings import ServerSettings
@@ -88,11 +90,14 @@ def test_logprobs_only_when_asked(text_stub: text_generation_pb2_grpc.TextGenera
 
 
 def test_max_new_tokens_gives_length(text_stub: text_generation_pb2_grpc.TextGenerationServiceStub) -> None:
+    # Greedy decoding is deterministic: this prompt's continuation runs to the 48-token cap without
+    # end-of-text (the premise, asserted), so 7 tokens must stop on the length, after exactly 7.
+    longest = text_stub.Generate(request(max_new_tokens=48, temperature=0.0), timeout=TIMEOUT)
+    assert longest.finish_reason == FR.FINISH_REASON_LENGTH, "premise: no end-of-text in the greedy continuation"
     reply = text_stub.Generate(request(max_new_tokens=7, temperature=0.0), timeout=TIMEOUT)
-    if reply.finish_reason == FR.FINISH_REASON_LENGTH:
-        assert reply.usage.completion_tokens == 7
-    else:  # a random model may sample its end-of-text token first
-        assert reply.finish_reason == FR.FINISH_REASON_END_OF_TEXT
+    assert reply.finish_reason == FR.FINISH_REASON_LENGTH
+    assert reply.usage.completion_tokens == 7
+    assert list(reply.token_ids) == list(longest.token_ids[:7])
     assert reply.usage.prompt_tokens > 0
 
 
@@ -160,9 +165,10 @@ def test_prompt_filling_the_context_window(
     per_repeat = probe.usage.prompt_tokens / 8
     repeats = int((context - 3) / per_repeat)
     reply = text_stub.Generate(request(prompt="abc " * repeats, temperature=0.0), timeout=TIMEOUT)
-    assert reply.usage.prompt_tokens + reply.usage.completion_tokens <= context
-    if reply.finish_reason == FR.FINISH_REASON_LENGTH:
-        assert reply.usage.prompt_tokens + reply.usage.completion_tokens == context
+    # The greedy continuation of this prompt has no end-of-text, so it fills the window exactly.
+    assert reply.finish_reason == FR.FINISH_REASON_LENGTH
+    assert reply.usage.completion_tokens >= 1
+    assert reply.usage.prompt_tokens + reply.usage.completion_tokens == context
 
 
 def test_explicit_max_new_tokens_beyond_the_window_is_refused(
@@ -236,12 +242,33 @@ def test_explicit_version(text_stub: text_generation_pb2_grpc.TextGenerationServ
     assert reply.model_version == "1"
 
 
-def test_multibyte_prompt_and_output_are_valid_text(
-    text_stub: text_generation_pb2_grpc.TextGenerationServiceStub,
+def _splits_a_character(tokenizer: Tokenizer, ids: list[int]) -> bool:
+    """Whether decoding token by token would go wrong: some prefix of ``ids`` decodes to text that is not
+    a prefix of the whole decoding (it ends in a U+FFFD that a later token completes into a character)."""
+    whole = tokenizer.decode(ids)
+    return any(not whole.startswith(tokenizer.decode(ids[:k])) for k in range(1, len(ids)))
+
+
+def test_a_character_split_across_tokens_is_streamed_whole(
+    text_stub: text_generation_pb2_grpc.TextGenerationServiceStub, tiny_repository: Path
 ) -> None:
-    chunks = stream(text_stub, request(prompt="日本語 🙂 Grüße", max_new_tokens=30, temperature=1.5, seed=11))
-    for chunk in chunks:
-        chunk.text.encode("utf-8")  # a lone surrogate would raise
+    """Byte-level BPE tokens end in the middle of multi-byte characters: the stream must hold such bytes
+    back until the character is complete, never send a U+FFFD for them."""
+    tokenizer = Tokenizer.from_file(str(tiny_repository / MODEL / "1" / "tokenizer.json"))
+    # Sampling at a high temperature produces odd byte tokens; find a seed whose output has a character
+    # that only a later token completes.
+    for seed in range(100):
+        req = request(prompt="日本語 🙂 Grüße", max_new_tokens=30, temperature=1.5, seed=seed)
+        unary = text_stub.Generate(req, timeout=TIMEOUT)
+        if _splits_a_character(tokenizer, list(unary.token_ids)):
+            break
+    else:
+        pytest.fail("no seed generated a character split across tokens")
+    chunks = stream(text_stub, req)
+    text, ids, _ = joined(chunks)
+    assert ids == list(unary.token_ids)
+    # Every chunk's text is what the whole decoding has at that place: no U+FFFD for a split character.
+    assert text == tokenizer.decode(ids) == unary.text
     assert sum(len(c.token_ids) for c in chunks) == chunks[-1].usage.completion_tokens
 
 
