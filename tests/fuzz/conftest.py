@@ -46,8 +46,14 @@ def fuzz_servers(
         "explicit": session_server_launcher(root, "--model-control-mode", "explicit", "--load-model", "tiny-gpt"),
     }
     yield servers
-    for server in servers.values():
-        server.close()
+    # Stopped here rather than at the end of the session; the launcher deletes the logs then.
+    failures = []
+    for name, server in servers.items():
+        running = server.process.poll() is None
+        code = server.terminate()
+        if running and code != 0:
+            failures.append(f"{name} server exited with {code} on SIGTERM, not 0:\n{server.stderr()[-3000:]}")
+    assert not failures, "\n".join(failures)
 
 
 @pytest.fixture
