@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from attnserve_server.logs import configure_logging
+from attnserve_server.security import keys_cli
 from attnserve_server.server import StartupError, serve
 from attnserve_server.settings import SettingsError, load_settings
 
@@ -17,9 +18,13 @@ logger = logging.getLogger("attnserve_server")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse settings, serve, and return the process exit status."""
+    """Parse settings, serve, and return the process exit status (or run ``attnserve-server keys ...``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Every setting is a --flag, so a first word that is no flag can only be a subcommand.
+    if args[:1] == ["keys"]:
+        return keys_cli.main(args[1:])
     try:
-        settings = load_settings(argv)
+        settings = load_settings(args)
     except ValidationError as exc:
         sys.stderr.write(f"attnserve-server: invalid settings:\n{exc}\n")
         return 2

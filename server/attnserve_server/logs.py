@@ -1,7 +1,7 @@
 """Logging: one line per record on stderr, as text or as JSON, tagged with the current request.
 
-The RPC interceptor sets :data:`request_id` and :data:`request_model` for the task that runs an
-RPC; every record logged from that task carries them (worker threads don't inherit them).
+The RPC interceptors set :data:`request_id`, :data:`request_model` and :data:`request_key` for the
+task that runs an RPC; every record logged from that task carries them (worker threads don't inherit them).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ LogFormat = Literal["text", "json"]
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnserve_request_id", default=None)
 request_model: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnserve_request_model", default=None)
+# The NAME of the API key that a call presented (set by the auth interceptor); never the key itself.
+request_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnserve_request_key", default=None)
 
 # Fields a record may carry through ``extra=`` (the interceptor's access log line) that JSON logs keep.
 EXTRA_FIELDS = ("method", "code", "duration_ms")
@@ -25,22 +27,25 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
 
 
 class RequestContextFilter(logging.Filter):
-    """Copies the current request id and model onto every record (None outside a request)."""
+    """Copies the current request id, model and API key name onto every record (None outside a request)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        rid, model = request_id.get(), request_model.get()
+        rid, model, key = request_id.get(), request_model.get(), request_key.get()
         record.request_id = rid
         record.model = model
+        record.key = key
         tags = [f"request_id={rid}"] if rid else []
         if model:
             tags.append(f"model={model}")
+        if key:
+            tags.append(f"key={key}")
         record.request_tag = f" [{' '.join(tags)}]" if tags else ""
         return True
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, message, and where known request_id,
-    model, method, code, duration_ms and exception."""
+    model, key (the API key's name), method, code, duration_ms and exception."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -51,10 +56,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("request_id", "model", *EXTRA_FIELDS):
-            value = getattr(record, key, None)
+        for field in ("request_id", "model", "key", *EXTRA_FIELDS):
+            value = getattr(record, field, None)
             if value is not None and value != "":
-                entry[key] = value
+                entry[field] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:

@@ -3,7 +3,12 @@
 Names follow Prometheus' and vLLM's/Triton's conventions: everything is ``attnserve_*``, counters
 end in ``_total``, durations are histograms in seconds. The ``model`` label only ever holds the
 name of a loaded model (or ``""``), so a client sending random model names cannot grow the
-number of series without bound.
+number of series without bound; the ``key`` label holds the NAME of the API key a call presented
+(or ``""``), never the key, and names come only from the server's key file.
+
+The per-request metrics share one label set, :data:`REQUEST_LABELS`, filled from one
+:class:`RequestLabels` value: every transport (the gRPC interceptor today, an HTTP one later)
+builds that value and nothing else, so their series line up.
 
 Who records what:
 - the RPC interceptor (``api/interceptor.py``): requests, their status codes and end-to-end
@@ -20,6 +25,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from typing import NamedTuple
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -35,6 +41,21 @@ INTER_TOKEN_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 UNKNOWN_MODEL = ""
+NO_KEY = ""
+
+REQUEST_LABELS = ("model", "method", "key")
+"""The labels of every per-request metric (``attnserve_requests_total`` adds ``code``)."""
+
+
+class RequestLabels(NamedTuple):
+    """The values of :data:`REQUEST_LABELS` for one request, in that order."""
+
+    model: str
+    """A loaded model's name (see :meth:`ServerMetrics.model_label`), or ``""``."""
+    method: str
+    """The RPC's name (``Generate``, ``ModelInfer``, ...)."""
+    key: str = NO_KEY
+    """The name of the API key the request presented, ``""`` without one (or with an unknown one)."""
 
 
 class ServerMetrics:
@@ -46,21 +67,21 @@ class ServerMetrics:
         r = self.registry
         self.requests = Counter(
             "attnserve_requests",  # exposed as attnserve_requests_total
-            "RPCs finished, by model, method and gRPC status code.",
-            ["model", "method", "code"],
+            "RPCs finished, by model, method, API key name and gRPC status code.",
+            [*REQUEST_LABELS, "code"],
             registry=r,
         )
         self.request_duration = Histogram(
             "attnserve_request_duration_seconds",
-            "End-to-end RPC latency (queue and compute included), by model and method.",
-            ["model", "method"],
+            "End-to-end RPC latency (queue and compute included), by model, method and API key name.",
+            list(REQUEST_LABELS),
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.requests_in_flight = Gauge(
             "attnserve_requests_in_flight",
-            "RPCs being handled now (queued or running), by model and method.",
-            ["model", "method"],
+            "RPCs being handled now (queued or running), by model, method and API key name.",
+            list(REQUEST_LABELS),
             registry=r,
         )
         self.queue_time = Histogram(
@@ -132,15 +153,15 @@ class ServerMetrics:
 
     # RPCs (the interceptor) ------------------------------------------------------------------
 
-    def rpc_started(self, model: str, method: str) -> None:
+    def rpc_started(self, labels: RequestLabels) -> None:
         """An RPC arrived."""
-        self.requests_in_flight.labels(model, method).inc()
+        self.requests_in_flight.labels(*labels).inc()
 
-    def rpc_finished(self, model: str, method: str, code: str, seconds: float) -> None:
+    def rpc_finished(self, labels: RequestLabels, code: str, seconds: float) -> None:
         """An RPC ended with status ``code`` (``"OK"``, ``"INVALID_ARGUMENT"``, ...) after ``seconds``."""
-        self.requests_in_flight.labels(model, method).dec()
-        self.requests.labels(model, method, code).inc()
-        self.request_duration.labels(model, method).observe(seconds)
+        self.requests_in_flight.labels(*labels).dec()
+        self.requests.labels(*labels, code).inc()
+        self.request_duration.labels(*labels).observe(seconds)
 
     # Execution (the handlers) ----------------------------------------------------------------
 

@@ -1,4 +1,9 @@
-"""Builds and runs the grpc.aio server: services, health, reflection, limits and graceful shutdown."""
+"""Builds and runs the grpc.aio servers: services, health, reflection, TLS, API keys, limits and graceful shutdown.
+
+The main server serves every service on ``--port`` (with TLS when a certificate is set); with
+``--health-port`` a second, plaintext server serves only ``grpc.health.v1``, from the same health
+servicer, for probes that cannot present a client certificate or an API key.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from attnserve_client.pb import image_classification_pb2, models_pb2, text_generation_pb2
+from attnserve_server.api.auth import AuthInterceptor
 from attnserve_server.api.health import HealthServicer
 from attnserve_server.api.image_classification import ImageClassificationServicer
 from attnserve_server.api.interceptor import RequestInterceptor
@@ -28,6 +34,8 @@ from attnserve_server.kserve.servicer import InferenceServicer
 from attnserve_server.metrics import MetricsEndpoint, ServerMetrics
 from attnserve_server.model_control import ModelControl
 from attnserve_server.repository import ModelRepository
+from attnserve_server.security.keys import KeyFileError, KeyStore
+from attnserve_server.security.tls import CertificateFiles, TlsError
 from attnserve_server.settings import ServerSettings
 from attnserve_server.statistics import Statistics
 from attnserve_server.task import HandlerContext
@@ -76,9 +84,17 @@ def build_server(
     repository: ModelRepository,
     control: ModelControl,
     metrics: ServerMetrics,
+    keys: KeyStore | None = None,
 ) -> tuple[grpc.aio.Server, AsyncHealth]:
-    """The grpc.aio server with every service registered; health starts NOT_SERVING."""
-    server = grpc.aio.server(options=settings.grpc_options(), interceptors=[RequestInterceptor(metrics)])
+    """The grpc.aio server with every service registered; health starts NOT_SERVING.
+
+    With ``keys``, the auth interceptor runs inside the request interceptor, so that a refused call
+    still has a request id, an access log line and its metrics.
+    """
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [RequestInterceptor(metrics)]
+    if keys is not None:
+        interceptors.append(AuthInterceptor(keys))
+    server = grpc.aio.server(options=settings.grpc_options(), interceptors=interceptors)
     # One handler per task, shared by both APIs; they record one set of per-version inference
     # statistics (the v2 API's ModelStatistics reports it). Text requests are admitted by their
     # model's continuous batcher, image requests by their model's dynamic batcher.
@@ -96,9 +112,43 @@ def build_server(
     add_servicer(server, InferenceServicer(dataplane, control), INFERENCE_SERVICE)
     health_servicer: AsyncHealth = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    # The inference.* descriptors live in their own pool (see attnserve_server.kserve.pb).
-    reflection.enable_server_reflection(SERVICE_NAMES, server, pool=reflection_pool(SERVICE_NAMES))
+    if settings.reflection_enabled():
+        # The inference.* descriptors live in their own pool (see attnserve_server.kserve.pb).
+        reflection.enable_server_reflection(SERVICE_NAMES, server, pool=reflection_pool(SERVICE_NAMES))
     return server, health_servicer
+
+
+def build_health_server(
+    settings: ServerSettings, health_servicer: AsyncHealth, metrics: ServerMetrics
+) -> grpc.aio.Server:
+    """A plaintext server with only grpc.health.v1, answering from the main server's health servicer."""
+    server = grpc.aio.server(options=settings.grpc_options(), interceptors=[RequestInterceptor(metrics)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server
+
+
+def load_security(settings: ServerSettings) -> tuple[grpc.ServerCredentials | None, KeyStore | None]:
+    """The gRPC port's TLS credentials and the API key store, as the settings ask; raises StartupError."""
+    credentials = keys = None
+    try:
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            files = CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            credentials = files.credentials()
+        if settings.api_key_file is not None:
+            keys = KeyStore(settings.api_key_file)
+    except (TlsError, KeyFileError) as exc:
+        raise StartupError(str(exc)) from None
+    return credentials, keys
+
+
+def bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Bind ``address`` (with TLS when ``credentials`` are given); returns the port."""
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot bind {address}: {exc}") from None
 
 
 def start_metrics(settings: ServerSettings, metrics: ServerMetrics) -> MetricsEndpoint | None:
@@ -154,6 +204,7 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
             (model.name, version, model.task) for model in repository.models() for version in model.versions
         )
 
+    credentials, keys = load_security(settings)
     control = ModelControl(
         repository,
         executor,
@@ -161,17 +212,26 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
         strict_readiness=settings.strict_readiness,
         on_change=follow_health,
     )
-    server, health_servicer = build_server(settings, repository, control, metrics)
+    server, health_servicer = build_server(settings, repository, control, metrics, keys)
     # The aio servicer starts out SERVING; nothing is loaded yet.
     await health_servicer.set(OVERALL, NOT_SERVING)
 
-    address = f"{settings.host}:{settings.port}"
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise StartupError(f"cannot bind {address}: {exc}") from None
-    await server.start()
-    logger.info("listening on %s:%d (loading models from %s)", settings.host, port, settings.model_repository)
+    port = bind(server, f"{settings.host}:{settings.port}", credentials)
+    servers = [server]
+    if settings.health_port:
+        health_server = build_health_server(settings, health_servicer, metrics)
+        health_port = bind(health_server, f"{settings.host}:{settings.health_port}")
+        servers.append(health_server)
+    for each in servers:
+        await each.start()
+    security = "mTLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext"
+    if keys is not None:
+        security += f", {len(keys.names)} API key(s) from {settings.api_key_file}"
+    logger.info(
+        "listening on %s:%d (%s; loading models from %s)", settings.host, port, security, settings.model_repository
+    )
+    if settings.health_port:
+        logger.info("health (grpc.health.v1 only, plaintext) on %s:%d", settings.host, health_port)
 
     startup = asyncio.create_task(control.start(model_dirs, exit_on_error=settings.exit_on_error))
     stopped = asyncio.create_task(stop.wait())
@@ -182,7 +242,7 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
         try:
             failures = startup.result()
         except ModelLoadError as exc:
-            await server.stop(None)
+            await asyncio.gather(*(each.stop(None) for each in servers))
             executor.shutdown(wait=False, cancel_futures=True)
             raise StartupError(f"failed to load {exc}") from None
         if not repository.models() and not failures:
@@ -202,7 +262,7 @@ async def _serve(settings: ServerSettings, metrics: ServerMetrics) -> None:
     logger.info("shutting down: draining in-flight requests for up to %.1f s", settings.grace_period_s)
     # Health first, so load balancers stop sending traffic while in-flight requests finish.
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.grace_period_s)
+    await asyncio.gather(*(each.stop(settings.grace_period_s) for each in servers))
     repository.close()
     executor.shutdown(wait=True, cancel_futures=True)
     logger.info("stopped")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -23,6 +23,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from attnserve_server.flags import add_field_flags
 from attnserve_server.logs import LogFormat
 from attnserve_server.runtime import GraphOptimization, RuntimeOptions
 from attnserve_server.text.continuous import BatchingLimits
@@ -216,6 +217,34 @@ class ServerSettings(BaseSettings):
         gt=0,
         description="With --model-control-mode poll, seconds between two scans of the model repository.",
     )
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate chain of the gRPC port; with --tls-key the port speaks TLS only. Re-read "
+        "when the file changes, for new connections (no restart). See docs/security.md.",
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key (unencrypted) of --tls-cert.")
+    tls_client_ca: Path | None = Field(
+        default=None,
+        description="PEM CA certificate(s): clients must then present a certificate that one of them signed "
+        "(mTLS). Needs --tls-cert; re-read with it.",
+    )
+    health_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="A second port, plaintext, that serves only grpc.health.v1 (for probes that cannot present "
+        "a client certificate or an API key), bound on --host; 0: none.",
+    )
+    api_key_file: Path | None = Field(
+        default=None,
+        description="YAML or JSON file of hashed API keys with their scopes and rate limits (`attnserve-server "
+        "keys add` writes it). Every call but health then needs 'authorization: Bearer <key>'. Re-read when "
+        "it changes.",
+    )
+    reflection: bool | None = Field(
+        default=None,
+        description="Serve gRPC server reflection. Default (none): on without --api-key-file, off with it.",
+    )
     log_level: LogLevel = Field(
         default="INFO", description="Logging level. Prompts and request contents are logged only at DEBUG."
     )
@@ -266,6 +295,20 @@ class ServerSettings(BaseSettings):
             allow_spinning=self.allow_spinning,
         )
 
+    def reflection_enabled(self) -> bool:
+        """Whether to serve reflection: as set, else only while no API keys guard the port."""
+        return self.reflection if self.reflection is not None else self.api_key_file is None
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        if self.health_port and self.health_port == self.port:
+            raise ValueError(f"health_port must differ from port ({self.port})")
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_case_level(cls, value: Any) -> Any:
@@ -309,26 +352,6 @@ def _config_file_source(settings_cls: type[BaseSettings], path: Path) -> Pydanti
     return YamlConfigSettingsSource(settings_cls, yaml_file=path)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _help(name: str, description: str | None, default: Any) -> str:
-    shown = "none" if default is None else default
-    # argparse %-formats help strings.
-    return f"{description} [env {ENV_PREFIX}{name.upper()}; default: {shown}]".replace("%", "%%")
-
-
-def _boolean(text: str) -> bool:
-    """``true``/``false`` (also 1/0, yes/no, on/off), as in ``--exit-on-error=false``."""
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one flag per settings field; unset flags leave the file/env/default value."""
     parser = argparse.ArgumentParser(
@@ -336,38 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a model repository of ONNX models over gRPC. Every setting is a flag, an "
         "ATTNSERVE_<NAME> environment variable and a key of the --config YAML file; "
         "flags win over the environment, which wins over the config file, which wins over the defaults.",
+        epilog="API keys: `attnserve-server keys add NAME --scopes infer --key-file PATH` (see `attnserve-server "
+        "keys --help`).",
     )
-    for name, field in ServerSettings.model_fields.items():
-        kwargs: dict[str, Any] = {
-            "default": argparse.SUPPRESS,  # an absent flag must not hide the environment or the file
-            "help": _help(name, field.description, field.default),
-            "dest": name,
-        }
-        annotation = field.annotation
-        if name == "log_level":
-            kwargs["choices"] = list(typing.get_args(LogLevel))
-            kwargs["type"] = str.upper
-        elif typing.get_origin(annotation) is Literal:
-            kwargs["choices"] = list(typing.get_args(annotation))
-        elif annotation is bool:
-            # Both spellings work: --exit-on-error=false (as Triton writes it) and --no-exit-on-error.
-            kwargs.update(nargs="?", const=True, type=_boolean, metavar="{true,false}")
-            parser.add_argument(_flag(name), **kwargs)
-            parser.add_argument(
-                "--no-" + name.replace("_", "-"),
-                dest=name,
-                action="store_false",
-                default=argparse.SUPPRESS,
-                help=f"Same as {_flag(name)}=false.",
-            )
-            continue
-        elif annotation == tuple[str, ...]:
-            kwargs["action"] = "append"
-        elif annotation in (int, float, Path):
-            kwargs["type"] = annotation
-        elif Path in typing.get_args(annotation):  # Path | None
-            kwargs["type"] = Path
-        parser.add_argument(_flag(name), **kwargs)
+    choices = {"log_level": (list(typing.get_args(LogLevel)), str.upper)}
+    add_field_flags(parser, ServerSettings.model_fields, env_prefix=ENV_PREFIX, choices=choices)
     return parser
 
 

@@ -43,9 +43,14 @@ def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return samples
 
 
+def request_labels(labels: dict[str, str]) -> dict[str, str]:
+    """The per-request metrics (those with a ``method``) also carry ``key``: ``""`` on a server without API keys."""
+    return {"key": "", **labels} if "method" in labels else labels
+
+
 def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
     """One sample's value; 0 if the series does not exist (yet)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return samples.get((name, frozenset(request_labels(labels).items())), 0.0)
 
 
 def buckets(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> list[float]:
@@ -54,7 +59,7 @@ def buckets(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: 
     for (sample, sample_labels), count in samples.items():
         d = dict(sample_labels)
         le = d.pop("le", None)
-        if sample == f"{name}_bucket" and d == labels and le is not None:
+        if sample == f"{name}_bucket" and d == request_labels(labels) and le is not None:
             found.append((float(le), count))
     return [count for _, count in sorted(found)]
 

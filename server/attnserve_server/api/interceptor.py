@@ -28,7 +28,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from attnserve_server import logs
 from attnserve_server.api.status import MalformedRequest
-from attnserve_server.metrics import ServerMetrics
+from attnserve_server.metrics import NO_KEY, RequestLabels, ServerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ INSTRUMENTED = (
     "/inference.GRPCInferenceService/ModelInfer",
     "/inference.GRPCInferenceService/ModelStreamInfer",
 )
+
+# More wrapped handlers than any server has methods (twice over): beyond it the cache starts again.
+MAX_WRAPPED = 1024
 
 # Services whose servicers take a MalformedRequest themselves (see api.registration).
 OWN_SERVICES = ("/attnserve.v1.", "/inference.")
@@ -100,8 +103,11 @@ class RequestInterceptor(_ServerInterceptor):
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
-        # Wrapped once per method, not per call: building handlers costs more than the RPC's own bookkeeping.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
+        # Wrapped once per handler, not per call: building handlers costs more than the RPC's own bookkeeping.
+        # Keyed by the handler's identity too (the cached tuple keeps it alive): with API keys a method has
+        # two handlers, its own and the auth interceptor's refusal, and calls alternate between them.
+        self._wrapped: dict[tuple[str, int], tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]]
+        self._wrapped = {}
 
     async def intercept_service(
         self,
@@ -112,7 +118,7 @@ class RequestInterceptor(_ServerInterceptor):
         if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED
             return handler
         full_method = handler_call_details.method
-        cached = self._wrapped.get(full_method)
+        cached = self._wrapped.get((full_method, id(handler)))
         if cached is not None and cached[0] is handler:
             return cached[1]
         track: Track
@@ -125,7 +131,9 @@ class RequestInterceptor(_ServerInterceptor):
         else:
             track = _tag
         wrapped = _wrap_handler(handler, track, full_method)
-        self._wrapped[full_method] = (handler, wrapped)
+        if len(self._wrapped) >= MAX_WRAPPED:  # handlers that come and go (none do today) cannot pile up
+            self._wrapped.clear()
+        self._wrapped[(full_method, id(handler))] = (handler, wrapped)
         return wrapped
 
     @contextlib.contextmanager
@@ -136,7 +144,9 @@ class RequestInterceptor(_ServerInterceptor):
             logs.request_model.set(model or None)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("%s request: %s", method, describe(request))
-            self._metrics.rpc_started(model, method)
+            # The auth interceptor, which runs before this handler in the same task, named the key.
+            labels = RequestLabels(model, method, logs.request_key.get() or NO_KEY)
+            self._metrics.rpc_started(labels)
             code = "OK"
             try:
                 yield
@@ -152,7 +162,7 @@ class RequestInterceptor(_ServerInterceptor):
                 raise
             finally:
                 seconds = time.perf_counter() - started
-                self._metrics.rpc_finished(model, method, code, seconds)
+                self._metrics.rpc_finished(labels, code, seconds)
                 ms = round(seconds * 1000, 3)
                 extra = {"method": method, "code": code, "duration_ms": ms}
                 logger.info("%s %s in %.1f ms", method, code, ms, extra=extra)
