@@ -18,10 +18,12 @@ if TYPE_CHECKING:
     from attnserve_client.client import DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
     from attnserve_client.errors import (
         AttnserveError,
+        AuthenticationError,
         DeadlineExceededError,
         InvalidArgumentError,
         ModelNotFoundError,
         OverloadedError,
+        PermissionDeniedError,
         RequestCancelledError,
         ServerError,
         UnavailableError,
@@ -46,6 +48,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "AsyncClient",
     "AttnserveError",
+    "AuthenticationError",
     "Client",
     "DeadlineExceededError",
     "FinishReason",
@@ -59,6 +62,7 @@ __all__ = [
     "ModelInfo",
     "ModelNotFoundError",
     "OverloadedError",
+    "PermissionDeniedError",
     "Prediction",
     "RequestCancelledError",
     "ServerError",

@@ -13,6 +13,7 @@ import grpc.aio
 from attnserve_client import methods
 from attnserve_client.core import DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, ClientCore, GenerationStream, Plan
 from attnserve_client.images import ImageInput
+from attnserve_client.security import PemSource
 from attnserve_client.types import Generation, GenerationChunk, ModelInfo, Prediction
 
 __all__ = ["AsyncClient"]
@@ -41,14 +42,19 @@ class AsyncClient(ClientCore):
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         retry_overloaded: bool = False,
+        tls: bool = False,
+        ca: PemSource | None = None,
+        cert: PemSource | None = None,
+        key: PemSource | None = None,
+        api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        super().__init__(target, timeout=timeout, retries=retries, retry_overloaded=retry_overloaded)
+        super().__init__(**self.arguments(locals()))
         options = self._channel_options()
-        if credentials is None:
+        if self._credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+            self._channel = grpc.aio.secure_channel(target, self._credentials, options=options)
         self._stubs = methods.bind(self._channel)
 
     async def close(self) -> None:
@@ -157,14 +163,16 @@ class AsyncClient(ClientCore):
             if attempt.wait:
                 await asyncio.sleep(attempt.wait)
             try:
-                outcome = await self._stubs[attempt.method](attempt.message, timeout=attempt.deadline.remaining())
+                outcome = await self._stubs[attempt.method](
+                    attempt.message, timeout=attempt.deadline.remaining(), metadata=self._metadata
+                )
             except grpc.RpcError as error:
                 outcome = error
 
     async def _stream(self, stream: GenerationStream) -> AsyncGenerator[GenerationChunk, None]:
         message = await self._run(stream.start())
         while True:
-            call = self._stubs[methods.GENERATE_STREAM](message, timeout=stream.remaining())
+            call = self._stubs[methods.GENERATE_STREAM](message, timeout=stream.remaining(), metadata=self._metadata)
             try:
                 async for response in call:
                     yield stream.chunk(response)

@@ -19,9 +19,18 @@ from attnserve_client.limits import MAX_STOP_SEQUENCES
 from attnserve_client.request import generate_arguments
 from attnserve_client.types import FinishReason, GenerationChunk, ModelInfo, Prediction, Usage
 
-__all__ = ["HEALTH_TIMEOUT", "build_parser", "main"]
+__all__ = ["CONNECTION_OPTIONS", "HEALTH_TIMEOUT", "build_parser", "main"]
 
 TARGET_ENV = "ATTNSERVE_TARGET"
+# The client's own names: ATTNSERVE_TLS_CERT and ATTNSERVE_TLS_KEY are the server's certificate and key
+# (its settings), and both sets meet in the server's container, where the HEALTHCHECK runs this command.
+TLS_ENV = "ATTNSERVE_TLS"
+CA_ENV = "ATTNSERVE_TLS_CA"
+CERT_ENV = "ATTNSERVE_TLS_CLIENT_CERT"
+KEY_ENV = "ATTNSERVE_TLS_CLIENT_KEY"
+API_KEY_ENV = "ATTNSERVE_API_KEY"
+# Every command takes these (the destinations of their options): where the server is and how to reach it.
+CONNECTION_OPTIONS = ("target", "timeout", "tls", "ca", "cert", "key", "api_key")
 # `attnserve health` runs as a container HEALTHCHECK: it must answer quickly, and it does
 # not retry (the orchestrator retries on its own schedule).
 HEALTH_TIMEOUT = DEFAULT_HEALTH_TIMEOUT
@@ -67,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"deadline in seconds (default: {DEFAULT_TIMEOUT:g}; {HEALTH_TIMEOUT:g} for health)",
     )
+    _add_security_options(common)
 
     parser = argparse.ArgumentParser(prog="attnserve", description="Client of the attnserve model server.")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
@@ -240,14 +250,52 @@ def _input(model: ModelInfo) -> str:
 
 
 def _health(args: argparse.Namespace) -> int:
-    with Client(args.target, retries=0) as client:
+    with _client(args, retries=0) as client:
         serving = client.health(args.model, timeout=args.timeout or HEALTH_TIMEOUT)
     _write(sys.stdout, "SERVING\n" if serving else "NOT_SERVING\n")
     return 0 if serving else 1
 
 
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.target, timeout=args.timeout or DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES)
+def _client(args: argparse.Namespace, retries: int = DEFAULT_RETRIES) -> Client:
+    return Client(
+        args.target,
+        timeout=args.timeout or DEFAULT_TIMEOUT,
+        retries=retries,
+        tls=args.tls,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        api_key=args.api_key,
+    )
+
+
+def _add_security_options(parser: argparse.ArgumentParser) -> None:
+    """--tls, --ca, --cert, --key and --api-key, each defaulting to its environment variable."""
+    env = os.environ.get
+    parser.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=env(TLS_ENV, "").strip().lower() in ("1", "true", "yes", "on"),
+        help=f"connect with TLS (implied by --ca, --cert, --key; default: ${TLS_ENV})",
+    )
+    parser.add_argument(
+        "--ca", default=env(CA_ENV) or None, metavar="PEM", help=f"CA certificate(s) of the server (default: ${CA_ENV})"
+    )
+    parser.add_argument(
+        "--cert",
+        default=env(CERT_ENV) or None,
+        metavar="PEM",
+        help=f"client certificate, for a server that asks for one (mTLS; default: ${CERT_ENV})",
+    )
+    parser.add_argument(
+        "--key", default=env(KEY_ENV) or None, metavar="PEM", help=f"private key of --cert (default: ${KEY_ENV})"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=env(API_KEY_ENV) or None,
+        metavar="KEY",
+        help=f"API key, sent as 'authorization: Bearer KEY' (default: ${API_KEY_ENV}, which keeps it out of ps)",
+    )
 
 
 def _write(out: TextIO, text: str) -> None:

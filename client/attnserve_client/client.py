@@ -22,6 +22,7 @@ from attnserve_client.core import (
     Plan,
 )
 from attnserve_client.images import ImageInput
+from attnserve_client.security import PemSource
 from attnserve_client.types import Generation, GenerationChunk, ModelInfo, Prediction
 
 __all__ = [
@@ -57,7 +58,18 @@ class Client(ClientCore):
         retry_overloaded: also retry calls the server refused because it is overloaded
             (RESOURCE_EXHAUSTED), with the same backoff. Off by default: without it such a call
             raises :class:`~attnserve_client.OverloadedError` at once, and the caller decides.
-        credentials: TLS credentials (``grpc.ssl_channel_credentials()``); None for plaintext.
+        tls: connect with TLS, verifying the server with the system's root certificates (or ``ca``).
+        ca: the CA certificate(s) that signed the server's certificate: a PEM file's path, or PEM bytes.
+            Implies ``tls``.
+        cert, key: a client certificate and its private key (paths or PEM bytes), for a server that
+            demands one (mTLS). Imply ``tls``.
+        api_key: sent as ``authorization: Bearer <key>`` with every call.
+        credentials: ready-made channel credentials (``grpc.ssl_channel_credentials(...)``), instead of
+            ``tls``/``ca``/``cert``/``key``.
+
+    A certificate file that is missing, unreadable or not PEM, a ``cert`` without its ``key``, or an
+    ``api_key`` that cannot be sent raises :class:`~attnserve_client.InvalidArgumentError` here, before
+    anything is sent.
 
     Every method raises a subclass of :class:`~attnserve_client.AttnserveError` on failure.
     """
@@ -69,17 +81,22 @@ class Client(ClientCore):
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         retry_overloaded: bool = False,
+        tls: bool = False,
+        ca: PemSource | None = None,
+        cert: PemSource | None = None,
+        key: PemSource | None = None,
+        api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        super().__init__(target, timeout=timeout, retries=retries, retry_overloaded=retry_overloaded)
+        super().__init__(**self.arguments(locals()))
         # A sync server-streaming call normally hands every message over from gRPC's channel
         # spin thread, which costs about 2 ms before the first chunk; consuming the stream on
         # the calling thread brings that to the cost of a unary call.
         options = [*self._channel_options(), (SINGLE_THREADED_UNARY_STREAM, 1)]
-        if credentials is None:
+        if self._credentials is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
-            self._channel = grpc.secure_channel(target, credentials, options=options)
+            self._channel = grpc.secure_channel(target, self._credentials, options=options)
         self._stubs = methods.bind(self._channel)
 
     def close(self) -> None:
@@ -243,14 +260,16 @@ class Client(ClientCore):
             if attempt.wait:
                 time.sleep(attempt.wait)
             try:
-                outcome = self._stubs[attempt.method](attempt.message, timeout=attempt.deadline.remaining())
+                outcome = self._stubs[attempt.method](
+                    attempt.message, timeout=attempt.deadline.remaining(), metadata=self._metadata
+                )
             except grpc.RpcError as error:
                 outcome = error
 
     def _stream(self, stream: GenerationStream) -> Generator[GenerationChunk, None, None]:
         message = self._run(stream.start())
         while True:
-            call = self._stubs[methods.GENERATE_STREAM](message, timeout=stream.remaining())
+            call = self._stubs[methods.GENERATE_STREAM](message, timeout=stream.remaining(), metadata=self._metadata)
             try:
                 for response in call:
                     yield stream.chunk(response)

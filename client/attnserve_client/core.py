@@ -39,6 +39,7 @@ from attnserve_client.methods import (
 from attnserve_client.pb import models_pb2, text_generation_pb2
 from attnserve_client.request import ClassificationRequest, GenerationRequest
 from attnserve_client.retry import Deadline, RetryPolicy, channel_options, check_timeout, retry_wait
+from attnserve_client.security import PemSource, channel_security
 from attnserve_client.types import Generation, GenerationChunk, ModelInfo, Prediction
 
 __all__ = [
@@ -95,10 +96,33 @@ Plan = Generator[Attempt, object, _T]
 class ClientCore:
     """The settings of a client and the plan of each of its methods (see the module's docstring)."""
 
-    def __init__(self, target: str, *, timeout: float, retries: int, retry_overloaded: bool) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float,
+        retries: int,
+        retry_overloaded: bool,
+        tls: bool = False,
+        ca: PemSource | None = None,
+        cert: PemSource | None = None,
+        key: PemSource | None = None,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self._timeout = check_timeout(timeout)
         self._retry = RetryPolicy(retries=retries, retry_overloaded=retry_overloaded)
         self._target = target
+        security = channel_security(tls=tls, ca=ca, cert=cert, key=key, api_key=api_key, credentials=credentials)
+        # None: a plaintext channel. Each client opens its own kind of channel (sync or asyncio) with them.
+        self._credentials = security.credentials
+        # Sent with every call (the API key); never shown by repr() or in an error.
+        self._metadata = security.metadata
+
+    @staticmethod
+    def arguments(constructor_locals: Mapping[str, Any]) -> dict[str, Any]:
+        """A client constructor's arguments, from its ``locals()``, for ``ClientCore.__init__``."""
+        return {name: value for name, value in constructor_locals.items() if name not in ("self", "__class__")}
 
     @property
     def target(self) -> str:

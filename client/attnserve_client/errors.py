@@ -16,10 +16,12 @@ REQUEST_ID_KEY = "x-request-id"
 __all__ = [
     "REQUEST_ID_KEY",
     "AttnserveError",
+    "AuthenticationError",
     "DeadlineExceededError",
     "InvalidArgumentError",
     "ModelNotFoundError",
     "OverloadedError",
+    "PermissionDeniedError",
     "RequestCancelledError",
     "ServerError",
     "UnavailableError",
@@ -96,6 +98,18 @@ class RequestCancelledError(AttnserveError):
     default_code = grpc.StatusCode.CANCELLED
 
 
+class AuthenticationError(AttnserveError):
+    """The server wants an API key, and got none or one it does not know (UNAUTHENTICATED)."""
+
+    default_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(AttnserveError):
+    """The API key lacks the scope that the call needs; the message names it (PERMISSION_DENIED)."""
+
+    default_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ServerError(AttnserveError):
     """The server failed (INTERNAL, UNKNOWN, UNIMPLEMENTED and any other code)."""
 
@@ -110,6 +124,8 @@ _BY_CODE: dict[grpc.StatusCode, type[AttnserveError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.CANCELLED: RequestCancelledError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 

@@ -26,7 +26,7 @@ from attnserve_client import (
     limits,
     methods,
 )
-from attnserve_client.cli import build_parser
+from attnserve_client.cli import CONNECTION_OPTIONS, build_parser
 from attnserve_client.core import Attempt, ClientCore, GenerationStream, Plan
 from attnserve_client.health import ServingStatus
 from attnserve_client.pb import models_pb2, text_generation_pb2
@@ -92,7 +92,7 @@ def test_every_cli_generate_option_is_an_argument_of_generate() -> None:
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     generate = commands.choices["generate"]
-    options = {a.dest for a in generate._actions} - {"help", "target", "timeout", "stream"}
+    options = {a.dest for a in generate._actions} - {"help", "stream", *CONNECTION_OPTIONS}
     assert options <= set(GENERATE_PARAMETERS)
     assert options == set(GENERATE_PARAMETERS) - {"logprobs"}
 
