@@ -39,6 +39,8 @@ def test_generate_prints_the_same_text_as_the_client(server_address: str, stream
     summary = result.stderr.decode()
     assert f"finish_reason={expected.finish_reason}" in summary
     assert f"completion_tokens={expected.usage.completion_tokens}" in summary
+    assert f"prompt_tokens={expected.usage.prompt_tokens}" in summary
+    assert f"model={MODEL}" in summary and f"version={expected.model_version}" in summary
     assert "seed=9" in summary
 
 
