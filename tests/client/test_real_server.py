@@ -95,7 +95,20 @@ def test_models_and_get_model_are_typed(client: Client) -> None:
     assert info.text_generation.context_length > 0
     assert info.text_generation.vocab_size > 0
     assert info.text_generation.defaults.max_new_tokens >= 1
-    assert info.counters.requests >= 0
+
+
+def test_the_counters_count_this_tests_requests(client: Client) -> None:
+    # The shared server has served other tests: compare before and after (the tests run one at a time).
+    before = client.get_model(MODEL).counters
+    unary = client.generate(PROMPT, model=MODEL, max_new_tokens=5, temperature=0)
+    streamed = list(client.generate_stream(PROMPT, model=MODEL, max_new_tokens=3, temperature=0))
+    with pytest.raises(InvalidArgumentError):  # refused before it reaches the model
+        client.generate(PROMPT, model=MODEL, max_new_tokens=49)
+    after = client.get_model(MODEL).counters
+    assert after.requests - before.requests == 2
+    assert after.tokens_generated - before.tokens_generated == unary.usage.completion_tokens + len(streamed) == 8
+    assert after.failures == before.failures
+    assert (after.batches, after.batched_items) == (0, 0)  # image models only
 
 
 def test_an_unknown_model_raises_model_not_found(client: Client) -> None:
