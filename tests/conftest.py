@@ -11,6 +11,9 @@
   :func:`export_image_model`); ``image_server_address``: a real server serving it and ``tiny-gpt``.
 - ``export_text_model`` / ``export_image_classifier``: build more models
   (``(root, name, **config_changes)`` / ``(root, name, channels=, size=, labels=, **preprocessing)``).
+- ``long_repository`` / ``long_server`` / ``long_server_address``: ``long-gpt`` (1024-token context,
+  4 layers of 256), whose 1000-token greedy generations run to the end and take seconds, and a real
+  server (session-scoped) serving it: cancellation and deadlines have something to stop.
 - ``server_launcher`` / ``session_server_launcher``: start more servers
   (``(repository, *extra_flags, env=..., wait=True)`` -> ``ServerProcess``); each is stopped with
   SIGTERM at the end of the test (or of the session).
@@ -40,6 +43,7 @@ IMAGE_MODEL = "tiny-digits"
 IMAGE_LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 IMAGE_SIZE = 16
 TINY_MAX_NEW_TOKENS_LIMIT = 48
+LONG_MODEL = "long-gpt"
 SERVER_START_TIMEOUT_S = 60.0
 
 # A few KB with accents, CJK, Cyrillic and emoji, so byte-level BPE learns merges that end in the
@@ -273,6 +277,27 @@ def server_address(tiny_repository: Path) -> Iterator[str]:
     server = launch_server(tiny_repository)
     yield server.address
     server.close()
+
+
+@pytest.fixture(scope="session")
+def long_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with ``long-gpt``: a 1024-token context, slow enough (a few ms per token) that a full
+    1000-token generation takes seconds, so cancellation has something to stop."""
+    root = tmp_path_factory.mktemp("long-models")
+    export_model(root, LONG_MODEL, max_new_tokens_limit=1000, context_length=1024, num_layers=4, num_heads=4, dim=256)
+    return root
+
+
+@pytest.fixture(scope="session")
+def long_server(long_repository: Path, session_server_launcher: Callable[..., ServerProcess]) -> ServerProcess:
+    """A server for ``long_repository``, separate from ``server_address`` (its log names its /metrics URL)."""
+    return session_server_launcher(long_repository)
+
+
+@pytest.fixture(scope="session")
+def long_server_address(long_server: ServerProcess) -> str:
+    """``long_server``'s address."""
+    return long_server.address
 
 
 def _launcher() -> Iterator[Callable[..., ServerProcess]]:

@@ -1,10 +1,12 @@
-"""Fixtures for the server tests: a small byte-level BPE tokenizer, and a model for long generations."""
+"""Fixtures for the server tests: a small byte-level BPE tokenizer and a channel to the shared tiny-gpt server.
+
+``long_repository`` / ``long_server_address`` (a model for long generations) are in tests/conftest.py:
+the client tests use them too.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -14,8 +16,6 @@ from attnserve_client.pb import models_pb2_grpc, text_generation_pb2_grpc
 from attnserve_server.text.tokenizer import TextTokenizer
 
 TEXT = ("The café serves crème brûlée. Grüße aus München! 日本語のテキストです。Привет, мир! 🙂🚀 naïve façade.\n") * 30
-
-LONG_MODEL = "long-gpt"
 
 
 @pytest.fixture(scope="session")
@@ -32,23 +32,6 @@ def bpe_tokenizer() -> TextTokenizer:
     )
     tokenizer.train_from_iterator([TEXT], trainer=trainer)
     return TextTokenizer(tokenizer)
-
-
-@pytest.fixture(scope="session")
-def long_repository(tmp_path_factory: pytest.TempPathFactory, export_text_model: Callable[..., Path]) -> Path:
-    """A repository with ``long-gpt``: a 1024-token context, slow enough (a few ms per token) that a full
-    1000-token generation takes seconds, so cancellation has something to stop."""
-    root = tmp_path_factory.mktemp("long-models")
-    export_text_model(
-        root, LONG_MODEL, max_new_tokens_limit=1000, context_length=1024, num_layers=4, num_heads=4, dim=256
-    )
-    return root
-
-
-@pytest.fixture(scope="session")
-def long_server_address(long_repository: Path, session_server_launcher: Callable[..., Any]) -> str:
-    """A server for ``long_repository``, separate from ``server_address``."""
-    return str(session_server_launcher(long_repository).address)
 
 
 @pytest.fixture(scope="session")
