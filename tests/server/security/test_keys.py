@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -217,15 +218,31 @@ def test_names_not_keys_reach_the_logs_and_the_metrics(keyed: Keyed) -> None:
     with Client(keyed.server.address, api_key=wrong, retries=0) as client, pytest.raises(AuthenticationError):
         client.generate("ROMEO:", model=MODEL, max_new_tokens=2)
 
-    log, metrics = keyed.server.stderr(), keyed.metrics()
+    lines = [
+        r"\[request_id=\S+ model=tiny-gpt key=infer\]: Generate OK in",
+        r"key=reader\]: Generate PERMISSION_DENIED in",
+        r"\]: Generate UNAUTHENTICATED in",
+    ]
+    series = [
+        'attnserve_requests_total{code="OK",key="infer",method="Generate",model="tiny-gpt"} 1.0',
+        # A refused request is never parsed, so it names no model.
+        'attnserve_requests_total{code="PERMISSION_DENIED",key="reader",method="Generate",model=""} 1.0',
+        'attnserve_requests_total{code="UNAUTHENTICATED",key="",method="Generate",model=""} 1.0',
+    ]
+    # The server logs and counts a call just after its answer has gone out: wait for the last of them.
+    deadline = time.monotonic() + 30
+    while True:
+        log, metrics = keyed.server.stderr(), keyed.metrics()
+        seen = all(re.search(line, log) for line in lines) and all(line in metrics for line in series)
+        if seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for line in lines:
+        assert re.search(line, log), line
+    for line in series:
+        assert line in metrics, line
     for secret in (*keyed.keys.values(), wrong):
         assert secret not in log and secret not in metrics
-    assert re.search(r"\[request_id=\S+ model=tiny-gpt key=infer\]: Generate OK in", log)
-    assert re.search(r"key=reader\]: Generate PERMISSION_DENIED in", log)
-    assert re.search(r"\]: Generate UNAUTHENTICATED in", log)
-    assert re.search(r'attnserve_requests_total\{code="OK",key="infer",method="Generate",model="tiny-gpt"\} 1', metrics)
-    assert 'code="PERMISSION_DENIED",key="reader",method="Generate"' in metrics
-    assert 'code="UNAUTHENTICATED",key="",method="Generate"' in metrics
 
 
 def test_health_answers_on_the_plaintext_port_and_needs_no_key(keyed: Keyed) -> None:
