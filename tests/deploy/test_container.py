@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from attnserve_client import Client
+from attnserve_client import AuthenticationError, Client, UnavailableError
 
 # The first test's setup makes the base image and builds the image: minutes on a fresh machine.
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -35,6 +35,7 @@ BASE_IMAGE = "localhost/attnserve-base:py311"
 IMAGE = "localhost/attnserve:test"
 APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 GRPC_PORT = 50051
+HEALTH_PORT = 50052
 GRACE_PERIOD_S = 5.0
 # The issue's target for what the image adds on top of its base.
 MAX_ADDED_BYTES = 250_000_000
@@ -182,32 +183,36 @@ def config(inspected: dict[str, Any]) -> dict[str, Any]:
 class Container:
     name: str
     target: str
+    health_target: str
 
 
 @pytest.fixture
 def start_container(podman: Podman, image: str, config: dict[str, Any]) -> Iterator[Callable[..., Container]]:
-    """``start_container(*env)`` runs the image with its whole filesystem read-only (no writable
-    /tmp either), as its declared user, the gRPC port published on a free loopback port, and
-    waits until the server reports SERVING."""
+    """``start_container(*env, volumes=())`` runs the image with its whole filesystem read-only (no
+    writable /tmp either), as its declared user, the gRPC port and the plaintext health port published
+    on free loopback ports, and waits on the health port until the server reports SERVING."""
     names: list[str] = []
 
-    def start(*env: str) -> Container:
-        port = free_port()
+    def start(*env: str, volumes: tuple[str, ...] = ()) -> Container:
+        port, health_port = free_port(), free_port()
         name = f"attnserve-test-{os.getpid()}-{len(names)}"
         names.append(name)
         env_flags = [flag for item in env for flag in ("--env", item)]
+        volume_flags = [flag for volume in volumes for flag in ("--volume", volume)]
         podman(
             "run", "--detach", "--name", name,
             # Like Docker's --read-only: podman would otherwise mount writable tmpfs on /tmp and /run.
             "--read-only", "--read-only-tmpfs=false",
             "--user", config["User"],
             "--publish", f"127.0.0.1:{port}:{GRPC_PORT}",
+            "--publish", f"127.0.0.1:{health_port}:{HEALTH_PORT}",
             *env_flags,
+            *volume_flags,
             image,
         )  # fmt: skip
-        target = f"127.0.0.1:{port}"
+        target, health_target = f"127.0.0.1:{port}", f"127.0.0.1:{health_port}"
         deadline = time.monotonic() + START_TIMEOUT_S
-        with Client(target, timeout=2.0, retries=0) as client:
+        with Client(health_target, timeout=2.0, retries=0) as client:
             while not client.health():
                 state = podman.inspect("container", "inspect", name)["State"]
                 if not state["Running"] or time.monotonic() > deadline:
@@ -217,7 +222,7 @@ def start_container(podman: Podman, image: str, config: dict[str, Any]) -> Itera
                         f"exit code {state['ExitCode']}):\n{logs.stdout}{logs.stderr}"
                     )
                 time.sleep(0.5)
-        return Container(name, target)
+        return Container(name, target, health_target)
 
     yield start
     for name in names:
@@ -237,11 +242,12 @@ def test_image_declares_a_non_root_user_ports_and_a_health_check(
     # Present only because the build used --format docker: OCI images drop HEALTHCHECK.
     assert "attnserve health" in " ".join(inspected["Healthcheck"]["Test"])
     assert config["StopSignal"] == "SIGTERM"
-    assert set(config["ExposedPorts"]) == {"50051/tcp", "9464/tcp"}
+    assert set(config["ExposedPorts"]) == {"50051/tcp", "50052/tcp", "9464/tcp"}
     assert config["Entrypoint"] == ["attnserve-server"]
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["ATTNSERVE_HOST"] == "0.0.0.0"
     assert env["ATTNSERVE_MODEL_REPOSITORY"] == "/models"
+    assert env["ATTNSERVE_HEALTH_PORT"] == "50052"
     assert config["Labels"]["org.opencontainers.image.title"] == "attnserve"
 
 
@@ -299,6 +305,41 @@ def test_served_from_the_container_through_the_client(
 
     # The image's own HEALTHCHECK command, run inside the read-only container as its user.
     assert podman("healthcheck", "run", container.name, check=False).returncode == 0
+
+
+def test_served_over_tls_with_an_api_key_from_mounted_secrets(
+    podman: Podman, start_container: Callable[..., Container], tmp_path: Path
+) -> None:
+    """The documented setup: docker/dev-certs.sh and `attnserve-server keys add` write a secrets folder,
+    mounted read-only at /etc/attnserve; clients outside call over TLS with the key."""
+    secrets = tmp_path / "secrets"
+    subprocess.run([str(REPO / "docker" / "dev-certs.sh"), str(secrets)], check=True, capture_output=True, timeout=60)
+    add = ["keys", "add", "outside", "--scopes", "infer", "--key-file", str(secrets / "api-keys.yaml")]
+    added = subprocess.run(
+        [sys.executable, "-m", "attnserve_server", *add], check=True, capture_output=True, text=True, timeout=60
+    )
+    key = added.stdout.splitlines()[-1]
+    # The container's user (uid 10001) reads the key; in production the file belongs to it (chown 10001).
+    (secrets / "tls.key").chmod(0o644)
+    secrets.chmod(0o755)
+    container = start_container(
+        "ATTNSERVE_TLS_CERT=/etc/attnserve/tls.crt",
+        "ATTNSERVE_TLS_KEY=/etc/attnserve/tls.key",
+        "ATTNSERVE_API_KEY_FILE=/etc/attnserve/api-keys.yaml",
+        volumes=(f"{secrets}:/etc/attnserve:ro",),
+    )
+    with Client(container.target, ca=secrets / "ca.crt", api_key=key, timeout=60.0) as client:
+        result = client.generate("ROMEO:", model="shakespeare-gpt", max_new_tokens=8, seed=7)
+        assert result.usage.completion_tokens == 8
+    with Client(container.target, ca=secrets / "ca.crt", retries=0) as anonymous, pytest.raises(AuthenticationError):
+        anonymous.generate("ROMEO:", model="shakespeare-gpt", max_new_tokens=8)
+    with Client(container.target, api_key=key, retries=0, timeout=5.0) as plaintext, pytest.raises(UnavailableError):
+        plaintext.generate("ROMEO:", model="shakespeare-gpt", max_new_tokens=8)
+    # The image's HEALTHCHECK asks the plaintext health port, so it passes with TLS on.
+    assert podman("healthcheck", "run", container.name, check=False).returncode == 0
+    logs = podman("logs", container.name)
+    assert key not in logs.stdout + logs.stderr
+    assert "(TLS, 1 API key(s)" in logs.stdout + logs.stderr
 
 
 def test_sigterm_stops_the_container_cleanly_within_the_grace_period(

@@ -61,10 +61,27 @@ def compose_server() -> dict[str, Any]:
     return dict(services["attnserve"])
 
 
-def test_compose_publishes_the_exposed_ports() -> None:
+def test_compose_publishes_grpc_and_metrics_on_this_host_only() -> None:
     exposed = set(re.findall(r"^EXPOSE\s+(.+)$", DOCKERFILE.read_text(), flags=re.MULTILINE)[-1].split())
-    published = {mapping.split(":")[-1] for mapping in compose_server()["ports"]}
-    assert published == exposed == {"50051", "9464"}
+    published = {mapping.split(":")[-1]: mapping for mapping in compose_server()["ports"]}
+    assert exposed == {"50051", "50052", "9464"}
+    # The health port is for the healthcheck, which runs inside the container.
+    assert set(published) == exposed - {"50052"}
+    assert published["9464"] == "127.0.0.1:9464:9464"  # plaintext, and its series name the API keys
+
+
+def test_compose_serves_tls_and_keys_from_a_mounted_secrets_folder() -> None:
+    server = compose_server()
+    env = server["environment"]
+    (secrets,) = [volume for volume in server["volumes"] if volume["target"] == "/etc/attnserve"]
+    assert (
+        secrets["read_only"] is True and (COMPOSE.parent / secrets["source"]).resolve() == REPO / "docker" / "secrets"
+    )
+    for name in ("ATTNSERVE_TLS_CERT", "ATTNSERVE_TLS_KEY", "ATTNSERVE_API_KEY_FILE"):
+        assert env[name].startswith("/etc/attnserve/"), name
+    assert "docker/secrets/" in (REPO / ".gitignore").read_text().splitlines()
+    health = server["healthcheck"]["test"]
+    assert health[health.index("--target") + 1] == f"127.0.0.1:{env['ATTNSERVE_HEALTH_PORT']}"
 
 
 def test_compose_runs_read_only_with_limits_and_a_health_check() -> None:

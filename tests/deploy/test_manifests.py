@@ -25,7 +25,10 @@ KSERVE_CHECK = Path(__file__).with_name("kserve_schema_check.py")
 # and the newest that kubernetes-validate knows.
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
 GRPC_PORT = 50051
+HEALTH_PORT = 50052
 METRICS_PORT = 9464
+# Where the manifests mount the Secrets with the certificate and the API key file.
+SECRET_MOUNTS = {"/etc/attnserve/tls": "attnserve-tls", "/etc/attnserve/keys": "attnserve-api-keys"}
 
 Manifest = dict[str, Any]
 
@@ -89,16 +92,49 @@ def test_kustomization_applies_every_core_manifest() -> None:
 def test_deployment_exposes_the_ports_the_image_exposes() -> None:
     exposed = {int(port) for port in dockerfile_instruction("EXPOSE").split()}
     ports = {port["name"]: port["containerPort"] for port in server_container()["ports"]}
-    assert exposed == {GRPC_PORT, METRICS_PORT}
-    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    assert exposed == {GRPC_PORT, HEALTH_PORT, METRICS_PORT}
+    assert ports == {"grpc": GRPC_PORT, "health": HEALTH_PORT, "metrics": METRICS_PORT}
 
 
 @pytest.mark.parametrize("probe", ["startupProbe", "readinessProbe", "livenessProbe"])
-def test_probes_ask_grpc_health_on_the_grpc_port(probe: str) -> None:
-    # Kubernetes' native grpc probe calls grpc.health.v1.Health/Check; service "" is the whole server.
+def test_probes_ask_grpc_health_on_the_plaintext_health_port(probe: str) -> None:
+    # Kubernetes' native grpc probe calls grpc.health.v1.Health/Check (service "": the whole server) in
+    # plaintext and without a key: the gRPC port wants both, the health port neither.
     settings = server_container()[probe]
-    assert settings["grpc"]["port"] == GRPC_PORT
+    assert settings["grpc"]["port"] == HEALTH_PORT
     assert settings["grpc"].get("service", "") == ""
+    env = {item["name"]: item.get("value") for item in server_container()["env"]}
+    assert env["ATTNSERVE_HEALTH_PORT"] == str(HEALTH_PORT)
+
+
+def _secret_files(container: Manifest, pod: Manifest) -> dict[str, str]:
+    """The env settings naming a file of a mounted Secret: variable -> secret name; fails on any other path."""
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    secrets = {volume["name"]: volume["secret"] for volume in pod["volumes"] if "secret" in volume}
+    found = {}
+    for item in container["env"]:
+        if item["name"] in ("ATTNSERVE_TLS_CERT", "ATTNSERVE_TLS_KEY", "ATTNSERVE_API_KEY_FILE"):
+            folder = item["value"].rsplit("/", 1)[0]
+            (name,) = (n for n, mount in mounts.items() if mount["mountPath"] == folder)
+            assert mounts[name]["readOnly"] is True and "subPath" not in mounts[name]  # subPath never updates
+            found[item["name"]] = secrets[name]["secretName"]
+    return found
+
+
+@pytest.mark.parametrize("manifest", ["deployment", "inferenceservice"])
+def test_tls_and_api_keys_come_from_mounted_secrets(manifest: str) -> None:
+    if manifest == "deployment":
+        container, pod = server_container(), pod_spec()
+    else:
+        pod = load(INFERENCE_SERVICE)["spec"]["predictor"]
+        (container,) = pod["containers"]
+    assert _secret_files(container, pod) == {
+        "ATTNSERVE_TLS_CERT": "attnserve-tls",
+        "ATTNSERVE_TLS_KEY": "attnserve-tls",
+        "ATTNSERVE_API_KEY_FILE": "attnserve-api-keys",
+    }
+    # Mode 0440: readable by the pod's fsGroup, which must be the image's group.
+    assert pod["securityContext"]["fsGroup"] == int(dockerfile_instruction("USER").split(":")[1])
 
 
 def test_deployment_runs_locked_down_as_the_image_user() -> None:
@@ -139,7 +175,8 @@ def test_service_hpa_and_pdb_select_the_deployment() -> None:
 
     service = load(K8S / "service.yaml")
     assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert {port["targetPort"] for port in service["spec"]["ports"]} == port_names
+    # The health port is for the kubelet's probes, which reach the pod directly.
+    assert {port["targetPort"] for port in service["spec"]["ports"]} == port_names - {"health"}
 
     pdb = load(K8S / "pdb.yaml")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -161,8 +198,8 @@ def test_inference_service_predictor_matches_the_deployment() -> None:
     assert container["resources"] == deployed["resources"]
     # KServe routes gRPC to the container port named h2c.
     assert container["ports"] == [{"name": "h2c", "containerPort": GRPC_PORT, "protocol": "TCP"}]
-    assert container["readinessProbe"]["grpc"]["port"] == GRPC_PORT
-    assert container["livenessProbe"]["grpc"]["port"] == GRPC_PORT
+    assert container["readinessProbe"]["grpc"]["port"] == HEALTH_PORT
+    assert container["livenessProbe"]["grpc"]["port"] == HEALTH_PORT
 
 
 # -- the KServe InferenceService against the kserve SDK --------------------------------------------
