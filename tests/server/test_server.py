@@ -115,38 +115,56 @@ def test_sigterm_drains_in_flight_streams(long_repository: Path, server_launcher
         watcher.start()
 
         stub = text_generation_pb2_grpc.TextGenerationServiceStub(channel)
-        responses = stub.GenerateStream(long_request(250), timeout=60)
+        responses = stub.GenerateStream(long_request(1000), timeout=60)
         first = next(responses)
         sent = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
+        watcher.join(timeout=30)
+        assert NOT_SERVING in statuses  # the drain has begun
+
+        # New work is refused while the drain goes on, as UNAVAILABLE (retry elsewhere), not by a
+        # timeout or an error of the request. Health goes NOT_SERVING a moment before the server stops
+        # taking calls: a call that slips in before is served (and drained), and one that arrives just
+        # as gRPC stops taking calls is CANCELLED by grpc-core; every call after that is UNAVAILABLE.
+        codes = []
+        for _ in range(200):
+            try:
+                stub.Generate(long_request(1), timeout=30)
+            except grpc.RpcError as refused:
+                codes.append(refused.code())
+                if refused.code() == grpc.StatusCode.UNAVAILABLE:
+                    break
+        else:
+            pytest.fail(f"no call was refused as UNAVAILABLE 200 calls into the drain: {codes}")
+        assert set(codes[:-1]) <= {grpc.StatusCode.CANCELLED} and len(codes) <= 2, codes
+        assert server.process.poll() is None  # still draining: the server exits once the stream is done
 
         rest = list(responses)  # the in-flight stream runs to the end
         chunks = [first, *rest]
         assert chunks[-1].finish_reason == text_generation_pb2.FINISH_REASON_LENGTH
-        assert sum(len(c.token_ids) for c in chunks) == 250
-        watcher.join(timeout=10)
-        assert NOT_SERVING in statuses
-
-        # New work is refused while draining or after.
-        with pytest.raises(grpc.RpcError):
-            stub.Generate(long_request(1), timeout=5)
+        assert sum(len(c.token_ids) for c in chunks) == 1000
 
     assert server.process.wait(timeout=grace) == 0
+    # The drain ends with the last stream, long before the grace period that would have cut it.
     assert time.monotonic() - sent < grace
 
 
 def test_sigterm_cancels_what_outlives_the_grace_period(
     long_repository: Path, server_launcher: Callable[..., Any]
 ) -> None:
-    grace = 0.5
+    # A 1000-token stream takes about a second here (it ran to the end in the test above); the grace
+    # period is a small fraction of that, so the stream is cut by the server, and the bound is work.
+    grace = 0.05
     server = server_launcher(long_repository, "--grace-period-s", str(grace))
     with grpc.insecure_channel(server.address) as channel:
         stub = text_generation_pb2_grpc.TextGenerationServiceStub(channel)
         responses = stub.GenerateStream(long_request(1000), timeout=60)
-        next(responses)
-        sent = time.monotonic()
+        received = len(next(responses).token_ids)
         server.process.send_signal(signal.SIGTERM)
         with pytest.raises(grpc.RpcError):
-            list(responses)
-    assert server.process.wait(timeout=15) == 0
-    assert time.monotonic() - sent < grace + 5
+            for chunk in responses:
+                received += len(chunk.token_ids)
+        assert received < 1000  # the stream was cut, not drained to its end
+    # The process then exits cleanly. 30 s is the margin a loaded machine needs for the interpreter's
+    # own shutdown; the cut itself is measured in tokens above.
+    assert server.process.wait(timeout=30) == 0
