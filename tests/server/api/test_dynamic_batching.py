@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from PIL import Image
 
 from attnserve_client import (
@@ -75,6 +76,22 @@ def counters(client: Client, model: str) -> ModelCounters:
     return client.get_model(model).counters
 
 
+def wait_until_admitted(client: Client, model: str, requests: int) -> None:
+    """Poll GetModel until ``model`` has admitted ``requests`` requests in all. A request is counted
+    as its images are reserved in the batcher's queue (the same step), so once it shows, it is queued."""
+    deadline = time.monotonic() + 30
+    while counters(client, model).requests < requests:
+        assert time.monotonic() < deadline, f"{model} did not admit request {requests} within 30 s"
+        time.sleep(0.01)
+
+
+def queue_seconds(address: str, model: str) -> tuple[int, float]:
+    """(requests, total seconds they waited in the batcher's queue), from v2 ModelStatistics."""
+    with triton.InferenceServerClient(address) as v2:
+        (stats,) = v2.get_inference_statistics(model).model_stats
+    return int(stats.inference_stats.queue.count), stats.inference_stats.queue.ns / 1e9
+
+
 def assert_same(batched: list[Prediction], alone: list[Prediction]) -> None:
     assert [p.index for p in batched] == [p.index for p in alone]
     assert [p.score for p in batched] == pytest.approx([p.score for p in alone], abs=1e-5)
@@ -108,13 +125,16 @@ def test_concurrent_requests_merge_and_each_caller_gets_its_own_results(batching
 def test_with_adaptive_delay_a_lone_request_does_not_wait_for_company(batching_address: str) -> None:
     with Client(batching_address) as client:
         before = counters(client, ADAPTIVE)
-        start = time.monotonic()
+        queued_before = queue_seconds(batching_address, ADAPTIVE)
         for seed in range(3):
             client.classify(png(seed), model=ADAPTIVE)
-        elapsed = time.monotonic() - start
         after = counters(client, ADAPTIVE)
-    assert elapsed < 5.0  # one 5 s delay would already exceed it
+        queued_after = queue_seconds(batching_address, ADAPTIVE)
     assert after.batches - before.batches == 3
+    # The server's own account of the queue wait (not the client's stopwatch): the three together
+    # waited less than ONE 5 s delay; waiting for company would have cost each of them the whole delay.
+    assert queued_after[0] - queued_before[0] == 3
+    assert queued_after[1] - queued_before[1] < 5.0
 
 
 def test_a_request_larger_than_the_batch_is_split(batching_address: str) -> None:
@@ -146,7 +166,8 @@ async def test_a_cancelled_request_never_reaches_the_model(batching_address: str
     async with AsyncClient(batching_address) as client:
         before = (await client.get_model(SLOW)).counters
         task = asyncio.create_task(client.classify_batch([png(3), png(4)], model=SLOW))
-        await asyncio.sleep(0.3)  # admitted, and waiting for its batch to fill
+        while (await client.get_model(SLOW)).counters.requests == before.requests:
+            await asyncio.sleep(0.01)  # until admitted: then it waits in the queue for its 1.5 s delay
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -158,14 +179,14 @@ async def test_a_cancelled_request_never_reaches_the_model(batching_address: str
 
 def test_a_full_queue_refuses_at_once_with_overloaded(batching_address: str) -> None:
     with Client(batching_address) as client, ThreadPoolExecutor(1) as pool:
+        before = counters(client, FULL)
         waiting = pool.submit(client.classify_batch, [png(6), png(7)], model=FULL)  # fills the queue
-        time.sleep(0.3)
-        start = time.monotonic()
+        wait_until_admitted(client, FULL, before.requests + 1)
         with pytest.raises(OverloadedError) as info:
             client.classify(png(8), model=FULL)
-        refused_after = time.monotonic() - start
+        # Refused at once, while the queued request still waits out its 2 s delay: no call has run yet.
+        assert counters(client, FULL).batches == before.batches
         assert "max_queue_size" in info.value.details
-        assert refused_after < 1.0  # refused at once, not after the queued request's 2 s delay
         assert len(waiting.result()) == 2
     with Client(batching_address) as client, pytest.raises(InvalidArgumentError, match="max_queue_size"):
         client.classify_batch([png(i) for i in range(3)], model=FULL)
@@ -177,8 +198,9 @@ def test_the_client_retries_overloaded_only_when_asked(batching_address: str) ->
         Client(batching_address, retries=10, retry_overloaded=True) as patient,
         ThreadPoolExecutor(1) as pool,
     ):
+        before = counters(client, FULL)
         waiting = pool.submit(client.classify_batch, [png(9), png(10)], model=FULL)
-        time.sleep(0.3)
+        wait_until_admitted(client, FULL, before.requests + 1)
         with pytest.raises(OverloadedError):
             client.classify(png(11), model=FULL)
         # Retried with backoff until the queued request has run and made room.
