@@ -115,6 +115,7 @@ bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/text_throughput.py
 	$(TEST_VENV)/bin/python benchmarks/image_latency.py
 	$(TEST_VENV)/bin/python benchmarks/kserve_overhead.py
+	$(TEST_VENV)/bin/python benchmarks/auth_overhead.py
 	$(TEST_VENV)/bin/python benchmarks/image_throughput.py
 	$(TEST_VENV)/bin/python benchmarks/image_overload.py
 

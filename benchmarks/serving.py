@@ -25,8 +25,12 @@ def start_server(
     timeout: float = 300,
     env: dict[str, str] | None = None,
     program: Sequence[str] = ("-m", "attnserve_server"),
+    health_port: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``attnserve-server`` on ``repository`` with ``flags``; returns once its health is SERVING.
+
+    With ``health_port`` the server also gets a plaintext ``--health-port``, and health is asked
+    there: for a server whose gRPC port wants TLS or an API key.
 
     ``env`` replaces the server's environment (for example a PYTHONPATH that runs another revision).
     ``program`` is what the Python interpreter runs: the server module, or a script that wraps it
@@ -40,9 +44,14 @@ def start_server(
     command = [sys.executable, *program, "--model-repository", str(repository),
                "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING",
                *flags]  # fmt: skip
+    probe = f"127.0.0.1:{port}"
+    if health_port:
+        probe_port = free_port()
+        command += ["--health-port", str(probe_port)]
+        probe = f"127.0.0.1:{probe_port}"
     process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
     address = f"127.0.0.1:{port}"
-    with Client(address, timeout=2.0, retries=0) as client:
+    with Client(probe, timeout=2.0, retries=0) as client:
         deadline = time.monotonic() + timeout
         while not client.health():
             if process.poll() is not None or time.monotonic() > deadline:
