@@ -410,6 +410,48 @@ def test_missing_input_two_inputs_and_unknown_output(
     expect_invalid(lambda: client.infer(IMAGE_MODEL, [not_an_image]), "image 0")
 
 
+# Every v2 datatype, as numpy builds it from the same pixels.
+DATATYPES = {
+    "FP32": np.float32, "FP16": np.float16, "FP64": np.float64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "BOOL": np.bool_, "BYTES": object,
+}  # fmt: skip
+PIXEL_DATATYPES = ("FP32", "FP16", "FP64")
+
+
+def _as(datatype: str, x: np.ndarray) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.vectorize(lambda v: str(v).encode(), otypes=[object])(x)
+    return x.astype(DATATYPES[datatype])
+
+
+@pytest.mark.parametrize("datatype", list(DATATYPES))
+def test_every_datatype_through_model_infer(
+    client: triton.InferenceServerClient,
+    image_meta: dict[str, Any],
+    reference: ort.InferenceSession,
+    datatype: str,
+) -> None:
+    """The pixel input takes FP32, FP16 and FP64 (converted to the graph's FP32); every other datatype
+    is INVALID_ARGUMENT naming the input and the datatype. The encoded-image input takes BYTES only."""
+    ic = image_meta["image_classification"]
+    x = _as(datatype, pixels(2, seed=3) * 4)  # integers of a few units, so the integer types differ from 0
+    tensor = triton.InferInput(ic["input_name"], list(x.shape), datatype)
+    tensor.set_data_from_numpy(x)
+    if datatype in PIXEL_DATATYPES:
+        result = client.infer(IMAGE_MODEL, [tensor], client_timeout=TIMEOUT)
+        (expected,) = reference.run([ic["output_name"]], {ic["input_name"]: x.astype(np.float32)})
+        np.testing.assert_allclose(result.as_numpy(ic["output_name"]), expected, rtol=1e-5, atol=1e-5)
+    else:
+        expect_invalid(lambda: client.infer(IMAGE_MODEL, [tensor]), repr(ic["input_name"]), repr(datatype))
+    if datatype != "BYTES":
+        image = triton.InferInput("image", [2], datatype)
+        image.set_data_from_numpy(x.reshape(2, -1)[:, 0])
+        expect_invalid(lambda: client.infer(IMAGE_MODEL, [image]), "'image' must be BYTES", repr(datatype))
+    assert client.is_server_ready()
+
+
 def test_malformed_request_is_invalid_argument(image_server_address: str) -> None:
     with grpc.insecure_channel(image_server_address) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")

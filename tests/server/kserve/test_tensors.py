@@ -1,8 +1,20 @@
 """The v2 tensor codec: every datatype round-trips through typed and raw contents, in the same
-process as tritonclient (our stubs live in their own descriptor pool, so both import)."""
+process as tritonclient (our stubs live in their own descriptor pool, so both import).
+
+What tritonclient puts on the wire is captured through its public API: ``infer()`` against a plain
+gRPC server in this process that records the request bytes and answers with our own encoding, which
+tritonclient's ``as_numpy()`` must read back.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -19,12 +31,52 @@ ARRAYS = {
     "FP64": np.array([1e300, -0.1], dtype=np.float64),
     "INT64": np.array([[2**62, -(2**63)]], dtype=np.int64),
     "INT32": np.array([-(2**31), 2**31 - 1, 0], dtype=np.int32),
+    "INT16": np.array([[-(2**15), 2**15 - 1], [0, -2]], dtype=np.int16),
     "INT8": np.array([-128, 127], dtype=np.int8),
     "UINT8": np.array([[0, 255], [7, 128]], dtype=np.uint8),
+    "UINT16": np.array([0, 2**16 - 1, 258], dtype=np.uint16),
+    "UINT32": np.array([[0, 2**32 - 1, 65536]], dtype=np.uint32),
     "UINT64": np.array([2**64 - 1], dtype=np.uint64),
     "BOOL": np.array([[True, False, True]], dtype=np.bool_),
     "BYTES": np.array([[b"", b"caf\xc3\xa9"], [b"\x00\xff", b"x" * 300]], dtype=object),
 }
+
+
+@dataclass
+class Capture:
+    """A gRPC server that keeps the ModelInfer requests it receives and echoes the first input back."""
+
+    address: str = ""
+    requests: list[pb.ModelInferRequest] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def infer(self, raw_request: bytes, context: grpc.ServicerContext) -> bytes:
+        request = pb.ModelInferRequest.FromString(raw_request)
+        with self.lock:
+            self.requests.append(request)
+        (tensor,) = request.inputs
+        (raw,) = request.raw_input_contents
+        out, out_raw = encode_output("y", decode_input(tensor, raw), raw=True)
+        assert out_raw is not None
+        response = pb.ModelInferResponse(model_name=request.model_name, id=request.id, outputs=[out])
+        response.raw_output_contents.append(out_raw)
+        return response.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def capture() -> Iterator[Capture]:
+    found = Capture()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    handler = grpc.unary_unary_rpc_method_handler(found.infer)  # bytes in, bytes out
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {"ModelInfer": handler})]
+    )
+    found.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    try:
+        yield found
+    finally:
+        server.stop(grace=None)
 
 
 def test_both_stub_sets_live_in_one_process() -> None:
@@ -34,17 +86,26 @@ def test_both_stub_sets_live_in_one_process() -> None:
 
 
 @pytest.mark.parametrize("datatype", list(ARRAYS))
-def test_raw_contents_match_tritonclient_serialisation(datatype: str) -> None:
+def test_raw_contents_match_tritonclient_serialisation(datatype: str, capture: Capture) -> None:
     array = ARRAYS[datatype]
     tensor = triton.InferInput("x", list(array.shape), datatype)
     tensor.set_data_from_numpy(array)
-    wire = pb.ModelInferRequest.InferInputTensor.FromString(tensor._get_tensor().SerializeToString())
-    decoded = decode_input(wire, tensor._get_content())
+    with triton.InferenceServerClient(capture.address) as client:
+        result = client.infer("m", [tensor], request_id=datatype, client_timeout=30)
+    (request,) = [r for r in capture.requests if r.id == datatype]
+    (wire,) = request.inputs
+    assert (wire.name, wire.datatype, list(wire.shape)) == ("x", datatype, list(array.shape))
+    (sent,) = request.raw_input_contents
+    decoded = decode_input(wire, sent)
     assert decoded.shape == array.shape
     np.testing.assert_array_equal(decoded, array)
     out, raw = encode_output("y", decoded, raw=True)
     assert out.datatype == datatype and list(out.shape) == list(array.shape)
-    assert raw == tensor._get_content()  # byte for byte what tritonclient sends
+    assert raw == sent  # byte for byte what tritonclient sends
+    # ...and what tritonclient reads back from a response.
+    echoed: Any = result.as_numpy("y")
+    assert echoed.shape == array.shape
+    np.testing.assert_array_equal(echoed, array)
 
 
 @pytest.mark.parametrize("datatype", [d for d in ARRAYS if d != "FP16"])
