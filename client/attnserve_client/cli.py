@@ -278,24 +278,19 @@ def _add_security_options(parser: argparse.ArgumentParser) -> None:
         default=env(TLS_ENV, "").strip().lower() in ("1", "true", "yes", "on"),
         help=f"connect with TLS (implied by --ca, --cert, --key; default: ${TLS_ENV})",
     )
-    parser.add_argument(
-        "--ca", default=env(CA_ENV) or None, metavar="PEM", help=f"CA certificate(s) of the server (default: ${CA_ENV})"
+    options = (
+        ("--ca", CA_ENV, "PEM", "CA certificate(s) of the server"),
+        ("--cert", CERT_ENV, "PEM", "client certificate, for a server that asks for one (mTLS)"),
+        ("--key", KEY_ENV, "PEM", "private key of --cert"),
+        (
+            "--api-key",
+            API_KEY_ENV,
+            "KEY",
+            "API key, sent as 'authorization: Bearer KEY' (the variable keeps it out of ps)",
+        ),
     )
-    parser.add_argument(
-        "--cert",
-        default=env(CERT_ENV) or None,
-        metavar="PEM",
-        help=f"client certificate, for a server that asks for one (mTLS; default: ${CERT_ENV})",
-    )
-    parser.add_argument(
-        "--key", default=env(KEY_ENV) or None, metavar="PEM", help=f"private key of --cert (default: ${KEY_ENV})"
-    )
-    parser.add_argument(
-        "--api-key",
-        default=env(API_KEY_ENV) or None,
-        metavar="KEY",
-        help=f"API key, sent as 'authorization: Bearer KEY' (default: ${API_KEY_ENV}, which keeps it out of ps)",
-    )
+    for flag, variable, metavar, what in options:
+        parser.add_argument(flag, default=env(variable) or None, metavar=metavar, help=f"{what} (default: ${variable})")
 
 
 def _write(out: TextIO, text: str) -> None:

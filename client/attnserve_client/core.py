@@ -39,7 +39,7 @@ from attnserve_client.methods import (
 from attnserve_client.pb import models_pb2, text_generation_pb2
 from attnserve_client.request import ClassificationRequest, GenerationRequest
 from attnserve_client.retry import Deadline, RetryPolicy, channel_options, check_timeout, retry_wait
-from attnserve_client.security import PemSource, channel_security
+from attnserve_client.security import channel_security
 from attnserve_client.types import Generation, GenerationChunk, ModelInfo, Prediction
 
 __all__ = [
@@ -103,17 +103,14 @@ class ClientCore:
         timeout: float,
         retries: int,
         retry_overloaded: bool,
-        tls: bool = False,
-        ca: PemSource | None = None,
-        cert: PemSource | None = None,
-        key: PemSource | None = None,
-        api_key: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
+        **connection: Any,
     ) -> None:
+        """``connection``: the TLS and API key arguments of the clients (``tls``, ``ca``, ``cert``, ``key``,
+        ``api_key``, ``credentials``), as :func:`~attnserve_client.security.channel_security` takes them."""
         self._timeout = check_timeout(timeout)
         self._retry = RetryPolicy(retries=retries, retry_overloaded=retry_overloaded)
         self._target = target
-        security = channel_security(tls=tls, ca=ca, cert=cert, key=key, api_key=api_key, credentials=credentials)
+        security = channel_security(**connection)
         # None: a plaintext channel. Each client opens its own kind of channel (sync or asyncio) with them.
         self._credentials = security.credentials
         # Sent with every call (the API key); never shown by repr() or in an error.

@@ -4,6 +4,7 @@ guarded servers are in tests/server/security)."""
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,15 @@ def test_settings_that_cannot_work_are_refused(
     }
     with pytest.raises(InvalidArgumentError, match=message):
         channel_security(**resolved)
+
+
+@pytest.mark.parametrize("client", [Client, AsyncClient])
+def test_the_clients_take_exactly_the_connection_settings(client: type[Any]) -> None:
+    # The clients spell the settings out for their users; the core hands them on by name.
+    settings = inspect.signature(channel_security).parameters
+    constructor = inspect.signature(client.__init__).parameters
+    assert [constructor[name] for name in settings] == list(settings.values())
+    assert list(constructor)[-len(settings) :] == list(settings)
 
 
 def test_what_each_setting_makes(pem_file: Path) -> None:
