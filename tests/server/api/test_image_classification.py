@@ -47,8 +47,12 @@ def stub(image_channel: grpc.Channel) -> image_classification_pb2_grpc.ImageClas
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
+    return encode_with(image, fmt)
+
+
+def encode_with(image: Image.Image, fmt: str, **options: Any) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
+    image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
@@ -132,6 +136,20 @@ BAD_INPUTS = {
     "not-an-image": ([b"certainly not an image"], {}, "image 0 is not a PNG, JPEG, WebP or BMP image"),
     "truncated": ([encode(digit(), "PNG"), encode(digit(), "PNG")[:-40]], {}, "image 1 is truncated"),
     "unsupported-gif": ([encode(digit(), "GIF")], {}, "image 0 is a GIF file, an unsupported format"),
+    "unsupported-tiff": ([encode(digit(), "TIFF")], {}, "image 0 is a TIFF file, an unsupported format"),
+    "unsupported-ico": ([encode(digit(size=32), "ICO")], {}, "image 0 is a ICO file, an unsupported format"),
+    "unsupported-pdf": ([encode(digit(), "PDF")], {}, "image 0 is a PDF file, an unsupported format"),
+    # ISO BMFF headers as an iPhone (HEIC) and an AVIF encoder write them; Pillow cannot make them.
+    "unsupported-heic": (
+        [b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64],
+        {},
+        r"image 0 is a HEIF/AVIF file, an unsupported format",
+    ),
+    "unsupported-avif": (
+        [b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + b"\x00" * 64],
+        {},
+        r"image 0 is a HEIF/AVIF file, an unsupported format",
+    ),
     "zero-size": (
         [b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 0, 0, 1, 24, 0, 0, 0, 0, 0, 0)],
         {},
@@ -163,6 +181,95 @@ def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(
     assert re.search(message, info.value.details()), info.value.details()
     assert_serving(image_channel)
     assert classify(stub, [encode(digit(), "PNG")], top_k=1).classifications  # still answers
+
+
+def _scores(stub: image_classification_pb2_grpc.ImageClassificationServiceStub, image: bytes) -> list[float]:
+    """The model's whole probability vector for one image, by class index."""
+    (classification,) = classify(stub, [image], top_k=CLASSES).classifications
+    return [p.score for p in sorted(classification.predictions, key=lambda p: p.index)]
+
+
+def _grey() -> Image.Image:
+    return digit(7)  # 64×64 grey noise
+
+
+def _png_of_decoded(data: bytes) -> bytes:
+    """The pixels Pillow decodes from ``data`` (no conversion), as a plain PNG: the reference for lossy files."""
+    return encode(Image.open(io.BytesIO(data)).convert("L"), "PNG")
+
+
+def _rgba() -> tuple[bytes, bytes]:
+    grey = np.asarray(_grey())
+    alpha = np.random.default_rng(1).integers(0, 256, grey.shape, dtype=np.uint8)
+    rgba = Image.fromarray(np.stack([grey, grey, grey, alpha], axis=-1), mode="RGBA")
+    return encode(rgba, "PNG"), encode(_grey(), "PNG")  # alpha is dropped, not composited
+
+
+def _grey_alpha() -> tuple[bytes, bytes]:
+    la = Image.merge("LA", [_grey(), Image.new("L", (64, 64), 17)])
+    return encode(la, "PNG"), encode(_grey(), "PNG")
+
+
+def _palette() -> tuple[bytes, bytes]:
+    indexed = Image.fromarray(255 - np.asarray(_grey()), mode="L").convert("P")  # index i -> grey 255 - i
+    indexed.putpalette([v for i in range(256) for v in (255 - i,) * 3])
+    return encode(indexed, "PNG"), encode(_grey(), "PNG")
+
+
+def _sixteen_bit() -> tuple[bytes, bytes]:
+    wide = Image.fromarray(np.asarray(_grey()).astype(np.uint16) * 257)  # mode I;16: 0..65535
+    assert wide.mode == "I;16"
+    return encode(wide, "PNG"), encode(_grey(), "PNG")  # the same picture, in 8 bits
+
+
+def _cmyk_jpeg() -> tuple[bytes, bytes]:
+    ink = Image.fromarray(255 - np.asarray(_grey()), mode="L")
+    cmyk = Image.merge("CMYK", [Image.new("L", (64, 64), 0)] * 3 + [ink])  # black ink only: a grey picture
+    data = encode(cmyk, "JPEG")
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    return data, _png_of_decoded(data)
+
+
+def _exif_rotated_jpeg() -> tuple[bytes, bytes]:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned; a viewer rotates the picture 90° clockwise
+    data = encode_with(_grey(), "JPEG", exif=exif.tobytes(), quality=95)
+    # The server classifies the pixels as stored, as the exporter's preprocessing saw its training images:
+    # it does not apply the EXIF orientation.
+    return data, _png_of_decoded(data)
+
+
+MODES = {
+    "rgba-png": _rgba,
+    "grey-alpha-png": _grey_alpha,
+    "palette-png": _palette,
+    "16-bit-grey-png": pytest.param(
+        _sixteen_bit,
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="the server converts I;16 to L with Pillow, which clips at 255 instead of scaling: "
+            "a 16-bit PNG is classified as nearly white",
+        ),
+    ),
+    "cmyk-jpeg": _cmyk_jpeg,
+    "exif-rotated-jpeg": _exif_rotated_jpeg,
+}
+
+
+@pytest.mark.parametrize("make", list(MODES.values()), ids=list(MODES))
+def test_image_modes_classify_as_the_picture_they_hold(
+    stub: image_classification_pb2_grpc.ImageClassificationServiceStub, make: Any
+) -> None:
+    image, reference = make()
+    assert _scores(stub, image) == pytest.approx(_scores(stub, reference), abs=1e-6)
+
+
+def test_the_exif_orientation_test_can_tell_rotations_apart(
+    stub: image_classification_pb2_grpc.ImageClassificationServiceStub,
+) -> None:
+    # The premise of the EXIF case above: this model scores the picture and its rotation differently.
+    upright, turned = _grey(), _grey().transpose(Image.Transpose.ROTATE_270)
+    assert _scores(stub, encode(upright, "PNG")) != pytest.approx(_scores(stub, encode(turned, "PNG")), abs=1e-4)
 
 
 def test_a_large_but_cheap_real_image_is_refused_before_decoding(
