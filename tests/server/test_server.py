@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from PIL import Image
 
+from attnserve_client import Client
 from attnserve_client.pb import models_pb2, text_generation_pb2, text_generation_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -168,3 +173,40 @@ def test_sigterm_cancels_what_outlives_the_grace_period(
     # The process then exits cleanly. 30 s is the margin a loaded machine needs for the interpreter's
     # own shutdown; the cut itself is measured in tokens above.
     assert server.process.wait(timeout=30) == 0
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (16, 16), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_sigterm_drains_an_image_batch_in_flight(
+    image_repository: Path, image_server_address: str, tmp_path: Path, server_launcher: Callable[..., Any]
+) -> None:
+    """A request queued in the image batcher when SIGTERM comes still runs, and gets its answer."""
+    shutil.copytree(image_repository / "tiny-digits", tmp_path / "tiny-digits")
+    # The request waits 2 s in the queue for company: SIGTERM finds it there, not yet in a batch.
+    (tmp_path / "tiny-digits" / "config.yaml").write_text(
+        "dynamic_batching:\n  max_batch_size: 8\n  max_queue_delay_ms: 2000\n  adaptive_delay: false\n"
+    )
+    images = [_png(seed) for seed in range(3)]
+    with Client(image_server_address) as shared:  # the same model file, served without the delay
+        expected = shared.classify_batch(images, model="tiny-digits", top_k=10)
+    server = server_launcher(tmp_path, "--grace-period-s", "30")
+    with Client(server.address) as client, ThreadPoolExecutor(1) as pool:
+        before = client.get_model("tiny-digits").counters
+        pending = pool.submit(client.classify_batch, images, model="tiny-digits", top_k=10)
+        deadline = time.monotonic() + 30
+        while client.get_model("tiny-digits").counters.requests == before.requests:  # admitted: queued
+            assert time.monotonic() < deadline and not pending.done(), "the request was not admitted"
+            time.sleep(0.01)
+        assert client.get_model("tiny-digits").counters.batches == before.batches  # still waiting
+        server.process.send_signal(signal.SIGTERM)
+        result = pending.result(timeout=60)
+    assert [[p.index for p in r] for r in result] == [[p.index for p in r] for r in expected]
+    for got, want in zip(result, expected, strict=True):
+        assert [p.score for p in got] == pytest.approx([p.score for p in want], abs=1e-5)
+    assert server.process.wait(timeout=30) == 0
+    assert "shutting down" in server.stderr()
