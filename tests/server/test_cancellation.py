@@ -55,13 +55,11 @@ def test_cancelled_stream_stops_decoding(long_channel: grpc.Channel) -> None:
     stub = text_generation_pb2_grpc.TextGenerationServiceStub(long_channel)
     responses = stub.GenerateStream(long_request(), timeout=60)
     received = sum(len(next(responses).token_ids) for _ in range(5))
-    started = time.monotonic()
     responses.cancel()
     after = settled_count(long_channel)
     # Bound by work, not by time: the tokens decoded between the cancel and the server noticing
     # depend on how loaded the machine is, but decoding that went on would reach the full run.
     assert received <= after - before < FULL_RUN * 3 / 4, "decoding went on after the client cancelled"
-    assert time.monotonic() - started < 5
 
 
 def test_deadline_stops_decoding(long_channel: grpc.Channel) -> None:
@@ -72,15 +70,12 @@ def test_deadline_stops_decoding(long_channel: grpc.Channel) -> None:
     assert stub.Generate(long_request(), timeout=120).usage.completion_tokens == FULL_RUN
     deadline_s = (time.monotonic() - started) / 4
     before = settled_count(long_channel)
-    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         stub.Generate(long_request(), timeout=deadline_s)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     after = settled_count(long_channel)
     generated = after - before
-    elapsed = time.monotonic() - started
     assert generated < FULL_RUN * 3 / 4, f"{generated} tokens decoded after a {deadline_s:.2f} s deadline"
-    assert elapsed < 5
 
 
 def test_full_run_takes_much_longer_than_the_cancel(long_channel: grpc.Channel) -> None:
