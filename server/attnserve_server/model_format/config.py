@@ -12,7 +12,13 @@ from pathlib import Path
 import yaml
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
-from attnserve_server.model_format.metadata import MetadataError, Strict, check_inside, format_validation_error
+from attnserve_server.model_format.metadata import (
+    MetadataError,
+    Strict,
+    check_inside,
+    format_validation_error,
+    read_text,
+)
 
 CONFIG_FILE = "config.yaml"
 
@@ -90,12 +96,9 @@ def read_config(model_dir: Path, *, root: Path | None = None) -> ModelConfig:
         return ModelConfig()
     check_inside(path, root, CONFIG_FILE)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as exc:
         raise MetadataError(f"cannot read {CONFIG_FILE}: {_yaml_problem(exc)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-        raise MetadataError(f"cannot read {CONFIG_FILE}: {reason}") from None
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as exc:

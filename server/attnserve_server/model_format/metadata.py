@@ -137,6 +137,16 @@ def check_inside(path: Path, root: Path | None, what: str) -> None:
         raise MetadataError(f"{what} is a link that points outside the model repository")
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text; MetadataError names the file and why (never its server path)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MetadataError(f"cannot read {path.name}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise MetadataError(f"cannot read {path.name}: not UTF-8") from None
+
+
 def read_metadata(
     version_dir: Path, sections: Mapping[str, type[TaskSection]], *, root: Path | None = None
 ) -> ModelMetadata:
@@ -146,15 +156,12 @@ def read_metadata(
     """
     path = version_dir / METADATA_FILE
     check_inside(path, root, METADATA_FILE)
+    if not path.exists():
+        raise MetadataError(f"{METADATA_FILE} is missing")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MetadataError(f"{METADATA_FILE} is missing") from None
+        raw = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise MetadataError(f"cannot read {METADATA_FILE}: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-        raise MetadataError(f"cannot read {METADATA_FILE}: {reason}") from None
     try:
         return parse_metadata(raw, sections)
     except MetadataError as exc:

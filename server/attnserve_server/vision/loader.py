@@ -10,6 +10,7 @@ import numpy as np
 from attnserve_server.errors import ModelLoadError
 from attnserve_server.loading import fixed, open_session, show_shape, version_file
 from attnserve_server.model_format.config import DynamicBatchingConfig
+from attnserve_server.model_format.metadata import MetadataError, read_text
 from attnserve_server.runtime import RuntimeSession
 from attnserve_server.settings import ServerSettings
 from attnserve_server.task import LoadContext
@@ -21,12 +22,11 @@ from attnserve_server.vision.metadata import ImageClassificationMetadata
 def read_labels(name: str, path: Path) -> tuple[str, ...]:
     """``labels.json``: a JSON list of class names, by output index."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise ModelLoadError(name, f"cannot read {path.name}: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-        raise ModelLoadError(name, f"cannot read {path.name}: {reason}") from None
+    except MetadataError as exc:
+        raise ModelLoadError(name, str(exc)) from None
     if not isinstance(raw, list) or not all(isinstance(label, str) for label in raw):
         raise ModelLoadError(name, f"{path.name} must hold a JSON list of strings (class names by output index)")
     return tuple(raw)
