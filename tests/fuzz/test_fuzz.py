@@ -1142,6 +1142,14 @@ def shapes_from_server(fuzz_servers: dict[str, Any]) -> Shapes:
     return SHAPES
 
 
+def first_traceback(log: str) -> list[str]:
+    """The log line before the first traceback, the traceback and its exception line (lines cut at 300)."""
+    lines = log.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("Traceback"))
+    end = next((i for i in range(at + 1, len(lines)) if not lines[i].startswith(" ")), len(lines) - 1)
+    return [line[:300] for line in lines[max(0, at - 1) : end + 1]]
+
+
 def finish(fuzzer: Fuzzer, servers: dict[str, Any], record_property: Any, report: Any, title: str) -> None:
     problems = check_servers(servers)
     summary = fuzzer.summary()
@@ -1149,9 +1157,12 @@ def finish(fuzzer: Fuzzer, servers: dict[str, Any], record_property: Any, report
     record_property("fuzz_codes", dict(fuzzer.codes))
     record_property("fuzz_known_defects", dict(fuzzer.known))
     for name, server in servers.items():
-        logged = server.stderr().count("Traceback")
+        log = server.stderr()
+        logged = log.count("Traceback")
         if logged:
-            summary += f"\n{name} server log: {logged} tracebacks"
+            summary += f"\n{name} server log: {logged} tracebacks; the first:\n    " + "\n    ".join(
+                first_traceback(log)
+            )
     report(title, summary)
     if fuzzer.failures() or problems:
         pytest.fail("\n".join([summary, *problems]), pytrace=False)
