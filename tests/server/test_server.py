@@ -136,12 +136,13 @@ def test_sigterm_drains_in_flight_streams(long_repository: Path, server_launcher
             try:
                 stub.Generate(long_request(1), timeout=30)
             except grpc.RpcError as refused:
+                assert refused.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE), refused
                 codes.append(refused.code())
                 if refused.code() == grpc.StatusCode.UNAVAILABLE:
                     break
         else:
-            pytest.fail(f"no call was refused as UNAVAILABLE 200 calls into the drain: {codes}")
-        assert set(codes[:-1]) <= {grpc.StatusCode.CANCELLED} and len(codes) <= 2, codes
+            pytest.fail(f"no call was refused as UNAVAILABLE 200 calls into the drain: {codes[:5]}")
+        assert len(codes) <= 2, codes  # at most the one call that raced gRPC's stop was CANCELLED
         assert server.process.poll() is None  # still draining: the server exits once the stream is done
 
         rest = list(responses)  # the in-flight stream runs to the end
