@@ -14,6 +14,7 @@
 - ``long_repository`` / ``long_server`` / ``long_server_address``: ``long-gpt`` (1024-token context,
   4 layers of 256), whose 1000-token greedy generations run to the end and take seconds, and a real
   server (session-scoped) serving it: cancellation and deadlines have something to stop.
+  ``long_decoding``: a :class:`DecodingProbe` of that server's /metrics (what its batcher decoded).
 - ``server_launcher`` / ``session_server_launcher``: start more servers
   (``(repository, *extra_flags, env=..., wait=True)`` -> ``ServerProcess``); each is stopped with
   SIGTERM at the end of the test (or of the session).
@@ -22,6 +23,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,6 +301,63 @@ def long_server(long_repository: Path, session_server_launcher: Callable[..., Se
 def long_server_address(long_server: ServerProcess) -> str:
     """``long_server``'s address."""
     return long_server.address
+
+
+_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$")
+
+
+def metrics_url(server: ServerProcess) -> str:
+    """The /metrics URL the server logged (it was started with --metrics-port 0)."""
+    found = re.search(r"metrics on (http://\S+/metrics)", server.stderr())
+    assert found, f"no metrics line in the server log:\n{server.stderr()}"
+    return found.group(1)
+
+
+def model_metric(url: str, name: str, model: str) -> float:
+    """The sum of ``name``'s samples labelled ``model`` on the /metrics page at ``url`` (0 if none)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    total = 0.0
+    for line in lines:
+        sample = _SAMPLE.match(line)
+        if sample and sample.group(1) == name and f'model="{model}"' in sample.group(2).split(","):
+            total += float(sample.group(3))
+    return total
+
+
+@dataclass
+class DecodingProbe:
+    """What a text model's continuous batcher has decoded, read from the server's /metrics.
+
+    ``settled()`` waits until no call of the model is in flight (``attnserve_requests_in_flight``)
+    and every sequence admitted to the batch has left it (one ``attnserve_request_compute_time_seconds``
+    observation per sequence that leaves, one ``attnserve_request_queue_time_seconds`` per sequence
+    admitted), then returns the decode-step tokens so far (``attnserve_batch_size_sum``: one per
+    sequence per decode call). Unlike GetModel's ``tokens_generated``, which counts the tokens handed to
+    RPCs, this sees a batcher that goes on decoding for a client that has gone.
+    """
+
+    url: str
+    model: str
+    timeout_s: float = 60.0
+
+    def settled(self) -> int:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            busy = model_metric(self.url, "attnserve_requests_in_flight", self.model)
+            admitted = model_metric(self.url, "attnserve_request_queue_time_seconds_count", self.model)
+            left = model_metric(self.url, "attnserve_request_compute_time_seconds_count", self.model)
+            if not busy and admitted == left:
+                return int(model_metric(self.url, "attnserve_batch_size_sum", self.model))
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.model}: {busy} calls in flight, {admitted - left} sequences decoding")
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def long_decoding(long_server: ServerProcess) -> DecodingProbe:
+    """A :class:`DecodingProbe` of ``long-gpt`` on ``long_server``."""
+    return DecodingProbe(metrics_url(long_server), LONG_MODEL)
 
 
 def _launcher() -> Iterator[Callable[..., ServerProcess]]:

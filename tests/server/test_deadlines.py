@@ -3,17 +3,15 @@ v2 ModelStreamInfer (through tritonclient), against the real ``long_server`` (te
 
 Bounded by work, not by wall time: the deadline is a quarter of what a full 1000-token run takes on
 this machine now, so a stream that stopped at its deadline decoded well under the full run, however
-fast or loaded the machine is. What the server decoded is read from GetModel's ``tokens_generated``
-once /metrics shows no call of the model in flight (the server's own signal that the call ended).
+fast or loaded the machine is. What the server's batcher decoded is read from /metrics once no call of
+the model is in flight and no sequence is left in its batch (``long_decoding``, tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import functools
 import queue
-import re
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,11 +20,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from attnserve_client.pb import models_pb2, models_pb2_grpc, text_generation_pb2, text_generation_pb2_grpc
+from attnserve_client.pb import text_generation_pb2, text_generation_pb2_grpc
 
 MODEL = "long-gpt"
 FULL_RUN = 1000
-SAMPLE = re.compile(r"^attnserve_requests_in_flight\{([^}]*)\} (\S+)$")
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +32,6 @@ pytestmark = pytest.mark.slow
 def long_channel(long_server_address: str) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(long_server_address) as channel:
         yield channel
-
-
-@pytest.fixture(scope="module")
-def metrics_url(long_server: Any) -> str:
-    found = re.search(r"metrics on (http://\S+/metrics)", long_server.stderr())
-    assert found, long_server.stderr()
-    return found.group(1)
 
 
 def request(max_new_tokens: int = FULL_RUN) -> text_generation_pb2.GenerateRequest:
@@ -62,40 +52,26 @@ def deadline_s(long_channel: grpc.Channel) -> float:
     return (time.monotonic() - started) / 4
 
 
-def settled_tokens(channel: grpc.Channel, url: str) -> int:
-    """The model's tokens_generated once none of its calls is in flight."""
-    deadline = time.monotonic() + 60
-    while True:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            lines = response.read().decode().splitlines()
-        busy = sum(float(m.group(2)) for m in map(SAMPLE.match, lines) if m and f'model="{MODEL}"' in m.group(1))
-        if not busy:
-            break
-        assert time.monotonic() < deadline, f"a call of {MODEL} was still in flight after 60 s"
-        time.sleep(0.02)
-    stub = models_pb2_grpc.ModelServiceStub(channel)
-    return int(stub.GetModel(models_pb2.GetModelRequest(name=MODEL), timeout=10).counters.tokens_generated)
-
-
 def test_a_deadline_ends_generate_stream_and_its_decoding(
-    long_channel: grpc.Channel, metrics_url: str, deadline_s: float
+    long_channel: grpc.Channel, long_decoding: Any, deadline_s: float
 ) -> None:
     stub = text_generation_pb2_grpc.TextGenerationServiceStub(long_channel)
-    before = settled_tokens(long_channel, metrics_url)
+    before = long_decoding.settled()
     received = 0
     with pytest.raises(grpc.RpcError) as info:
         for chunk in stub.GenerateStream(request(), timeout=deadline_s):
             received += len(chunk.token_ids)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    decoded = settled_tokens(long_channel, metrics_url) - before
-    assert received <= decoded < FULL_RUN * 3 / 4, f"{decoded} tokens decoded after a {deadline_s:.2f} s deadline"
+    decoded = long_decoding.settled() - before
+    # The first token comes from the prefill, every later one from a decode step.
+    assert received - 1 <= decoded < FULL_RUN * 3 / 4, f"{decoded} tokens decoded after a {deadline_s:.2f} s deadline"
 
 
 def test_a_deadline_ends_model_stream_infer_and_its_decoding(
-    long_server_address: str, long_channel: grpc.Channel, metrics_url: str, deadline_s: float
+    long_server_address: str, long_decoding: Any, deadline_s: float
 ) -> None:
     responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    before = settled_tokens(long_channel, metrics_url)
+    before = long_decoding.settled()
     with triton.InferenceServerClient(long_server_address) as client:
         client.start_stream(
             callback=functools.partial(lambda sink, result, error: sink.put((result, error)), responses),
@@ -117,5 +93,5 @@ def test_a_deadline_ends_model_stream_infer_and_its_decoding(
         finally:
             client.stop_stream(cancel_requests=True)
     assert "DEADLINE_EXCEEDED" in f"{error.status()} {error.message()}", error
-    decoded = settled_tokens(long_channel, metrics_url) - before
+    decoded = long_decoding.settled() - before
     assert decoded < FULL_RUN * 3 / 4, f"{decoded} tokens decoded after a {deadline_s:.2f} s deadline"
