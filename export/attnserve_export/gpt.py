@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 PositionalEncoding = Literal["learned", "sinusoidal", "rotary"]
+# GELU of the MLP: "gelu_tanh" is the tanh approximation (GPT-2's "gelu_new"), "gelu" the exact erf form.
+Activation = Literal["gelu_tanh", "gelu"]
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -36,8 +38,18 @@ class GPTConfig:
     rope_base: float = 10000.0
     dropout: float = 0.0
     bias: bool = True
+    # Width of the MLP's hidden layer; None: mlp_ratio * dim (GPT-2's n_inner).
+    mlp_hidden_dim: int | None = None
+    activation: Activation = "gelu_tanh"
+    ln_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        if self.activation not in ("gelu_tanh", "gelu"):
+            raise ValueError(f"unknown activation {self.activation!r}")
+        if self.mlp_hidden_dim is not None and self.mlp_hidden_dim <= 0:
+            raise ValueError(f"mlp_hidden_dim must be positive, got {self.mlp_hidden_dim}")
+        if not self.ln_eps > 0:
+            raise ValueError(f"ln_eps must be positive, got {self.ln_eps}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.pos_encoding not in ("learned", "sinusoidal", "rotary"):
@@ -48,6 +60,11 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of the MLP's hidden layer."""
+        return self.mlp_hidden_dim or self.mlp_ratio * self.dim
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -191,14 +208,14 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        hidden = config.mlp_ratio * config.dim
-        self.fc = nn.Linear(config.dim, hidden, bias=config.bias)
-        self.proj = nn.Linear(hidden, config.dim, bias=config.bias)
+        self.fc = nn.Linear(config.dim, config.hidden_dim, bias=config.bias)
+        self.proj = nn.Linear(config.hidden_dim, config.dim, bias=config.bias)
         self.drop = nn.Dropout(config.dropout)
+        # tanh GELU by default: exports as plain elementwise ops and matches GPT-2.
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # tanh GELU: exports as plain elementwise ops and matches GPT-2.
-        out: torch.Tensor = self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        out: torch.Tensor = self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
         return out
 
 
@@ -207,9 +224,9 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.dim, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.dim, eps=config.ln_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.dim, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.dim, eps=config.ln_eps, bias=config.bias)
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
@@ -236,7 +253,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.context_length, config.dim) if config.pos_encoding == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
-        self.ln_f = nn.LayerNorm(config.dim, bias=config.bias)
+        self.ln_f = nn.LayerNorm(config.dim, eps=config.ln_eps, bias=config.bias)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         # Tied weights: saves vocab x dim parameters (a big share of a small model) and helps small data.
         self.lm_head.weight = self.wte.weight

@@ -105,8 +105,8 @@ def image_spec_for(cfg: ModelConfig, resample: str = "bilinear", mean: float = 0
     c = cfg.in_channels
     return ImageSpec(
         channels=c,
-        height=cfg.image_size,
-        width=cfg.image_size,
+        height=cfg.height,
+        width=cfg.width,
         resample=resample,  # type: ignore[arg-type]
         mean=(mean,) * c,
         std=(std,) * c,

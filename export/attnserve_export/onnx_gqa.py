@@ -36,7 +36,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from attnserve_export.gpt import GPT, KVCache
+from attnserve_export.gpt import GPT, GPTConfig, KVCache
 
 OPSET = 20  # Gelu with approximate="tanh"
 MS_DOMAIN = "com.microsoft"
@@ -44,7 +44,6 @@ SEQLENS_K = "seqlens_k"
 TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
 # ONNX Runtime's CPU kernel of GroupQueryAttention takes head sizes that are multiples of 16.
 HEAD_DIM_MULTIPLE = 16
-LN_EPS = 1e-5  # nn.LayerNorm's default
 ROTARY_TABLE_MIN = 1024
 # Initializer-name suffix of a linear layer's weight stored transposed, (in, out).
 TRANSPOSED_SUFFIX = "_t"
@@ -106,6 +105,7 @@ def build_shared_buffer_graph(model: GPT, names: TensorNames) -> onnx.ModelProto
     state = {k: v for k, v in model.state_dict().items()}
     g = _GraphBuilder()
     c, nh, hs = cfg.dim, cfg.num_heads, cfg.head_dim
+    gelu_approximation = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def linear(x: str, prefix: str) -> str:
         weight_t = g.param(f"{prefix}.weight{TRANSPOSED_SUFFIX}", state[f"{prefix}.weight"].t())  # (in, out)
@@ -118,7 +118,7 @@ def build_shared_buffer_graph(model: GPT, names: TensorNames) -> onnx.ModelProto
         inputs = [x, g.param(f"{prefix}.weight", state[f"{prefix}.weight"])]
         if f"{prefix}.bias" in state:
             inputs.append(g.param(f"{prefix}.bias", state[f"{prefix}.bias"]))
-        return g.one("LayerNormalization", inputs, prefix, axis=-1, epsilon=LN_EPS)
+        return g.one("LayerNormalization", inputs, prefix, axis=-1, epsilon=cfg.ln_eps)
 
     # 0. Shapes: (B, S) from the ids; rows of the 2-D stream are N = B * S.
     ids_shape = g.one("Shape", [names.input_ids], "ids_shape")  # [B, S]
@@ -194,7 +194,7 @@ def build_shared_buffer_graph(model: GPT, names: TensorNames) -> onnx.ModelProto
         attn = g.one("Reshape", [attn, rows_shape], f"{p}.attn_rows")  # (N, C)
         x = g.one("Add", [x, linear(attn, f"{p}.attn.proj")], f"{p}.res1")
         h = layer_norm(x, f"{p}.ln_2")
-        h = g.one("Gelu", [linear(h, f"{p}.mlp.fc")], f"{p}.gelu", approximate="tanh")
+        h = g.one("Gelu", [linear(h, f"{p}.mlp.fc")], f"{p}.gelu", approximate=gelu_approximation)
         x = g.one("Add", [x, linear(h, f"{p}.mlp.proj")], f"{p}.res2")
 
     # 3. Only the last position's logits: the server never needs the others.
@@ -243,12 +243,12 @@ def build_shared_buffer_graph(model: GPT, names: TensorNames) -> onnx.ModelProto
 class SharedBufferRunner:
     """Calls the graph as the server does: one preallocated buffer per layer, bound in place."""
 
-    def __init__(self, path: str, model: GPT, slots: int, names: TensorNames) -> None:
+    def __init__(self, path: str, model: GPT | GPTConfig, slots: int, names: TensorNames) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = 2
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        cfg = model.config
+        cfg = model if isinstance(model, GPTConfig) else model.config
         shape = (slots, cfg.num_heads, cfg.context_length, cfg.head_dim)
         self.keys = [np.zeros(shape, dtype=np.float32) for _ in range(cfg.num_layers)]
         self.values = [np.zeros(shape, dtype=np.float32) for _ in range(cfg.num_layers)]

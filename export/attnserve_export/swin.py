@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnserve_export.vit import DropPath, Mlp
+from attnserve_export.vit import Activation, DropPath, Mlp, image_hw
 
 MASK_VALUE = -100.0  # as in the paper's code: exp(-100) is 0 in float32 once added to O(1) scores
 
@@ -31,7 +31,7 @@ MASK_VALUE = -100.0  # as in the paper's code: exp(-100) is 0 in float32 once ad
 class SwinConfig:
     """Hyperparameters of a :class:`Swin`."""
 
-    image_size: int = 224
+    image_size: int | tuple[int, int] = 224  # one side (square) or (height, width)
     patch_size: int = 4
     in_channels: int = 3
     num_classes: int = 1000
@@ -42,15 +42,32 @@ class SwinConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     drop_path: float = 0.2
+    ln_eps: float = 1e-5  # of the blocks' and the final norm (patch embedding and merging norms keep 1e-5)
+    qkv_bias: bool = True
+    activation: Activation = "gelu"
+    # transformers' SwinLayer order: pad the map to window multiples first, then shift; its mask only
+    # separates the shifted regions, so real tokens may attend to padding tokens. Off: shift first,
+    # then pad, and padding is masked out (this model's own order).
+    pad_before_shift: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.image_size, (list, tuple)):  # a pair from JSON is a list
+            object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
         if len(self.depths) != len(self.num_heads):
             raise ValueError("depths and num_heads need one entry per stage")
-        if self.image_size % self.patch_size:
+        if self.height % self.patch_size or self.width % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for i, heads in enumerate(self.num_heads):
             if (self.embed_dim * 2**i) % heads:
                 raise ValueError(f"stage {i}: dim {self.embed_dim * 2**i} is not divisible by {heads} heads")
+
+    @property
+    def height(self) -> int:
+        return image_hw(self.image_size)[0]
+
+    @property
+    def width(self) -> int:
+        return image_hw(self.image_size)[1]
 
     @property
     def num_features(self) -> int:
@@ -160,10 +177,26 @@ def attention_mask(height: int, width: int, window_size: int, shift: int) -> tor
     return torch.where(allowed, 0.0, MASK_VALUE)
 
 
+def padded_shift_mask(height: int, width: int, window_size: int, shift: int) -> torch.Tensor:
+    """Additive SW-MSA mask of a map that was padded to ``height × width`` and then shifted: ``(nW, M², M²)``.
+
+    transformers' order (``SwinConfig.pad_before_shift``): along each padded axis of length L the
+    shifted map has three regions, ``[0, L - M)``, ``[L - M, L - shift)`` and ``[L - shift, L)``;
+    tokens of different regions never attend to each other. Padding is not masked.
+    """
+    M = window_size
+    rows = (torch.arange(height) >= height - M).long() + (torch.arange(height) >= height - shift).long()  # (Hp,)
+    cols = (torch.arange(width) >= width - M).long() + (torch.arange(width) >= width - shift).long()  # (Wp,)
+    region = rows[:, None] * 3 + cols[None, :]  # (Hp, Wp)
+    windows = window_partition(region[None, :, :, None], M).reshape(-1, M * M)  # (nW, M²)
+    allowed = windows[:, :, None] == windows[:, None, :]  # (nW, M², M²)
+    return torch.where(allowed, 0.0, MASK_VALUE)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside each M×M window, with a relative position bias."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, window_size: int, dropout: float = 0.0, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -172,7 +205,7 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.relative_position_index: torch.Tensor
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
@@ -212,6 +245,11 @@ class SwinBlock(nn.Module):
         mlp_ratio: float,
         dropout: float,
         drop_path: float,
+        *,
+        ln_eps: float = 1e-5,
+        qkv_bias: bool = True,
+        activation: Activation = "gelu",
+        pad_before_shift: bool = False,
     ) -> None:
         super().__init__()
         self.height, self.width = resolution
@@ -222,13 +260,18 @@ class SwinBlock(nn.Module):
         self.shift_size = window_size // 2 if shift else 0
         self.pad_h = (-self.height) % window_size
         self.pad_w = (-self.width) % window_size
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, window_size, dropout)
+        self.pad_before_shift = pad_before_shift
+        self.norm1 = nn.LayerNorm(dim, eps=ln_eps)
+        self.attn = WindowAttention(dim, num_heads, window_size, dropout, qkv_bias=qkv_bias)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=ln_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout, activation)
         self.attn_mask: torch.Tensor | None
-        if self.shift_size or self.pad_h or self.pad_w:
+        padded = (self.height + self.pad_h, self.width + self.pad_w)
+        if pad_before_shift and self.shift_size:
+            mask = padded_shift_mask(*padded, window_size, self.shift_size)
+            self.register_buffer("attn_mask", mask, persistent=False)  # (nW, M², M²)
+        elif not pad_before_shift and (self.shift_size or self.pad_h or self.pad_w):
             mask = attention_mask(self.height, self.width, window_size, self.shift_size)
             self.register_buffer("attn_mask", mask, persistent=False)  # (nW, M², M²)
         else:
@@ -238,12 +281,16 @@ class SwinBlock(nn.Module):
         """``(B, H, W, C)`` → ``(B, H, W, C)`` through (shifted) window attention."""
         H, W, M, s = self.height, self.width, self.window_size, self.shift_size
         C = x.shape[-1]
+        pad = (0, 0, 0, self.pad_w, 0, self.pad_h) if self.pad_h or self.pad_w else None
         # 1. cyclic shift: the windows of this block straddle the previous block's window borders.
-        if s:
-            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))  # (B, H, W, C)
         # 2. pad to multiples of M (the mask keeps the padding out of every real token's attention).
-        if self.pad_h or self.pad_w:
-            x = F.pad(x, (0, 0, 0, self.pad_w, 0, self.pad_h))  # (B, Hp, Wp, C)
+        # With pad_before_shift, 2 comes before 1 and the padding is shifted along (transformers' order).
+        if pad and self.pad_before_shift:
+            x = F.pad(x, pad)  # (B, Hp, Wp, C)
+        if s:
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))  # (B, H, W, C) or (B, Hp, Wp, C)
+        if pad and not self.pad_before_shift:
+            x = F.pad(x, pad)  # (B, Hp, Wp, C)
         Hp, Wp = H + self.pad_h, W + self.pad_w
         # 3. partition into windows.
         windows = window_partition(x, M).view(-1, M * M, C)  # (B*nW, M², C)
@@ -251,11 +298,12 @@ class SwinBlock(nn.Module):
         windows = self.attn(windows, self.attn_mask)  # (B*nW, M², C)
         # 5. merge the windows back into a map and drop the padding.
         x = window_reverse(windows.view(-1, M, M, C), M, Hp, Wp)  # (B, Hp, Wp, C)
-        x = x[:, :H, :W, :]  # (B, H, W, C)
+        if not self.pad_before_shift:
+            x = x[:, :H, :W, :]  # (B, H, W, C)
         # 6. reverse the cyclic shift.
         if s:
-            x = torch.roll(x, shifts=(s, s), dims=(1, 2))  # (B, H, W, C)
-        return x
+            x = torch.roll(x, shifts=(s, s), dims=(1, 2))  # (B, H, W, C) or (B, Hp, Wp, C)
+        return x[:, :H, :W, :] if self.pad_before_shift else x  # (B, H, W, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, H*W, C)`` tokens in row-major order."""
@@ -309,6 +357,10 @@ class SwinStage(nn.Module):
                 mlp_ratio=cfg.mlp_ratio,
                 dropout=cfg.dropout,
                 drop_path=drop_paths[i],
+                ln_eps=cfg.ln_eps,
+                qkv_bias=cfg.qkv_bias,
+                activation=cfg.activation,
+                pad_before_shift=cfg.pad_before_shift,
             )
             for i in range(cfg.depths[index])
         )
@@ -331,8 +383,7 @@ class Swin(nn.Module):
         self.pos_drop = nn.Dropout(cfg.dropout)
         total = sum(cfg.depths)
         rates = [cfg.drop_path * i / max(1, total - 1) for i in range(total)]
-        side = cfg.image_size // cfg.patch_size
-        resolution = (side, side)
+        resolution = (cfg.height // cfg.patch_size, cfg.width // cfg.patch_size)
         stages = []
         for i, depth in enumerate(cfg.depths):
             first = sum(cfg.depths[:i])
@@ -342,7 +393,7 @@ class Swin(nn.Module):
             if stage.downsample is not None:
                 resolution = stage.downsample.out_resolution
         self.stages = nn.ModuleList(stages)
-        self.norm = nn.LayerNorm(cfg.num_features)
+        self.norm = nn.LayerNorm(cfg.num_features, eps=cfg.ln_eps)
         self.head = nn.Linear(cfg.num_features, cfg.num_classes)
         self.apply(_init_weights)
 

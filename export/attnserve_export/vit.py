@@ -16,13 +16,20 @@ import torch
 from torch import nn
 
 PositionEmbedding = Literal["learned", "sincos"]
+# GELU of the MLP: "gelu" is the exact erf form (ViT, Swin), "gelu_tanh" the tanh approximation.
+Activation = Literal["gelu", "gelu_tanh"]
+
+
+def image_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of an ``image_size`` that is one side (square) or a pair."""
+    return (image_size, image_size) if isinstance(image_size, int) else (image_size[0], image_size[1])
 
 
 @dataclass(frozen=True)
 class ViTConfig:
     """Hyperparameters of a :class:`ViT`."""
 
-    image_size: int = 224
+    image_size: int | tuple[int, int] = 224  # one side (square) or (height, width)
     patch_size: int = 16
     in_channels: int = 3
     num_classes: int = 1000
@@ -33,22 +40,46 @@ class ViTConfig:
     pos_embedding: PositionEmbedding = "learned"
     dropout: float = 0.0
     drop_path: float = 0.0
+    # Width of the MLP's hidden layer; None: int(dim * mlp_ratio).
+    mlp_hidden_dim: int | None = None
+    ln_eps: float = 1e-6
+    qkv_bias: bool = True
+    activation: Activation = "gelu"
 
     def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
+        if isinstance(self.image_size, (list, tuple)):  # a pair from JSON is a list
+            object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+        if self.height % self.patch_size or self.width % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.pos_embedding not in ("learned", "sincos"):
             raise ValueError(f"unknown pos_embedding {self.pos_embedding!r}")
+        if self.pos_embedding == "sincos" and self.height != self.width:
+            raise ValueError("the sin/cos position embedding needs a square image_size")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"unknown activation {self.activation!r}")
+
+    @property
+    def height(self) -> int:
+        return image_hw(self.image_size)[0]
+
+    @property
+    def width(self) -> int:
+        return image_hw(self.image_size)[1]
 
     @property
     def grid_size(self) -> int:
-        return self.image_size // self.patch_size
+        """Patches per row (the side of the patch grid of a square image)."""
+        return self.width // self.patch_size
 
     @property
     def num_patches(self) -> int:
-        return self.grid_size**2
+        return (self.height // self.patch_size) * (self.width // self.patch_size)
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp_hidden_dim or int(self.dim * self.mlp_ratio)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -110,10 +141,10 @@ class DropPath(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, activation: Activation = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate="tanh" if activation == "gelu_tanh" else "none")
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
 
@@ -137,11 +168,11 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Global multi-head self-attention over all tokens."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
@@ -161,10 +192,10 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ViTConfig, drop_path: float) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.attn = Attention(cfg.dim, cfg.num_heads, cfg.dropout)
-        self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.dropout)
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        self.attn = Attention(cfg.dim, cfg.num_heads, cfg.dropout, qkv_bias=cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        self.mlp = Mlp(cfg.dim, cfg.hidden_dim, cfg.dropout, cfg.activation)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,7 +223,7 @@ class ViT(nn.Module):
         self.pos_drop = nn.Dropout(cfg.dropout)
         rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
-        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
         self.apply(_init_weights)
         nn.init.normal_(self.cls_token, std=0.02)
