@@ -80,6 +80,8 @@ class ImageSpec(InputSpec):
         # Lists (from JSON or a caller) become tuples, so that equal specs compare equal.
         object.__setattr__(self, "mean", tuple(self.mean))
         object.__setattr__(self, "std", tuple(self.std))
+        if self.resize_to is not None:
+            object.__setattr__(self, "resize_to", (int(self.resize_to[0]), int(self.resize_to[1])))
         _check_input_spec(self)
 
     @classmethod
