@@ -455,10 +455,12 @@ def build_metadata(
     defaults: dict[str, float | int],
     provenance: dict[str, Any],
     kv_cache_layout: KVCacheLayout = "concat",
+    eos_token: str | None = EOS_TOKEN,
+    chat_template: str | None = None,
 ) -> ModelMetadata:
     """The validated ``metadata.json`` described in ``docs/model-repository.md``."""
     cfg = model.config
-    eos_id: int | None = tokenizer.token_to_id(EOS_TOKEN)
+    eos_id: int | None = tokenizer.token_to_id(eos_token) if eos_token is not None else None
     inputs = (
         InputNames(input_ids=INPUT_IDS, attention_mask=ATTENTION_MASK, position_ids=POSITION_IDS)
         if kv_cache_layout == "concat"
@@ -482,12 +484,13 @@ def build_metadata(
         past_value_template=PAST_VALUE,
         present_key_template=PRESENT_KEY,
         present_value_template=PRESENT_VALUE,
-        eos_token=EOS_TOKEN if eos_id is not None else None,
+        eos_token=eos_token if eos_id is not None else None,
         eos_token_id=eos_id,
         # Padding is masked out, so any valid id works; GPT-2 convention: reuse end-of-text.
         pad_token_id=eos_id if eos_id is not None else 0,
         kv_cache_layout=kv_cache_layout,
         defaults=DefaultsMetadata.model_validate(defaults),
+        chat_template=chat_template,
     )
     return ModelMetadata.of(section, model_file=MODEL_FILE, description=description, provenance=provenance)
 
@@ -503,6 +506,8 @@ def export_gpt(
     max_abs_diff: float | None = None,
     max_rel_diff: float | None = 1e-4,
     kv_cache_layout: KVCacheLayout = "shared_buffer",
+    eos_token: str | None = EOS_TOKEN,
+    chat_template: str | None = None,
 ) -> ParityReport:
     """Export ``model`` with ``tokenizer`` into ``version_dir`` (created) and check parity.
 
@@ -514,6 +519,8 @@ def export_gpt(
         max_rel_diff: fail if max |Δlogit| / max |logit| exceeds this (None: unchecked).
         kv_cache_layout: ``"shared_buffer"`` (the server updates the cache in place; needs a head
             size that is a multiple of 16) or ``"concat"`` (the torch.onnx export).
+        eos_token: the end-of-text token (its id ends generation and pads); None: the model has none.
+        chat_template: a Jinja chat template to keep in the metadata (imported checkpoints).
 
     Raises:
         ParityError: the check failed; nothing is written to ``version_dir``.
@@ -538,8 +545,10 @@ def export_gpt(
         defaults={**DEFAULT_GENERATION, **(defaults or {})},
         provenance=provenance or {},
         kv_cache_layout=kv_cache_layout,
+        eos_token=eos_token,
+        chat_template=chat_template,
     )
-    eos_id = tokenizer.token_to_id(EOS_TOKEN)
+    eos_id = tokenizer.token_to_id(eos_token) if eos_token is not None else None
     pad_id = eos_id if eos_id is not None else 0
     prompts = [tokenizer.encode(p).ids for p in PARITY_PROMPTS]
     # The prompts must fit the context with the decode steps, even for tiny models.

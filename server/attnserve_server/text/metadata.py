@@ -60,6 +60,9 @@ class TextGenerationMetadata(TaskSection):
     pad_token_id: NonNegativeInt
     kv_cache_layout: KVCacheLayout = "concat"
     defaults: DefaultsMetadata = DefaultsMetadata()
+    # A Jinja chat template that came with an imported checkpoint (tokenizer_config.json), kept for
+    # clients that format conversations; the server does not apply it. Unset: not written.
+    chat_template: str | None = None
 
     @model_validator(mode="after")
     def _inputs_of_layout(self) -> TextGenerationMetadata:
