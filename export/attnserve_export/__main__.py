@@ -1,4 +1,4 @@
-"""The ``attnserve-export`` command line: ``train gpt ...``, ``onnx ...`` and ``quantize ...``."""
+"""The ``attnserve-export`` command line: ``train gpt ...``, ``onnx ...``, ``import ...`` and ``quantize ...``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from attnserve_export.gpt import GPT, PRESETS
+from attnserve_export.hf_import import add_import_parser
 from attnserve_export.image_data import to_batch
 from attnserve_export.image_export import export_classifier
 from attnserve_export.image_train import (
@@ -358,12 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_image(train_sub, "vit")
     _add_train_image(train_sub, "swin")
     _add_onnx(sub)
+    add_import_parser(sub)
     _add_quantize(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # the command recorded in provenance
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
