@@ -7,6 +7,7 @@ never one a test double made up.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 
@@ -39,7 +40,7 @@ def _check(chunks: list[GenerationChunk], unary: Generation) -> None:
     assert first.seed == 5 and all(c.seed is None for c in [*middle, last])
     assert all(c.finish_reason is None and c.usage is None and not c.is_last for c in [first, *middle])
     assert last.finish_reason is FinishReason.LENGTH and last.is_last
-    assert last.finish_reason == "length"
+    assert cast(str, last.finish_reason) == "length"  # a str enum
     assert last.usage == Usage(prompt_tokens=unary.usage.prompt_tokens, completion_tokens=TOKENS)
     assert all(c.logprobs is None for c in chunks)  # not asked for
     assert all(isinstance(t, int) for c in chunks for t in c.token_ids)

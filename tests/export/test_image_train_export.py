@@ -146,7 +146,9 @@ def test_failed_parity_raises_and_writes_nothing(
     monkeypatch.setattr(image_export, "export_classifier_onnx", tampered_export)
     torch.manual_seed(0)
     cfg = vit.PRESETS["tiny"]
-    images = np.random.default_rng(0).standard_normal((4, 1, cfg.image_size, cfg.image_size)).astype(np.float32)
+    size = cfg.image_size
+    assert isinstance(size, int)
+    images = np.random.default_rng(0).standard_normal((4, 1, size, size)).astype(np.float32)
     version_dir = tmp_path / "tiny-vit" / "1"
     with pytest.raises(ParityError, match=r"ONNX Runtime disagrees with PyTorch: max \|Δlogit\| 0\.01\b"):
         export_classifier(vit.ViT(cfg), image_spec_for(cfg), [str(i) for i in range(10)], images, version_dir)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from attnserve_export import onnx_export
+from attnserve_export import onnx_export, onnx_gqa
 from attnserve_export.gpt import GPT, PRESETS, left_pad
 from attnserve_export.onnx_export import ParityError, export_gpt, next_version_dir
 from attnserve_server.model_format.metadata import read_metadata
@@ -142,14 +142,14 @@ def test_failed_parity_raises_and_writes_nothing(
     one shares the same gate after its own comparison, and its torch.export takes seconds.)"""
     torch.manual_seed(0)
     model = GPT(PRESETS["tiny"].with_(vocab_size=tiny_tokenizer.get_vocab_size(with_added_tokens=True)))
-    build = onnx_export.build_shared_buffer_graph
+    build = onnx_gqa.build_shared_buffer_graph
 
     def tampered_build(gpt: GPT, names: Any) -> onnx.ModelProto:
         graph = build(gpt, names)
         tamper(graph, onnx_export.LOGITS, gpt.config.vocab_size, 0.01)
         return graph
 
-    monkeypatch.setattr(onnx_export, "build_shared_buffer_graph", tampered_build)
+    monkeypatch.setattr("attnserve_export.onnx_export.build_shared_buffer_graph", tampered_build)
     version_dir = tmp_path / "tiny-gpt" / "1"
     with pytest.raises(ParityError, match=r"max \|Δlogit\| 0\.01\b"):
         export_gpt(model, tiny_tokenizer, version_dir, kv_cache_layout="shared_buffer")

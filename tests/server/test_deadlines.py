@@ -46,7 +46,7 @@ def request(max_new_tokens: int = FULL_RUN) -> text_generation_pb2.GenerateReque
 @pytest.fixture(scope="module")
 def deadline_s(long_channel: grpc.Channel) -> float:
     """A quarter of a full run, measured now; the run must reach its end (the premise)."""
-    stub = text_generation_pb2_grpc.TextGenerationServiceStub(long_channel)
+    stub = text_generation_pb2_grpc.TextGenerationServiceStub(long_channel)  # type: ignore[no-untyped-call]
     started = time.monotonic()
     assert stub.Generate(request(), timeout=120).usage.completion_tokens == FULL_RUN
     return (time.monotonic() - started) / 4
@@ -55,7 +55,7 @@ def deadline_s(long_channel: grpc.Channel) -> float:
 def test_a_deadline_ends_generate_stream_and_its_decoding(
     long_channel: grpc.Channel, long_decoding: Any, deadline_s: float
 ) -> None:
-    stub = text_generation_pb2_grpc.TextGenerationServiceStub(long_channel)
+    stub = text_generation_pb2_grpc.TextGenerationServiceStub(long_channel)  # type: ignore[no-untyped-call]
     before = long_decoding.settled()
     received = 0
     with pytest.raises(grpc.RpcError) as info:

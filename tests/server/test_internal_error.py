@@ -80,7 +80,7 @@ def odd_server(
 @pytest.fixture(scope="module")
 def stub(odd_server: Any) -> Iterator[image_classification_pb2_grpc.ImageClassificationServiceStub]:
     with grpc.insecure_channel(odd_server.address) as channel:
-        yield image_classification_pb2_grpc.ImageClassificationServiceStub(channel)
+        yield image_classification_pb2_grpc.ImageClassificationServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
 def png(seed: int) -> bytes:

@@ -422,7 +422,7 @@ PIXEL_DATATYPES = ("FP32", "FP16", "FP64")
 
 def _as(datatype: str, x: np.ndarray) -> np.ndarray:
     if datatype == "BYTES":
-        return np.vectorize(lambda v: str(v).encode(), otypes=[object])(x)
+        return np.array([str(v).encode() for v in x.reshape(-1)], dtype=object).reshape(x.shape)
     return x.astype(DATATYPES[datatype])
 
 

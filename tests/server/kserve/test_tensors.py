@@ -25,7 +25,7 @@ from attnserve_server.errors import InvalidArgumentError
 from attnserve_server.kserve.pb import grpc_service_pb2 as pb
 from attnserve_server.kserve.tensors import decode_input, encode_bytes, encode_output, parameters_to_dict
 
-ARRAYS = {
+ARRAYS: dict[str, np.ndarray] = {
     "FP32": np.array([[1.5, -2.25], [3.0, 1e-7]], dtype=np.float32),
     "FP16": np.array([[0.5, -1.0, 65504.0]], dtype=np.float16),
     "FP64": np.array([1e300, -0.1], dtype=np.float64),
