@@ -44,6 +44,8 @@ from attnserve_server.task_table import TaskTable
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# A directory name's limit on Linux (NAME_MAX): the names MODEL_NAME allows are ASCII, one byte each.
+MAX_MODEL_NAME_CHARS = 255
 
 
 class ModelRepository:
@@ -89,6 +91,10 @@ class ModelRepository:
             raise InvalidArgumentError(
                 f"invalid model name {shown(name)}: use letters, digits, '_', '.' and '-' (no path separators, "
                 "no leading '.')"
+            )
+        if len(name) > MAX_MODEL_NAME_CHARS:  # no directory can be named that: the OS refuses to look
+            raise InvalidArgumentError(
+                f"invalid model name {shown(name)}: at most {MAX_MODEL_NAME_CHARS} characters, got {len(name)}"
             )
         path = self.root / name
         if path.is_symlink():

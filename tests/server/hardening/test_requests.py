@@ -175,3 +175,21 @@ def test_repository_load_refuses_parameters(tiny_repository: Path, server_launch
         assert not ready.ready  # nothing was loaded behind the client's back
         v2.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name=TEXT_MODEL), timeout=60)
         assert v2.ModelReady(service_pb2.ModelReadyRequest(name=TEXT_MODEL), timeout=10).ready
+
+
+def test_a_model_name_longer_than_a_file_name_is_invalid_argument(
+    tiny_repository: Path, server_launcher: Callable[..., Any]
+) -> None:
+    """Found by the fuzz tier: at 256 characters the OS refused the lookup and the client got INTERNAL."""
+    server = server_launcher(tiny_repository, "--model-control-mode", "explicit")
+    with grpc.insecure_channel(server.address) as channel:
+        v2 = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for call, request in (
+            (v2.RepositoryModelLoad, service_pb2.RepositoryModelLoadRequest(model_name="a" * 256)),
+            (v2.RepositoryModelUnload, service_pb2.RepositoryModelUnloadRequest(model_name="a" * 256)),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                call(request, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "at most 255 characters" in caught.value.details()
+    assert "Traceback" not in server.stderr()
