@@ -319,6 +319,12 @@ def _add_quantize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=None,
         help="text: score on the test split of these files (default: the corpus the model was trained on)",
     )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="classifiers: score on every image of this ImageFolder tree ROOT/<label>/* (needed for imported models)",
+    )
     p.add_argument("--max-bpc-increase", type=float, default=MAX_BPC_INCREASE)
     p.add_argument("--max-accuracy-drop", type=float, default=MAX_ACCURACY_DROP, help="in percentage points")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the speed comparison")
@@ -335,6 +341,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
             from_version=args.from_version,
             version=args.version,
             corpus=args.corpus,
+            data=args.data,
             threads=args.threads,
             repeats=args.repeats,
             max_bpc_increase=args.max_bpc_increase,

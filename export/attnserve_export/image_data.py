@@ -152,11 +152,9 @@ def load_digits_splits(validation_size: float = VALIDATION_SIZE) -> ImageSplits:
     return _split(images, labels, [str(i) for i in range(10)], validation_size)
 
 
-def load_image_folder(root: Path, validation_size: float = VALIDATION_SIZE) -> ImageSplits:
-    """An ImageFolder tree ``root/<class>/*.png|jpg``: classes are the sorted folder names.
-
-    Split like the digits: 20% test (stratified, seed 0), then validation from the rest.
-    """
+def read_image_folder(root: Path) -> tuple[list[Image.Image], list[int], list[str]]:
+    """Every image of an ImageFolder tree ``root/<class>/*.png|jpg``, its class index, and the classes
+    (the sorted folder names)."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"{root} has no class folders")
@@ -171,6 +169,15 @@ def load_image_folder(root: Path, validation_size: float = VALIDATION_SIZE) -> I
                 labels.append(label)
     if not images:
         raise ValueError(f"no images under {root}")
+    return images, labels, classes
+
+
+def load_image_folder(root: Path, validation_size: float = VALIDATION_SIZE) -> ImageSplits:
+    """An ImageFolder tree ``root/<class>/*.png|jpg``: classes are the sorted folder names.
+
+    Split like the digits: 20% test (stratified, seed 0), then validation from the rest.
+    """
+    images, labels, classes = read_image_folder(root)
     return _split(images, labels, classes, validation_size)
 
 

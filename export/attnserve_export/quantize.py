@@ -10,6 +10,7 @@ both measured here with ONNX Runtime on the fp32 and int8 graphs of the same tes
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import statistics
@@ -26,7 +27,7 @@ import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from attnserve_export.image_data import to_batch
+from attnserve_export.image_data import read_image_folder, to_batch
 from attnserve_export.image_train import load_splits
 from attnserve_export.onnx_export import next_version_dir
 from attnserve_export.text_data import load_corpus
@@ -170,6 +171,23 @@ def _accuracy(session: ort.InferenceSession, meta: ImageClassificationMetadata, 
     return 100.0 * correct / len(x)
 
 
+def _labelled_folder(root: Path, version_dir: Path, meta: ImageClassificationMetadata) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of an ImageFolder tree ``root/<label>/*``, preprocessed, with its label's index in the model."""
+    labels = json.loads((version_dir / meta.labels_file).read_text(encoding="utf-8"))
+    images, indices, classes = read_image_folder(root)
+    unknown = [name for name in classes if name not in labels]
+    if unknown:
+        raise ValueError(f"{root}: folders {', '.join(unknown[:5])} are not labels of the model")
+    batch, _ = to_batch([(image, 0) for image in images], meta.input_spec())
+    to_label = np.asarray([labels.index(name) for name in classes], dtype=np.int64)
+    return batch.numpy().astype(np.float32), to_label[np.asarray(indices, dtype=np.int64)]
+
+
+def _imported(metadata: ModelMetadata) -> bool:
+    """A version that attnserve-export import wrote: it has no training data on record."""
+    return "import_command" in metadata.provenance and "train_config" not in metadata.provenance
+
+
 def _classifier_report(
     version_dir: Path,
     quantized: Path,
@@ -178,10 +196,19 @@ def _classifier_report(
     *,
     threads: int,
     repeats: int,
+    data: Path | None = None,
 ) -> QuantizationReport:
-    data = metadata.provenance.get("train_config", {}).get("data", "")
-    images, labels = to_batch(load_splits(data).test, meta.input_spec())
-    x, y = images.numpy().astype(np.float32), labels.numpy()
+    if data is not None:
+        x, y = _labelled_folder(data, version_dir, meta)
+    elif _imported(metadata):
+        raise ValueError(
+            f"{version_dir} was imported and has no test set on record: pass --data ROOT, an ImageFolder tree "
+            "ROOT/<label>/*.png|jpg whose folder names are the model's labels"
+        )
+    else:
+        trained_on = metadata.provenance.get("train_config", {}).get("data", "")
+        images, labels = to_batch(load_splits(trained_on).test, meta.input_spec())
+        x, y = images.numpy().astype(np.float32), labels.numpy()
     fp32 = _session(version_dir / metadata.model_file, threads)
     int8 = _session(quantized, threads)
     report = QuantizationReport(
@@ -248,6 +275,8 @@ def _text_report(
             "Export a concat version (attnserve-export onnx --kv-cache-layout concat) to quantize it."
         )
     tokenizer = load_tokenizer(version_dir / meta.tokenizer_file)
+    if corpus is None and _imported(metadata):
+        raise ValueError(f"{version_dir} was imported and has no corpus on record: pass --corpus PATH...")
     if corpus is None:  # the corpus the model was trained on: its test split
         trained_on = metadata.provenance.get("train_config", {}).get("corpus") or []
         corpus = [Path(p) for p in trained_on] or None
@@ -293,6 +322,7 @@ def quantize_entry(
     from_version: str | None = None,
     version: int | None = None,
     corpus: list[Path] | None = None,
+    data: Path | None = None,
     threads: int = 2,
     repeats: int = SPEED_REPEATS,
     max_bpc_increase: float = MAX_BPC_INCREASE,
@@ -323,7 +353,9 @@ def quantize_entry(
         quantized = staged / metadata.model_file
         quantize_file(source / metadata.model_file, quantized)
         if isinstance(section, ImageClassificationMetadata):
-            report = _classifier_report(source, quantized, metadata, section, threads=threads, repeats=repeats)
+            report = _classifier_report(
+                source, quantized, metadata, section, threads=threads, repeats=repeats, data=data
+            )
             report.judge(max_accuracy_drop)
         else:
             report = _text_report(source, quantized, metadata, section, threads=threads, repeats=repeats, corpus=corpus)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ import torch
 from PIL import Image
 
 from attnserve_client import Client
+from attnserve_export.__main__ import main
 from attnserve_export.hf_check import processor_pixels, top_k_agreement
 from attnserve_export.hf_checkpoint import read_checkpoint
 from attnserve_export.hf_import import import_checkpoint
@@ -180,3 +183,23 @@ def test_swin_needs_the_pad_first_order(repository: dict[str, Any]) -> None:
         expected = reference(pixel_values=x).logits
         assert torch.allclose(theirs(x), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
         assert not torch.allclose(own(x), expected, rtol=0, atol=1e-3 * float(expected.abs().max()))
+
+
+def test_an_imported_classifier_quantizes_on_a_labelled_folder(
+    repository: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """quantize has no test split on record for an imported model: it asks for --data, then scores on it."""
+    models = tmp_path / "models"
+    shutil.copytree(repository["vit-wide"][1].parent, models / "vit-wide")
+    data = tmp_path / "data"
+    for i, image in enumerate(decoded()[:8]):
+        (data / f"class-{i % 2:03d}").mkdir(parents=True, exist_ok=True)
+        image.save(data / f"class-{i % 2:03d}" / f"{i}.png")
+    base = ["quantize", "--repository", str(models), "--name", "vit-wide", "--repeats", "2", "--force"]
+    assert main(base) == 2
+    assert "was imported and has no test set on record: pass --data" in capsys.readouterr().err
+    assert main([*base, "--data", str(data)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["version"] == "2" and report["metric"] == "test_accuracy"
+    quantization = json.loads((models / "vit-wide" / "2" / "metadata.json").read_text())["provenance"]["quantization"]
+    assert quantization["fp32"] == report["fp32"]
