@@ -15,8 +15,11 @@ Prints one JSON object and writes ``benchmarks/results/text_decode_latency.{json
     python benchmarks/text_decode_latency.py --models shakespeare-gpt --repeats 50
 
 The shipped model's PyTorch weights are read back from its ONNX file (the exporter keeps the
-parameters as named initializers); gpt2-small uses random weights. Both layouts of each model are
-exported (parity-checked) once and cached under ``benchmarks/.cache``.
+parameters as named initializers). gpt2-small is a Hugging Face folder at the real ``gpt2`` shape
+(124M parameters, 50,257 tokens) with random weights, written by transformers' ``save_pretrained``
+(``attnserve_export.hf_random``, a test dependency) and brought in with ``attnserve-export import``,
+the way a user's own checkpoint is. The folder and both layouts of each model are made
+(parity-checked) once and cached under ``benchmarks/.cache``.
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ import torch
 from onnx import numpy_helper
 from tokenizers import Tokenizer
 
-from attnserve_export.gpt import GPT, PRESETS, GPTConfig
+from attnserve_export.gpt import GPT, GPTConfig
+from attnserve_export.hf_import import import_checkpoint
 from attnserve_export.onnx_export import export_gpt
-from attnserve_export.tokenizer import train_bpe_tokenizer
 from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,14 +81,22 @@ def torch_model_from_onnx(version_dir: Path) -> GPT:
     return model
 
 
+def gpt2_small_folder() -> Path:
+    """A Hugging Face folder with a random-weight GPT2LMHeadModel at the gpt2 shape (written once, then cached)."""
+    folder = CACHE / "hf-gpt2-small"
+    if not (folder / "model.safetensors").exists():
+        from attnserve_export.hf_random import random_gpt2  # needs transformers (requirements/test.txt)
+
+        random_gpt2(folder, seed=0)  # GPT2Config's defaults are the gpt2 shape
+    return folder
+
+
 def gpt2_small_entry(layout: str = "shared_buffer") -> Path:
-    """A gpt2-small repository entry with random weights (exported once, then cached)."""
-    version_dir = CACHE / ("gpt2-small" if layout == "shared_buffer" else f"gpt2-small-{layout}") / "1"
+    """The gpt2-small folder imported with attnserve-export import in ``layout`` (once, then cached)."""
+    name = "gpt2-small" if layout == "shared_buffer" else f"gpt2-small-{layout}"
+    version_dir = CACHE / "imported" / name / "1"
     if not (version_dir / "metadata.json").exists():
-        torch.manual_seed(0)
-        tokenizer = train_bpe_tokenizer(["a small corpus: only the model's shape matters here. " * 20], 300)
-        model = GPT(PRESETS["gpt2-small"]).eval()
-        export_gpt(model, tokenizer, version_dir, description="random gpt2-small", kv_cache_layout=layout)
+        import_checkpoint(gpt2_small_folder(), CACHE / "imported", name, version=1, kv_cache_layout=layout)
     return version_dir
 
 
@@ -130,7 +141,7 @@ def interleaved_medians(setups: dict[str, Callable[[], object]], repeats: int, r
 def decode_flops(config: GPTConfig, position: int) -> float:
     """Multiply-adds x2 to decode one token after ``position`` cached tokens (weights + attention)."""
     d, layers = config.dim, config.num_layers
-    weights = layers * (4 * d * d + 2 * config.mlp_ratio * d * d) + d * config.vocab_size
+    weights = layers * (4 * d * d + 2 * config.hidden_dim * d) + d * config.vocab_size
     attention = layers * 2 * (position + 1) * d  # q·K and p·V over the cached keys
     return 2.0 * (weights + attention)
 
