@@ -185,8 +185,7 @@ def padded_shift_mask(height: int, width: int, window_size: int, shift: int) -> 
     tokens of different regions never attend to each other. Padding is not masked.
     """
     M = window_size
-    rows = (torch.arange(height) >= height - M).long() + (torch.arange(height) >= height - shift).long()  # (Hp,)
-    cols = (torch.arange(width) >= width - M).long() + (torch.arange(width) >= width - shift).long()  # (Wp,)
+    rows, cols = ((torch.arange(n) >= n - M).long() + (torch.arange(n) >= n - shift).long() for n in (height, width))
     region = rows[:, None] * 3 + cols[None, :]  # (Hp, Wp)
     windows = window_partition(region[None, :, :, None], M).reshape(-1, M * M)  # (nW, M²)
     allowed = windows[:, :, None] == windows[:, None, :]  # (nW, M², M²)
@@ -270,12 +269,11 @@ class SwinBlock(nn.Module):
         padded = (self.height + self.pad_h, self.width + self.pad_w)
         if pad_before_shift and self.shift_size:
             mask = padded_shift_mask(*padded, window_size, self.shift_size)
-            self.register_buffer("attn_mask", mask, persistent=False)  # (nW, M², M²)
         elif not pad_before_shift and (self.shift_size or self.pad_h or self.pad_w):
             mask = attention_mask(self.height, self.width, window_size, self.shift_size)
-            self.register_buffer("attn_mask", mask, persistent=False)  # (nW, M², M²)
         else:
-            self.attn_mask = None
+            mask = None
+        self.register_buffer("attn_mask", mask, persistent=False)  # (nW, M², M²), or None
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` → ``(B, H, W, C)`` through (shifted) window attention."""
