@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,3 +181,16 @@ def test_an_existing_version_is_not_overwritten(
     assert code == 2 and "already exists" in err
     assert (repository / "m" / "3" / "keep").read_text() == "mine"
     assert sorted(p.name for p in repository.iterdir()) == ["m"]
+
+
+def test_the_import_does_not_need_transformers(
+    gpt2_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With transformers unimportable, an import works; only --check-with-transformers asks for it."""
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
+    code, err = _import(gpt2_folder, tmp_path / "models", capsys, "--kv-cache-layout", "concat")
+    assert code == 0, err
+    assert (tmp_path / "models" / "m" / "1" / "model.onnx").exists()
+    code, err = _import(gpt2_folder, tmp_path / "other", capsys, "--check-with-transformers")
+    assert code == 2 and "--check-with-transformers needs the transformers package" in err
+    _assert_nothing_written(tmp_path / "other")
