@@ -13,14 +13,15 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from attnserve_export.__main__ import main
 from attnserve_export.hf_random import random_gpt2, random_image_classifier
 
-GPT2_SHAPE = {"vocab_size": 300, "n_positions": 32, "n_embd": 32, "n_layer": 1, "n_head": 2}
-VIT_SHAPE = {
+GPT2_SHAPE: dict[str, Any] = {"vocab_size": 300, "n_positions": 32, "n_embd": 32, "n_layer": 1, "n_head": 2}
+VIT_SHAPE: dict[str, Any] = {
     "image_size": 16,
     "patch_size": 8,
     "hidden_size": 16,

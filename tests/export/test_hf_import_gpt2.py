@@ -26,7 +26,7 @@ from attnserve_export.onnx_export import ParityError
 
 transformers = pytest.importorskip("transformers")
 
-SMALL = {"vocab_size": 512, "n_positions": 64, "n_layer": 2}
+SMALL: dict[str, Any] = {"vocab_size": 512, "n_positions": 64, "n_layer": 2}
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
 VARIANTS: dict[str, dict[str, Any]] = {
     # head_dim 16: the shared_buffer graph (GroupQueryAttention), the server's default.
@@ -74,7 +74,8 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
 
 
 def _metadata(version: Path) -> dict[str, Any]:
-    return json.loads((version / "metadata.json").read_text())
+    metadata: dict[str, Any] = json.loads((version / "metadata.json").read_text())
+    return metadata
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -89,7 +89,8 @@ def reference(gpt2: tuple[Path, Path]) -> Any:
 
 
 def _metadata(version: Path) -> dict[str, Any]:
-    return json.loads((version / "metadata.json").read_text())
+    metadata: dict[str, Any] = json.loads((version / "metadata.json").read_text())
+    return metadata
 
 
 def test_it_is_the_real_gpt2_shape(gpt2: tuple[Path, Path]) -> None:

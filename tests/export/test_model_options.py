@@ -78,7 +78,8 @@ def test_the_two_gelus_differ() -> None:
 
 
 def test_a_non_square_vit_exports_with_parity(tmp_path: Path) -> None:
-    config = ViTConfig(image_size=[16, 24], patch_size=8, in_channels=3, num_classes=4, dim=32, depth=1, num_heads=2)
+    # A list, as JSON gives it: the config keeps a tuple.
+    config = ViTConfig(image_size=[16, 24], patch_size=8, in_channels=3, num_classes=4, dim=32, depth=1, num_heads=2)  # type: ignore[arg-type]
     assert config.image_size == (16, 24) and config.num_patches == 6 and config.grid_size == 3
     assert config_from_dict("vit", json.loads(json.dumps(config.to_dict()))) == config
     torch.manual_seed(0)
@@ -111,7 +112,7 @@ def test_the_pad_first_order_lets_real_tokens_see_padding() -> None:
     torch.manual_seed(0)
     own = Swin(SwinConfig(image_size=24, patch_size=2, in_channels=3, num_classes=3, embed_dim=8,
                           depths=(2,), num_heads=(2,), window_size=5, drop_path=0.0)).eval()  # fmt: skip
-    theirs = Swin(SwinConfig(**{**own.config.to_dict(), "pad_before_shift": True})).eval()
+    theirs = Swin(own.config.with_(pad_before_shift=True)).eval()
     theirs.load_state_dict(own.state_dict())
     x = torch.randn(1, 3, 24, 24)
     assert not torch.allclose(own(x), theirs(x), atol=1e-5)
