@@ -157,7 +157,8 @@ class ImageInputSpec:
         height: the model's input height in pixels.
         width: the model's input width in pixels.
         resample: the Pillow filter used to resize, e.g. ``"bicubic"``.
-        resize_policy: ``"resize"`` (stretch) or ``"resize_center_crop"``.
+        resize_policy: ``"resize"`` (stretch), ``"resize_center_crop"`` (timm's) or
+            ``"resize_then_center_crop"`` (transformers' image processors).
         mean: per-channel mean subtracted from pixel values scaled to [0, 1].
         std: per-channel standard deviation they are divided by.
     """
