@@ -106,7 +106,18 @@ def test_requests_move_the_counters_and_histograms(observed: tuple[Client, str])
     with pytest.raises(InvalidArgumentError):
         client.classify(b"not an image at all", model=IMAGE)
 
-    s = scrape(url)
+    # A text request's queue and compute times are recorded by its model's scheduler thread as the
+    # sequence leaves the batch, which may be just after the client has read the last chunk: wait for
+    # that public signal (both histograms counted both requests), bounded, before asserting.
+    deadline = time.monotonic() + 10
+    while True:
+        s = scrape(url)
+        done = all(
+            value(s, f"attnserve_request_{kind}_time_seconds_count", model=TEXT) == 2 for kind in ("queue", "compute")
+        )
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     requests = "attnserve_requests_total"
     assert value(s, requests, model=TEXT, method="Generate", code="OK") == 1
     assert value(s, requests, model=TEXT, method="GenerateStream", code="OK") == 1
