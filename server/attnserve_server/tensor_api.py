@@ -6,7 +6,6 @@ request becomes one of its domain requests; ``kserve/`` turns protobuf into thes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,10 +79,6 @@ class InferResponse:
     id: str
     outputs: list[tuple[str, npt.NDArray[Any]]] = field(default_factory=list)
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
-
-
-# How a task runs a tensor request: (its handler, the resolved target, the request, chunked) -> responses.
-TensorInfer = Callable[[Any, Any, InferRequest, bool], AsyncIterator[InferResponse]]
 
 
 def check_outputs(requested: tuple[RequestedOutput, ...], signature: Signature, classes: int = 0) -> None:

@@ -63,13 +63,12 @@ def add_servicer(server: grpc.aio.Server, servicer: object, service: ServiceDesc
             (True, True): grpc.stream_stream_rpc_method_handler,
         }
         make = kinds[(method.client_streaming, method.server_streaming)]
-        behavior = (
-            getattr(servicer, method.name)
-            if _implemented(servicer, method.name)
-            else _unimplemented(f"{service.full_name}/{method.name}")
-        )
-        if method.server_streaming and not _implemented(servicer, method.name):
-            behavior = _as_stream(behavior)
+        if _implemented(servicer, method.name):
+            behavior = getattr(servicer, method.name)
+        else:
+            behavior = _unimplemented(f"{service.full_name}/{method.name}")
+            if method.server_streaming:
+                behavior = _as_stream(behavior)
         handlers[method.name] = make(
             behavior,
             request_deserializer=_tolerant(request_class),

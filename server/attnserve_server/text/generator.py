@@ -97,8 +97,10 @@ class TextGenerator:
         request's time to first token.
         """
         limit = self.max_prompt_bytes
-        # Each character is at least one byte: a prompt with too many characters needs no encoding.
-        if len(prompt) > limit or len(prompt.encode("utf-8")) > limit:
+        # A character is 1 to 4 UTF-8 bytes: only a prompt between limit / 4 and limit characters
+        # long needs encoding to tell.
+        too_long = len(prompt) > limit or (4 * len(prompt) > limit and len(prompt.encode("utf-8")) > limit)
+        if too_long:
             raise InvalidArgumentError(
                 f"the prompt is longer than any prompt that fits this model's context of "
                 f"{self.spec.context_length} tokens ({limit} bytes at most); shorten it"

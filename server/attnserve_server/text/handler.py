@@ -105,11 +105,10 @@ class TextGenerationHandler:
         ``target`` is the version the caller already resolved, if any. Raises before any model
         work if the request is invalid.
         """
-        arrived = time.perf_counter()
         started = time.perf_counter_ns()
         target = target or self.resolve(request)
         try:
-            return await self._start(request, target, arrived, started)
+            return await self._start(request, target, started)
         except BaseException:
             self._statistics.record_failure(
                 target.name, target.version.version, total_ns=time.perf_counter_ns() - started
@@ -117,7 +116,7 @@ class TextGenerationHandler:
             raise
 
     async def _start(
-        self, request: GenerationRequest, target: Target, arrived: float, started: int
+        self, request: GenerationRequest, target: Target, started: int
     ) -> GenerationStream:
         model, version = target.model, target.version
         engine = version.engine_as(TextEngine)
@@ -143,7 +142,8 @@ class TextGenerationHandler:
             max_new_tokens,
             params.seed,
         )
-        timer = self._metrics.generation(model.name, len(prompt_ids), arrived)
+        # perf_counter_ns and perf_counter read the same clock: the arrival, in the timer's seconds.
+        timer = self._metrics.generation(model.name, len(prompt_ids), started / 1e9)
         timings = Timings()
         return GenerationStream(
             model=model.name,

@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 
 from attnserve_server.errors import DeadlineExceededError, ResourceExhaustedError
-from attnserve_server.model_format.config import ModelConfig
-from attnserve_server.repository import ModelRepository
 from attnserve_server.text.continuous import BatchingLimits, ContinuousBatcher
 from attnserve_server.text.engine import TextEngine
 from attnserve_server.text.generator import TextGenerator
@@ -26,12 +24,6 @@ from attnserve_server.text.params import FinishReason, GenerationChunk, Generati
 # Prompts of different lengths, so batched sequences sit at different positions.
 PROMPTS = ("ROMEO.", "To be, or not to be, that is", "Grüße aus München", "日本語", "O Romeo, Romeo, wherefore art")
 STEPS = 12
-
-
-def load_text_engine(model_dir: Path, executor: ThreadPoolExecutor) -> TextEngine:
-    """Version 1 of an exported model, loaded the way the server loads it."""
-    repository = ModelRepository(model_dir.parent)
-    return repository.load_version(model_dir.name, model_dir / "1", ModelConfig(), executor).engine_as(TextEngine)
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +38,13 @@ def generator(
     tiny_repository: Path,
     tmp_path_factory: pytest.TempPathFactory,
     export_text_model: Callable[..., Path],
-    executor: ThreadPoolExecutor,
+    load_text_engine: Callable[[Path], TextEngine],
 ) -> TextGenerator:
     if request.param == "shared_buffer":  # how the tiny model is exported by default
         model_dir = tiny_repository / "tiny-gpt"
     else:
         model_dir = export_text_model(tmp_path_factory.mktemp("concat"), "tiny-gpt", kv_cache_layout=request.param)
-    generator = load_text_engine(model_dir, executor).generator
+    generator = load_text_engine(model_dir).generator
     assert generator.spec.kv_cache_layout == request.param
     return generator
 

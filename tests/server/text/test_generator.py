@@ -9,20 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnserve_server.model_format.config import ModelConfig
-from attnserve_server.repository import ModelRepository
 from attnserve_server.text.continuous import BatchingLimits, ContinuousBatcher
 from attnserve_server.text.engine import TextEngine
 from attnserve_server.text.generator import TextGenerator
 from attnserve_server.text.params import FinishReason, GenerationChunk, GenerationParams, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
-
-
-def load_text_engine(model_dir: Path, executor: ThreadPoolExecutor) -> TextEngine:
-    """Version 1 of an exported model, loaded the way the server loads it."""
-    repository = ModelRepository(model_dir.parent)
-    return repository.load_version(model_dir.name, model_dir / "1", ModelConfig(), executor).engine_as(TextEngine)
 
 
 generator_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-generator")
@@ -43,7 +35,7 @@ def generator(
     tmp_path_factory: pytest.TempPathFactory,
     export_text_model: Callable[..., Path],
     tiny_repository: Path,
-    executor: ThreadPoolExecutor,
+    load_text_engine: Callable[[Path], TextEngine],
 ) -> TextGenerator:
     layout, pos_encoding = request.param
     if (layout, pos_encoding) == ("shared_buffer", "learned"):  # the tiny preset as exported by default
@@ -55,7 +47,7 @@ def generator(
             kv_cache_layout=layout,
             pos_encoding=pos_encoding,
         )
-    return load_text_engine(model_dir, executor).generator
+    return load_text_engine(model_dir).generator
 
 
 def params(max_new_tokens: int) -> GenerationParams:
