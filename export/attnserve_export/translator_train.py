@@ -174,10 +174,10 @@ def train_translator(cfg: TranslatorTrainConfig, out: Path) -> dict[str, Any]:
         if step % cfg.eval_interval == 0 or step == cfg.max_steps or out_of_time:
             accuracy = exact_match(model, tokenizer, validation)
             minutes = (time.monotonic() - started) / 60
-            history.append({"step": step, "loss": float(loss), "validation_exact_match": accuracy, "minutes": minutes})
-            logger.info(
-                "step %d loss %.3f validation exact match %.3f (%.1f min)", step, float(loss), accuracy, minutes
-            )
+            mean_loss = sum(interval_losses) / len(interval_losses)  # over the steps since the last evaluation
+            interval_losses = []
+            history.append({"step": step, "loss": mean_loss, "validation_exact_match": accuracy, "minutes": minutes})
+            logger.info("step %d loss %.3f validation exact match %.3f (%.1f min)", step, mean_loss, accuracy, minutes)
         if out_of_time:
             break
     progress.close()
