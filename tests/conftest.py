@@ -360,6 +360,12 @@ def long_decoding(long_server: ServerProcess) -> DecodingProbe:
     return DecodingProbe(metrics_url(long_server), LONG_MODEL)
 
 
+@pytest.fixture(scope="session")
+def decoding_probe() -> Callable[[ServerProcess, str], DecodingProbe]:
+    """Makes a :class:`DecodingProbe` of any text model on any server (test modules cannot import this file)."""
+    return lambda server, model: DecodingProbe(metrics_url(server), model)
+
+
 def _launcher() -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 

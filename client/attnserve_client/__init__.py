@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         ModelCounters,
         ModelInfo,
         Prediction,
+        Text2TextGenerationInfo,
         TextGenerationInfo,
         Usage,
     )
@@ -66,6 +67,7 @@ __all__ = [
     "Prediction",
     "RequestCancelledError",
     "ServerError",
+    "Text2TextGenerationInfo",
     "TextGenerationInfo",
     "UnavailableError",
     "Usage",

@@ -14,6 +14,7 @@ from attnserve_client.types import (
     ModelCounters,
     ModelInfo,
     Prediction,
+    Text2TextGenerationInfo,
     TextGenerationInfo,
     Usage,
 )
@@ -79,15 +80,20 @@ def to_model_info(info: models_pb2.ModelInfo) -> ModelInfo:
         text_generation = TextGenerationInfo(
             context_length=tg.context_length,
             vocab_size=tg.vocab_size,
-            defaults=GenerationDefaults(
-                max_new_tokens=tg.defaults.max_new_tokens,
-                temperature=tg.defaults.temperature,
-                top_k=tg.defaults.top_k,
-                top_p=tg.defaults.top_p,
-                repetition_penalty=tg.defaults.repetition_penalty,
-            ),
+            defaults=_defaults(tg.defaults),
             max_new_tokens_limit=tg.max_new_tokens_limit,
             eos_token=tg.eos_token or None,
+        )
+    text2text_generation = None
+    if info.WhichOneof("task_info") == "text2text_generation":
+        t2t = info.text2text_generation
+        text2text_generation = Text2TextGenerationInfo(
+            source_context_length=t2t.source_context_length,
+            target_context_length=t2t.target_context_length,
+            vocab_size=t2t.vocab_size,
+            defaults=_defaults(t2t.defaults),
+            max_new_tokens_limit=t2t.max_new_tokens_limit,
+            target_tags=tuple(t2t.target_tags),
         )
     image_classification = None
     if info.WhichOneof("task_info") == "image_classification":
@@ -122,6 +128,17 @@ def to_model_info(info: models_pb2.ModelInfo) -> ModelInfo:
         image_classification=image_classification,
         state=info.state,
         state_reason=info.state_reason,
+        text2text_generation=text2text_generation,
+    )
+
+
+def _defaults(d: models_pb2.GenerationDefaults) -> GenerationDefaults:
+    return GenerationDefaults(
+        max_new_tokens=d.max_new_tokens,
+        temperature=d.temperature,
+        top_k=d.top_k,
+        top_p=d.top_p,
+        repetition_penalty=d.repetition_penalty,
     )
 
 

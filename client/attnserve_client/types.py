@@ -15,6 +15,7 @@ __all__ = [
     "ModelCounters",
     "ModelInfo",
     "Prediction",
+    "Text2TextGenerationInfo",
     "TextGenerationInfo",
     "Usage",
 ]
@@ -149,6 +150,27 @@ class Prediction:
 
 
 @dataclass(frozen=True, slots=True)
+class Text2TextGenerationInfo:
+    """What an encoder-decoder (task ``text2text-generation``) accepts.
+
+    Attributes:
+        source_context_length: maximum number of source (prompt) tokens the encoder reads.
+        target_context_length: maximum number of target tokens the decoder attends to, start token included.
+        vocab_size: number of tokens in the vocabulary.
+        defaults: the values that unset sampling parameters take.
+        max_new_tokens_limit: the largest ``max_new_tokens`` a request may ask for.
+        target_tags: tags a source must start with to choose the output language (e.g. ``<2en>``); empty if none.
+    """
+
+    source_context_length: int
+    target_context_length: int
+    vocab_size: int
+    defaults: GenerationDefaults
+    max_new_tokens_limit: int
+    target_tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ImageInputSpec:
     """How the server turns an encoded image into the model's input.
 
@@ -216,6 +238,7 @@ class ModelInfo:
         counters: live request and token counters.
         text_generation: details of a text-generation model, None for other tasks.
         image_classification: details of an image-classification model, None for other tasks.
+        text2text_generation: details of an encoder-decoder (text2text-generation) model, None for other tasks.
         state: the load state, ``"READY"`` while it serves (empty from servers that do not report it).
         state_reason: why, when there is something to know (e.g. a failed reload while the previous one serves).
     """
@@ -230,3 +253,4 @@ class ModelInfo:
     image_classification: ImageClassificationInfo | None = None
     state: str = ""
     state_reason: str = ""
+    text2text_generation: Text2TextGenerationInfo | None = None

@@ -1,4 +1,5 @@
-"""The ``attnserve-export`` command line: ``train gpt ...``, ``onnx ...``, ``import ...`` and ``quantize ...``."""
+"""The ``attnserve-export`` command line: ``train gpt|vit|swin|translator``, ``onnx``, ``translator-onnx``,
+``import`` and ``quantize``."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from attnserve_export.quantize import MAX_ACCURACY_DROP, MAX_BPC_INCREASE, SPEED
 from attnserve_export.swin import PRESETS as SWIN_PRESETS
 from attnserve_export.tokenizer import load_tokenizer
 from attnserve_export.train import TrainConfig, load_trained, train
+from attnserve_export.translator_cli import add_train_translator, add_translator_onnx
 from attnserve_export.vit import PRESETS as VIT_PRESETS
 
 logger = logging.getLogger("attnserve_export")
@@ -365,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_gpt(train_sub)
     _add_train_image(train_sub, "vit")
     _add_train_image(train_sub, "swin")
+    add_train_translator(train_sub)
     _add_onnx(sub)
+    add_translator_onnx(sub)
     add_import_parser(sub)
     _add_quantize(sub)
     return parser

@@ -42,7 +42,7 @@ class TranslatorTrainConfig:
     max_number: int = 999_999
     vocab_size: int = 512
     batch_size: int = 64
-    max_steps: int = 8000
+    max_steps: int = 3000
     lr: float = 1e-3
     min_lr: float = 5e-5
     warmup_steps: int = 300

@@ -1,8 +1,9 @@
 """The task table: one row per task that this server can serve.
 
-The built-in rows are text generation and image classification. A deployment can add rows of its
-own with ``--task-plugin module:attribute`` (``ATTNSERVE_TASK_PLUGINS``), each naming a
-:class:`~attnserve_server.task.Task` in an importable module: nothing else in the server changes.
+The built-in rows are text generation, text2text generation (encoder–decoder) and image
+classification. A deployment can add rows of its own with ``--task-plugin module:attribute``
+(``ATTNSERVE_TASK_PLUGINS``), each naming a :class:`~attnserve_server.task.Task` in an importable
+module: nothing else in the server changes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from attnserve_server.model_format.metadata import TaskSection
 from attnserve_server.task import Task
 from attnserve_server.text.task import TEXT_GENERATION_TASK
+from attnserve_server.text2text.task import TEXT2TEXT_GENERATION_TASK
 from attnserve_server.vision.task import IMAGE_CLASSIFICATION_TASK
 
-BUILTIN_TASKS: tuple[Task[object], ...] = (TEXT_GENERATION_TASK, IMAGE_CLASSIFICATION_TASK)  # type: ignore[assignment]
+BUILTIN_TASKS: tuple[Task[object], ...] = (TEXT_GENERATION_TASK, TEXT2TEXT_GENERATION_TASK, IMAGE_CLASSIFICATION_TASK)  # type: ignore[assignment]
 
 
 class TaskTable:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61ttnserve/v1/models.proto\x12\x0c\x61ttnserve.v1\"\x13\n\x11ListModelsRequest\"m\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.attnserve.v1.ModelInfo\x12.\n\x0bunavailable\x18\x02 \x03(\x0b\x32\x19.attnserve.v1.ModelStatus\":\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"{\n\x12GenerationDefaults\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\"\xa5\x01\n\x12TextGenerationInfo\x12\x16\n\x0e\x63ontext_length\x18\x01 \x01(\r\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x32\n\x08\x64\x65\x66\x61ults\x18\x03 \x01(\x0b\x32 .attnserve.v1.GenerationDefaults\x12\x1c\n\x14max_new_tokens_limit\x18\x04 \x01(\r\x12\x11\n\teos_token\x18\x05 \x01(\t\"u\n\rModelCounters\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x18\n\x10tokens_generated\x18\x02 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x04 \x01(\x04\x12\x15\n\rbatched_items\x18\x05 \x01(\x04\"\x85\x01\n\x0eImageInputSpec\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08resample\x18\x04 \x01(\t\x12\x15\n\rresize_policy\x18\x05 \x01(\t\x12\x0c\n\x04mean\x18\x06 \x03(\x02\x12\x0b\n\x03std\x18\x07 \x03(\x02\"v\n\x17ImageClassificationInfo\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12+\n\x05input\x18\x02 \x01(\x0b\x32\x1c.attnserve.v1.ImageInputSpec\x12\x1e\n\x16max_images_per_request\x18\x03 \x01(\r\"\xcc\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12-\n\x08\x63ounters\x18\x06 \x01(\x0b\x32\x1b.attnserve.v1.ModelCounters\x12\r\n\x05state\x18\x07 \x01(\t\x12\x14\n\x0cstate_reason\x18\x08 \x01(\t\x12;\n\x0ftext_generation\x18\n \x01(\x0b\x32 .attnserve.v1.TextGenerationInfoH\x00\x12\x45\n\x14image_classification\x18\x0b \x01(\x0b\x32%.attnserve.v1.ImageClassificationInfoH\x00\x42\x0b\n\ttask_info2\xa3\x01\n\x0cModelService\x12O\n\nListModels\x12\x1f.attnserve.v1.ListModelsRequest\x1a .attnserve.v1.ListModelsResponse\x12\x42\n\x08GetModel\x12\x1d.attnserve.v1.GetModelRequest\x1a\x17.attnserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61ttnserve/v1/models.proto\x12\x0c\x61ttnserve.v1\"\x13\n\x11ListModelsRequest\"m\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.attnserve.v1.ModelInfo\x12.\n\x0bunavailable\x18\x02 \x03(\x0b\x32\x19.attnserve.v1.ModelStatus\":\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"{\n\x12GenerationDefaults\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\"\xa5\x01\n\x12TextGenerationInfo\x12\x16\n\x0e\x63ontext_length\x18\x01 \x01(\r\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x32\n\x08\x64\x65\x66\x61ults\x18\x03 \x01(\x0b\x32 .attnserve.v1.GenerationDefaults\x12\x1c\n\x14max_new_tokens_limit\x18\x04 \x01(\r\x12\x11\n\teos_token\x18\x05 \x01(\t\"\xd2\x01\n\x17Text2TextGenerationInfo\x12\x1d\n\x15source_context_length\x18\x01 \x01(\r\x12\x1d\n\x15target_context_length\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x32\n\x08\x64\x65\x66\x61ults\x18\x04 \x01(\x0b\x32 .attnserve.v1.GenerationDefaults\x12\x1c\n\x14max_new_tokens_limit\x18\x05 \x01(\r\x12\x13\n\x0btarget_tags\x18\x06 \x03(\t\"u\n\rModelCounters\x12\x10\n\x08requests\x18\x01 \x01(\x04\x12\x18\n\x10tokens_generated\x18\x02 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x04 \x01(\x04\x12\x15\n\rbatched_items\x18\x05 \x01(\x04\"\x85\x01\n\x0eImageInputSpec\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08resample\x18\x04 \x01(\t\x12\x15\n\rresize_policy\x18\x05 \x01(\t\x12\x0c\n\x04mean\x18\x06 \x03(\x02\x12\x0b\n\x03std\x18\x07 \x03(\x02\"v\n\x17ImageClassificationInfo\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12+\n\x05input\x18\x02 \x01(\x0b\x32\x1c.attnserve.v1.ImageInputSpec\x12\x1e\n\x16max_images_per_request\x18\x03 \x01(\r\"\x93\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12-\n\x08\x63ounters\x18\x06 \x01(\x0b\x32\x1b.attnserve.v1.ModelCounters\x12\r\n\x05state\x18\x07 \x01(\t\x12\x14\n\x0cstate_reason\x18\x08 \x01(\t\x12;\n\x0ftext_generation\x18\n \x01(\x0b\x32 .attnserve.v1.TextGenerationInfoH\x00\x12\x45\n\x14image_classification\x18\x0b \x01(\x0b\x32%.attnserve.v1.ImageClassificationInfoH\x00\x12\x45\n\x14text2text_generation\x18\x0e \x01(\x0b\x32%.attnserve.v1.Text2TextGenerationInfoH\x00\x42\x0b\n\ttask_info2\xa3\x01\n\x0cModelService\x12O\n\nListModels\x12\x1f.attnserve.v1.ListModelsRequest\x1a .attnserve.v1.ListModelsResponse\x12\x42\n\x08GetModel\x12\x1d.attnserve.v1.GetModelRequest\x1a\x17.attnserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,14 +43,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATIONDEFAULTS']._serialized_end=391
   _globals['_TEXTGENERATIONINFO']._serialized_start=394
   _globals['_TEXTGENERATIONINFO']._serialized_end=559
-  _globals['_MODELCOUNTERS']._serialized_start=561
-  _globals['_MODELCOUNTERS']._serialized_end=678
-  _globals['_IMAGEINPUTSPEC']._serialized_start=681
-  _globals['_IMAGEINPUTSPEC']._serialized_end=814
-  _globals['_IMAGECLASSIFICATIONINFO']._serialized_start=816
-  _globals['_IMAGECLASSIFICATIONINFO']._serialized_end=934
-  _globals['_MODELINFO']._serialized_start=937
-  _globals['_MODELINFO']._serialized_end=1269
-  _globals['_MODELSERVICE']._serialized_start=1272
-  _globals['_MODELSERVICE']._serialized_end=1435
+  _globals['_TEXT2TEXTGENERATIONINFO']._serialized_start=562
+  _globals['_TEXT2TEXTGENERATIONINFO']._serialized_end=772
+  _globals['_MODELCOUNTERS']._serialized_start=774
+  _globals['_MODELCOUNTERS']._serialized_end=891
+  _globals['_IMAGEINPUTSPEC']._serialized_start=894
+  _globals['_IMAGEINPUTSPEC']._serialized_end=1027
+  _globals['_IMAGECLASSIFICATIONINFO']._serialized_start=1029
+  _globals['_IMAGECLASSIFICATIONINFO']._serialized_end=1147
+  _globals['_MODELINFO']._serialized_start=1150
+  _globals['_MODELINFO']._serialized_end=1553
+  _globals['_MODELSERVICE']._serialized_start=1556
+  _globals['_MODELSERVICE']._serialized_end=1719
 # @@protoc_insertion_point(module_scope)

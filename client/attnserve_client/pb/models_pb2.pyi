@@ -62,6 +62,22 @@ class TextGenerationInfo(_message.Message):
     eos_token: str
     def __init__(self, context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., defaults: _Optional[_Union[GenerationDefaults, _Mapping]] = ..., max_new_tokens_limit: _Optional[int] = ..., eos_token: _Optional[str] = ...) -> None: ...
 
+class Text2TextGenerationInfo(_message.Message):
+    __slots__ = ("source_context_length", "target_context_length", "vocab_size", "defaults", "max_new_tokens_limit", "target_tags")
+    SOURCE_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TAGS_FIELD_NUMBER: _ClassVar[int]
+    source_context_length: int
+    target_context_length: int
+    vocab_size: int
+    defaults: GenerationDefaults
+    max_new_tokens_limit: int
+    target_tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, source_context_length: _Optional[int] = ..., target_context_length: _Optional[int] = ..., vocab_size: _Optional[int] = ..., defaults: _Optional[_Union[GenerationDefaults, _Mapping]] = ..., max_new_tokens_limit: _Optional[int] = ..., target_tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ModelCounters(_message.Message):
     __slots__ = ("requests", "tokens_generated", "failures", "batches", "batched_items")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -105,7 +121,7 @@ class ImageClassificationInfo(_message.Message):
     def __init__(self, labels: _Optional[_Iterable[str]] = ..., input: _Optional[_Union[ImageInputSpec, _Mapping]] = ..., max_images_per_request: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "versions", "default_version", "description", "counters", "state", "state_reason", "text_generation", "image_classification")
+    __slots__ = ("name", "task", "versions", "default_version", "description", "counters", "state", "state_reason", "text_generation", "image_classification", "text2text_generation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +132,7 @@ class ModelInfo(_message.Message):
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     TEXT_GENERATION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    TEXT2TEXT_GENERATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     versions: _containers.RepeatedScalarFieldContainer[str]
@@ -126,4 +143,5 @@ class ModelInfo(_message.Message):
     state_reason: str
     text_generation: TextGenerationInfo
     image_classification: ImageClassificationInfo
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., default_version: _Optional[str] = ..., description: _Optional[str] = ..., counters: _Optional[_Union[ModelCounters, _Mapping]] = ..., state: _Optional[str] = ..., state_reason: _Optional[str] = ..., text_generation: _Optional[_Union[TextGenerationInfo, _Mapping]] = ..., image_classification: _Optional[_Union[ImageClassificationInfo, _Mapping]] = ...) -> None: ...
+    text2text_generation: Text2TextGenerationInfo
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., default_version: _Optional[str] = ..., description: _Optional[str] = ..., counters: _Optional[_Union[ModelCounters, _Mapping]] = ..., state: _Optional[str] = ..., state_reason: _Optional[str] = ..., text_generation: _Optional[_Union[TextGenerationInfo, _Mapping]] = ..., image_classification: _Optional[_Union[ImageClassificationInfo, _Mapping]] = ..., text2text_generation: _Optional[_Union[Text2TextGenerationInfo, _Mapping]] = ...) -> None: ...

@@ -9,8 +9,15 @@ from attnserve_client.pb import image_classification_pb2, models_pb2, text_gener
 from attnserve_server.handlers import ModelDescription
 from attnserve_server.loaded import IndexEntry
 from attnserve_server.text.handler import GenerationRequest, GenerationResult, GenerationStream
-from attnserve_server.text.params import FinishReason, GenerationChunk, RequestedParameters, Usage
+from attnserve_server.text.params import (
+    FinishReason,
+    GenerationChunk,
+    GenerationDefaults,
+    RequestedParameters,
+    Usage,
+)
 from attnserve_server.text.task import TextGenerationInfo
+from attnserve_server.text2text.task import Text2TextGenerationInfo
 from attnserve_server.vision.handler import ClassificationRequest, ClassificationResult
 from attnserve_server.vision.task import ImageClassificationInfo
 
@@ -116,22 +123,39 @@ def _set_task_info(task_info: Any, info: models_pb2.ModelInfo) -> None:
     """A task whose description the typed API has no message for: only the common fields go out."""
 
 
+def _defaults(d: GenerationDefaults) -> models_pb2.GenerationDefaults:
+    return models_pb2.GenerationDefaults(
+        max_new_tokens=d.max_new_tokens,
+        temperature=d.temperature,
+        top_k=d.top_k,
+        top_p=d.top_p,
+        repetition_penalty=d.repetition_penalty,
+    )
+
+
 @_set_task_info.register
 def _(task_info: TextGenerationInfo, info: models_pb2.ModelInfo) -> None:
-    d = task_info.defaults
     info.text_generation.CopyFrom(
         models_pb2.TextGenerationInfo(
             context_length=task_info.context_length,
             vocab_size=task_info.vocab_size,
-            defaults=models_pb2.GenerationDefaults(
-                max_new_tokens=d.max_new_tokens,
-                temperature=d.temperature,
-                top_k=d.top_k,
-                top_p=d.top_p,
-                repetition_penalty=d.repetition_penalty,
-            ),
+            defaults=_defaults(task_info.defaults),
             max_new_tokens_limit=task_info.max_new_tokens_limit,
             eos_token=task_info.eos_token,
+        )
+    )
+
+
+@_set_task_info.register
+def _(task_info: Text2TextGenerationInfo, info: models_pb2.ModelInfo) -> None:
+    info.text2text_generation.CopyFrom(
+        models_pb2.Text2TextGenerationInfo(
+            source_context_length=task_info.source_context_length,
+            target_context_length=task_info.target_context_length,
+            vocab_size=task_info.vocab_size,
+            defaults=_defaults(task_info.defaults),
+            max_new_tokens_limit=task_info.max_new_tokens_limit,
+            target_tags=task_info.target_tags,
         )
     )
 

@@ -146,6 +146,7 @@ class ContinuousBatcher:
             tokenizer=self.generator.tokenizer,
             vocab_size=spec.vocab_size,
             eos_token_id=spec.eos_token_id,
+            context_ids=self.generator.output_context(prompt_ids),
         )
         self._waiting.append(sequence)
         self._wake()
@@ -278,6 +279,10 @@ class ContinuousBatcher:
             if remaining <= 0 or budget <= 0:
                 continue
             chunk = min(remaining, budget)
+            if chunk < remaining and not self.generator.chunked_prefill:
+                if prefill:
+                    break  # the whole prompt goes in one call: at the next step, first in line
+                chunk = remaining  # alone, a prompt over the budget still goes in whole
             prefill.append((sequence, chunk))
             budget -= chunk
         released, self._released = self._released, []

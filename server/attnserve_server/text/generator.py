@@ -18,6 +18,7 @@ from attnserve_server.errors import InvalidArgumentError
 from attnserve_server.runtime import RuntimeSession
 from attnserve_server.text.kv_cache import ConcatKVCache, KVCache, SharedBufferKVCache
 from attnserve_server.text.metadata import KVCacheLayout
+from attnserve_server.text.params import GenerationParams, fit_context
 from attnserve_server.text.tokenizer import TextTokenizer
 
 Int64Array = npt.NDArray[np.int64]
@@ -69,6 +70,9 @@ class TextGenerator:
     active sequence of the model into one call per step through a :mod:`~attnserve_server.text.kv_cache`.
     """
 
+    # Whether a long prompt may be fed over several steps (an encoder-decoder encodes its source whole).
+    chunked_prefill = True
+
     def __init__(
         self, spec: TextModelSpec, session: RuntimeSession, tokenizer: TextTokenizer, executor: Executor
     ) -> None:
@@ -109,6 +113,14 @@ class TextGenerator:
             return self.tokenizer.encode(prompt)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.tokenizer.encode, prompt)
+
+    def output_context(self, prompt_ids: list[int]) -> list[int]:
+        """Tokens the output continues: the detokenizer's left context and the repetition penalty's history."""
+        return prompt_ids
+
+    def fit(self, params: GenerationParams, prompt_tokens: int) -> int:
+        """Tokens to generate so that prompt plus completion fit the context window."""
+        return fit_context(params, prompt_tokens, self.spec.context_length)
 
     def empty_past(self, batch: int) -> list[FloatArray]:
         """Zero-length KV cache for a prefill call: each ``(B, nh, 0, hs)``."""

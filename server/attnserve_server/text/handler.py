@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
-from attnserve_server.errors import DeadlineExceededError, InvalidArgumentError
+from attnserve_server.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError
 from attnserve_server.loaded import Model, ModelLookup, Target, resolve
 from attnserve_server.metrics import GenerationTimer, ServerMetrics
 from attnserve_server.statistics import Statistics, Timings
@@ -22,9 +22,9 @@ from attnserve_server.text.params import (
     GenerationDefaults,
     RequestedParameters,
     Usage,
-    fit_context,
     resolve_parameters,
 )
+from attnserve_server.text2text.metadata import TEXT2TEXT_GENERATION, Text2TextGenerationMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,15 @@ class GenerationResult:
     timings: Timings = field(default_factory=Timings)
 
 
+# Tasks whose models generate text through this handler: decoder-only and encoder-decoder.
+GENERATION_TASKS = (TEXT_GENERATION, TEXT2TEXT_GENERATION)
+
+
 def generation_defaults(model: Model) -> GenerationDefaults:
     """Request defaults of the model's default version, with max_new_tokens capped by the model's limit."""
-    d = model.version().section_as(TextGenerationMetadata).defaults
+    section = model.version().metadata.section
+    assert isinstance(section, TextGenerationMetadata | Text2TextGenerationMetadata)  # GENERATION_TASKS only
+    d = section.defaults
     return GenerationDefaults(
         max_new_tokens=min(d.max_new_tokens, model.max_new_tokens_limit),
         temperature=d.temperature,
@@ -97,7 +103,12 @@ class TextGenerationHandler:
 
     def resolve(self, request: GenerationRequest) -> Target:
         """The text model and version the request names."""
-        return resolve(self._models, request.model, request.model_version, task=TEXT_GENERATION)
+        target = resolve(self._models, request.model, request.model_version)
+        if target.model.task not in GENERATION_TASKS:
+            raise FailedPreconditionError(
+                f"model {target.model.name!r} is a {target.model.task} model, not {' or '.join(GENERATION_TASKS)}"
+            )
+        return target
 
     async def start(self, request: GenerationRequest, target: Target | None = None) -> GenerationStream:
         """Validate everything and return the (not yet started) stream of chunks.
@@ -115,9 +126,7 @@ class TextGenerationHandler:
             )
             raise
 
-    async def _start(
-        self, request: GenerationRequest, target: Target, started: int
-    ) -> GenerationStream:
+    async def _start(self, request: GenerationRequest, target: Target, started: int) -> GenerationStream:
         model, version = target.model, target.version
         engine = version.engine_as(TextEngine)
         if not request.prompt:
@@ -130,7 +139,7 @@ class TextGenerationHandler:
         )
         generator = engine.generator
         prompt_ids = await generator.encode(request.prompt)
-        max_new_tokens = fit_context(params, len(prompt_ids), generator.spec.context_length)
+        max_new_tokens = generator.fit(params, len(prompt_ids))
         # Refused here (RESOURCE_EXHAUSTED) when the model's wait queue is full.
         batched = engine.batcher.submit(prompt_ids, params, max_new_tokens, deadline=request.deadline)
         model.counters.requests += 1

@@ -154,6 +154,10 @@ class SharedBufferKVCache:
             if owner is not None:
                 self._slot_of[owner] = slot
 
+    def _extra_inputs(self, rows: slice) -> dict[str, npt.NDArray[np.generic]]:
+        """Per-slot inputs besides the cache that a subclass's graph takes (an encoder-decoder's source)."""
+        return {}
+
     def _run(self, first_slot: int, input_ids: Int64Array, lengths: Sequence[int]) -> FloatArray:
         """One model call over slots ``first_slot .. first_slot + B - 1``, each holding ``lengths[b]`` tokens."""
         spec = self._generator.spec
@@ -173,6 +177,7 @@ class SharedBufferKVCache:
             feed[spec.past_value_names[layer]] = self._values[layer][rows]
             in_place[spec.past_key_names[layer]] = spec.present_key_names[layer]
             in_place[spec.past_value_names[layer]] = spec.present_value_names[layer]
+        feed.update(self._extra_inputs(rows))
         (logits,) = self._generator.session.run_in_place([spec.logits_name], feed, in_place)
         result: FloatArray = logits[:, -1, :]  # (B, T or 1, V) -> (B, V)
         return result

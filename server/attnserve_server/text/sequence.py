@@ -58,7 +58,10 @@ class GenerationSequence:
         tokenizer: TextTokenizer,
         vocab_size: int,
         eos_token_id: int | None,
+        context_ids: list[int] | None = None,
     ) -> GenerationSequence:
+        """``context_ids``: what the output continues (default: the prompt), for the detokenizer and penalties."""
+        context = prompt_ids if context_ids is None else context_ids
         return cls(
             prompt_ids=list(prompt_ids),
             params=params,
@@ -68,10 +71,10 @@ class GenerationSequence:
                 params.sampling,
                 seed=params.seed,
                 vocab_size=vocab_size,
-                prompt_ids=prompt_ids,
+                prompt_ids=context,
                 logprobs=params.logprobs,
             ),
-            detokenizer=IncrementalDetokenizer(tokenizer, prompt_ids),
+            detokenizer=IncrementalDetokenizer(tokenizer, context),
             stopper=StopMatcher(params.stop),
             eos_token_id=eos_token_id,
         )
