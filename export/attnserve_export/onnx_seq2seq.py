@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -46,6 +47,8 @@ INPUT_IDS, POSITION_IDS, LOGITS = "input_ids", "position_ids", "logits"
 CROSS_KEY, CROSS_VALUE = "cross_key.{layer}", "cross_value.{layer}"
 PAST_KEY, PAST_VALUE = "past_key_values.{layer}.key", "past_key_values.{layer}.value"
 PRESENT_KEY, PRESENT_VALUE = "present.{layer}.key", "present.{layer}.value"
+ENCODER_OUTPUT = "encoder_output"  # the "recomputed" baseline's input: the encoder's last hidden states
+CrossAttention = Literal["cached", "mha", "recomputed"]
 MASKED = -1e9  # added to the scores of padding keys: exp() underflows to exactly 0
 
 
@@ -230,8 +233,14 @@ def build_encoder_graph(model: Seq2Seq) -> onnx.ModelProto:
     return b.model("seq2seq_encoder", inputs, outputs)
 
 
-def build_decoder_graph(model: Seq2Seq) -> onnx.ModelProto:
-    """One decoder step over new target tokens, with the in-place self-attention cache and the cross K/V."""
+def build_decoder_graph(model: Seq2Seq, cross_attention: CrossAttention = "cached") -> onnx.ModelProto:
+    """One decoder step over new target tokens, with the in-place self-attention cache and the cross K/V.
+
+    ``cross_attention``: "cached" (MatMul, Softmax, MatMul over the encoder graph's keys and values,
+    the served form), "mha" (the same through ONNX Runtime's ``MultiHeadAttention``) or "recomputed"
+    (the step takes the encoder's output and projects keys and values again: the baseline that
+    caching is measured against).
+    """
     if model.config.pos_encoding == "rotary":
         raise ValueError("the encoder-decoder export supports sinusoidal and learned positions, not rotary")
     b = _Seq2SeqGraph(model)
@@ -241,6 +250,12 @@ def build_decoder_graph(model: Seq2Seq) -> onnx.ModelProto:
     bs3c = g.one("Concat", [bs, g.const("three_c", np.asarray([3 * c], np.int64))], "bs3c", axis=0)
     x = b.embed(INPUT_IDS, POSITION_IDS)
     bias = b.key_bias(SOURCE_MASK)
+    padding_mask = g.one("Cast", [SOURCE_MASK], "mask_i32", to=TensorProto.INT32) if cross_attention == "mha" else ""
+    memory_rows = memory_bs = ""
+    if cross_attention == "recomputed":
+        memory_rows = g.one("Reshape", [ENCODER_OUTPUT, b.rows_shape], "memory_rows")
+        memory_shape = g.one("Shape", [ENCODER_OUTPUT], "memory_shape")
+        memory_bs = g.one("Slice", [memory_shape, g.const("s0", np.asarray([0])), g.const("s2", np.asarray([2]))], "bs")
     presents: list[str] = []
     for i in range(cfg.decoder_layers):
         p = f"decoder.{i}"
@@ -261,13 +276,28 @@ def build_decoder_graph(model: Seq2Seq) -> onnx.ModelProto:
             presents.extend([PRESENT_KEY.format(layer=i), PRESENT_VALUE.format(layer=i)])
             return b.linear(g.one("Reshape", [attn, b.rows_shape], f"{p}.self_rows"), f"{p}.self_attn.proj")
 
-        def cross_attention(h: str, p: str = p, i: int = i) -> str:
-            q = b.heads(b.linear(h, f"{p}.cross_attn.q"), bs, f"{p}.cross_q")
-            context = b.attend(q, CROSS_KEY.format(layer=i), CROSS_VALUE.format(layer=i), bias, f"{p}.cross")
-            return b.linear(b.merge_heads(context, f"{p}.cross_rows"), f"{p}.cross_attn.proj")
+        def cross(h: str, p: str = p, i: int = i) -> str:
+            key, value = CROSS_KEY.format(layer=i), CROSS_VALUE.format(layer=i)
+            if cross_attention == "recomputed":
+                kv = b.linear(memory_rows, f"{p}.cross_attn.kv")  # (B * S, 2C)
+                k, v = g.op("Split", [kv], f"{p}.cross_split", outputs=2, axis=-1, num_outputs=2)
+                key, value = b.heads(k, memory_bs, f"{p}.cross_k"), b.heads(v, memory_bs, f"{p}.cross_v")
+            q = b.linear(h, f"{p}.cross_attn.q")  # (N, C)
+            if cross_attention == "mha":
+                q3 = g.one(
+                    "Reshape", [q, g.one("Concat", [bs, g.const("c_", np.asarray([c]))], f"{p}.q3s", axis=0)], f"{p}.q3"
+                )
+                context = g.op(
+                    "MultiHeadAttention", [q3, key, value, "", padding_mask], f"{p}.mha", domain=MS_DOMAIN, num_heads=nh
+                )[0]  # (B, T, C)
+                rows = g.one("Reshape", [context, b.rows_shape], f"{p}.cross_rows")
+            else:
+                context = b.attend(b.heads(q, bs, f"{p}.cross_q"), key, value, bias, f"{p}.cross")
+                rows = b.merge_heads(context, f"{p}.cross_rows")
+            return b.linear(rows, f"{p}.cross_attn.proj")
 
         x = b.residual(x, f"{p}.self_res", self_attention)
-        x = b.residual(x, f"{p}.cross_res", cross_attention)
+        x = b.residual(x, f"{p}.cross_res", cross)
         x = b.residual(x, f"{p}.ff_res", lambda h, p=p: b.feed_forward(h, f"{p}.ff"))
     # Only the last position's logits: a decode step never needs the others.
     bsc = g.one("Concat", [bs, g.const("c", np.asarray([c], np.int64))], "bsc", axis=0)
@@ -279,7 +309,7 @@ def build_decoder_graph(model: Seq2Seq) -> onnx.ModelProto:
     logits = g.one("Gemm", [last, b.param("embed.weight")], "lm_head", transB=1)  # (B, V), tied
     g.nodes.append(helper.make_node("Unsqueeze", [logits, g.const("axis1u", np.asarray([1], np.int64))], [LOGITS]))
     cache: list[str | int] = ["batch", nh, "kv_capacity", cfg.head_dim]
-    cross: list[str | int] = ["batch", nh, "source_len", cfg.head_dim]
+    cross_shape: list[str | int] = ["batch", nh, "source_len", cfg.head_dim]
     inputs = [
         helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "seq"]),
         helper.make_tensor_value_info(POSITION_IDS, TensorProto.INT64, ["batch", "seq"]),
@@ -287,13 +317,18 @@ def build_decoder_graph(model: Seq2Seq) -> onnx.ModelProto:
         helper.make_tensor_value_info(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, []),
         helper.make_tensor_value_info(SOURCE_MASK, TensorProto.INT64, ["batch", "source_len"]),
     ]
+    if cross_attention == "recomputed":
+        inputs.append(helper.make_tensor_value_info(ENCODER_OUTPUT, TensorProto.FLOAT, ["batch", "source_len", c]))
     for i in range(cfg.decoder_layers):
         inputs += [
             helper.make_tensor_value_info(PAST_KEY.format(layer=i), TensorProto.FLOAT, cache),
             helper.make_tensor_value_info(PAST_VALUE.format(layer=i), TensorProto.FLOAT, cache),
-            helper.make_tensor_value_info(CROSS_KEY.format(layer=i), TensorProto.FLOAT, cross),
-            helper.make_tensor_value_info(CROSS_VALUE.format(layer=i), TensorProto.FLOAT, cross),
         ]
+        if cross_attention != "recomputed":
+            inputs += [
+                helper.make_tensor_value_info(CROSS_KEY.format(layer=i), TensorProto.FLOAT, cross_shape),
+                helper.make_tensor_value_info(CROSS_VALUE.format(layer=i), TensorProto.FLOAT, cross_shape),
+            ]
     outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", 1, cfg.vocab_size])]
     outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, cache) for name in presents]
     return b.model("seq2seq_decoder_step", inputs, outputs)
