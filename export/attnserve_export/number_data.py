@@ -93,6 +93,16 @@ def fixed_set(split: Split, count: int, max_number: int, seed: int = 1234) -> li
     return sample(random.Random(seed), count, split, max_number)
 
 
+def per_direction(split: Split, count: int, max_number: int, seed: int = 4321) -> list[Example]:
+    """``count`` examples of every direction (different numbers in each), reproducibly."""
+    rng = random.Random(seed)
+    return [
+        Example(e.number, source, target)
+        for source, target in DIRECTIONS
+        for e in sample(rng, count, split, max_number)
+    ]
+
+
 def tokenizer_corpus(max_number: int, count: int = 20_000, seed: int = 0) -> Iterator[str]:
     """Training-split sentences in every language, for learning the BPE merges."""
     rng = random.Random(seed)

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import torch
 
-from attnserve_export.number_data import LANGUAGES, fixed_set, tag
+from attnserve_export.number_data import LANGUAGES, fixed_set, per_direction, tag
 from attnserve_export.onnx_export import next_version_dir
 from attnserve_export.seq2seq import PRESETS
 from attnserve_export.translator_export import export_translator
-from attnserve_export.translator_train import RESULTS_FILE, TranslatorTrainConfig, load_translator, train_translator
+from attnserve_export.translator_train import (
+    RESULTS_FILE,
+    TranslatorTrainConfig,
+    exact_match_by_direction,
+    load_translator,
+    train_translator,
+)
 
 
 def add_train_translator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,10 +82,13 @@ def _run_onnx(args: argparse.Namespace) -> int:
     model, tokenizer = load_translator(args.run)
     results = json.loads((args.run / RESULTS_FILE).read_text())
     max_number = int(results["train_config"]["max_number"])
+    test_set = per_direction("test", 100, max_number)
+    test_exact_match = {k: round(v, 4) for k, v in exact_match_by_direction(model, tokenizer, test_set).items()}
     version_dir = next_version_dir(args.repository, args.name)
     provenance = {
         "command": shlex.join(["attnserve-export", *args.argv]),
         "training": {k: results[k] for k in ("train_config", "parameters", "steps", "minutes", "history")},
+        "test_exact_match": {"examples_per_direction": 100, **test_exact_match},
     }
     metadata = export_translator(
         model,
@@ -90,5 +99,6 @@ def _run_onnx(args: argparse.Namespace) -> int:
         description=args.description,
         provenance=provenance,
     )
-    sys.stdout.write(json.dumps({"version_dir": str(version_dir), "parity": metadata.provenance["parity"]}) + "\n")
+    report = {"version_dir": str(version_dir), "parity": metadata.provenance["parity"], "test": test_exact_match}
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0

@@ -132,6 +132,16 @@ def exact_match(model: Seq2Seq, tokenizer: Tokenizer, examples: list[Example], b
     return hits / max(1, len(examples))
 
 
+def exact_match_by_direction(model: Seq2Seq, tokenizer: Tokenizer, examples: list[Example]) -> dict[str, float]:
+    """Greedy exact match per ``source->target`` direction, and ``"all"``."""
+    by_direction: dict[str, list[Example]] = {}
+    for e in examples:
+        by_direction.setdefault(f"{e.source_language}->{e.target_language}", []).append(e)
+    scores = {key: exact_match(model, tokenizer, group) for key, group in sorted(by_direction.items())}
+    scores["all"] = exact_match(model, tokenizer, examples)
+    return scores
+
+
 def train_translator(cfg: TranslatorTrainConfig, out: Path) -> dict[str, Any]:
     """Train in ``out`` (tokenizer, weights, config and results); returns the results."""
     out.mkdir(parents=True, exist_ok=True)

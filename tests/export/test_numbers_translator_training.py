@@ -70,3 +70,21 @@ def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_model(tmp_pat
     model, tokenizer = load_translator(tmp_path)
     assert model.num_parameters() == results["parameters"]
     assert tokenizer.get_vocab_size() == model.config.vocab_size
+
+
+def test_the_commands_train_and_export_a_version_with_its_test_accuracy(tmp_path: Path) -> None:
+    from attnserve_export.__main__ import main
+    from attnserve_server.model_format.metadata import read_metadata
+    from attnserve_server.text2text.metadata import Text2TextGenerationMetadata
+
+    run = tmp_path / "run"
+    common = ["--preset", "tiny", "--max-number", "999", "--vocab-size", "300", "--threads", "1"]
+    assert main(["train", "translator", "--out", str(run), *common, "--max-steps", "10", "--eval-interval", "5"]) == 0
+    assert main(["translator-onnx", "--run", str(run), "--repository", str(tmp_path / "repo"), "--name", "t"]) == 0
+    metadata = read_metadata(tmp_path / "repo" / "t" / "1", {"text2text-generation": Text2TextGenerationMetadata})
+    section = metadata.section
+    assert isinstance(section, Text2TextGenerationMetadata)
+    assert section.target_tags == ["<2en>", "<2de>", "<2fr>", "<2nl>"]
+    accuracy = metadata.provenance["test_exact_match"]
+    assert accuracy["examples_per_direction"] == 100 and len(accuracy) == 2 + 12  # 12 directions, "all"
+    assert metadata.provenance["parity"]["max_abs_logit_diff"] < 1e-4
