@@ -78,11 +78,23 @@ class Example:
         return words(self.number, self.target_language)
 
 
+def draw_number(rng: random.Random, max_number: int) -> int:
+    """A number in ``[0, max_number]`` whose count of digits is uniform.
+
+    A uniform draw over 0..999,999 almost never picks a number under 1,000, so a model trained on it
+    reads "siebenundneunzig" as the start of "siebenundneunzigtausend..."; drawing the length first
+    gives every magnitude the same share.
+    """
+    length = rng.randint(1, len(str(max_number)))
+    low = 0 if length == 1 else 10 ** (length - 1)
+    return rng.randint(low, min(10**length - 1, max_number))
+
+
 def sample(rng: random.Random, count: int, split: Split, max_number: int) -> list[Example]:
-    """``count`` examples of ``split``: numbers uniform in ``[0, max_number]``, directions uniform."""
+    """``count`` examples of ``split``: numbers from :func:`draw_number`, directions uniform."""
     examples: list[Example] = []
     while len(examples) < count:
-        number = rng.randint(0, max_number)
+        number = draw_number(rng, max_number)
         if split_of(number) == split:
             examples.append(Example(number, *rng.choice(DIRECTIONS)))
     return examples
