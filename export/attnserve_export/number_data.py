@@ -6,7 +6,8 @@ downloaded. A source is the target language's tag and the number in the source l
 ``"ninety-seven"``. Every direction between :data:`LANGUAGES` is used.
 
 The split is by number value and fixed: :func:`split_of` hashes the number, so a test
-number never appears in training, in any language or direction.
+number never appears in training, in any language or direction. Numbers below 100, the words
+that the others are made of, are all training.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, *(f"<2{lang}>" for lang in LANGUAGES))
 # Percent of the hash space held out: [0, 5) validation, [5, 10) test, the rest training.
 VALIDATION_PERCENT, TEST_PERCENT = 5, 5
+ALWAYS_TRAINED = 100
 
 
 def special_id(tokenizer: Tokenizer, token: str) -> int:
@@ -47,7 +49,14 @@ def tag(language: str) -> str:
 
 
 def split_of(number: int) -> Split:
-    """The split that ``number`` belongs to, in every language: CRC-32 of its decimal digits, mod 100."""
+    """The split that ``number`` belongs to, in every language: CRC-32 of its decimal digits, mod 100.
+
+    Numbers below :data:`ALWAYS_TRAINED` are all training: they are the task's words (``zero``,
+    ``siebzehn``, ``quatre-vingt-dix``), and no model can translate a word it has never seen. Every
+    larger number is written with them, so holding it out tests what a translator must do.
+    """
+    if number < ALWAYS_TRAINED:
+        return "train"
     bucket = zlib.crc32(str(number).encode()) % 100
     if bucket < VALIDATION_PERCENT:
         return "validation"
