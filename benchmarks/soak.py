@@ -1,6 +1,6 @@
 """Soak: a mixed load at about 70 % of saturation for ``--minutes``, watching the server's memory.
 
-1. The server serves the shipped repository (``models/``: shakespeare-gpt, digits-vit, digits-swin).
+1. The server serves the shipped repository (``models/``: shakespeare-gpt, numbers-translator, digits-vit, digits-swin).
 2. Saturation: closed loops of 4, 8, 16, 32 and 64 workers send the mix below for
    ``--saturation-seconds`` each (after 3 s of warm-up); the best throughput X (requests/s) is
    the saturating rate (or ``--rate`` gives the soak's rate directly).

@@ -9,7 +9,7 @@ in a bare fence.
 How a ``tested`` block runs:
 
 - One server (``session_server_launcher`` from tests/conftest.py) serves the shipped ``models/``
-  (shakespeare-gpt, digits-vit, digits-swin) on a free loopback port, with its metrics on a free
+  (shakespeare-gpt, numbers-translator, digits-vit, digits-swin) on a free loopback port, with its metrics on a free
   port (``--metrics-port 0``; the port is read from its log).
 - Each block is one test, with the id ``FILE:LINE`` of its opening fence, and runs in a fresh
   working directory. That directory holds ``digit.png``, which several blocks classify: the test
