@@ -17,7 +17,7 @@ class TextEngine:
     batcher: ContinuousBatcher
 
     def describe(self) -> str:
-        return f"context {self.generator.spec.context_length}"
+        return self.generator.describe()
 
     def batch_stats(self) -> BatchStats:
         return BatchStats()  # the continuous batcher reports its steps as metrics instead

@@ -114,6 +114,10 @@ class TextGenerator:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.tokenizer.encode, prompt)
 
+    def describe(self) -> str:
+        """For the load log line."""
+        return f"context {self.spec.context_length}"
+
     def output_context(self, prompt_ids: list[int]) -> list[int]:
         """Tokens the output continues: the detokenizer's left context and the repetition penalty's history."""
         return prompt_ids

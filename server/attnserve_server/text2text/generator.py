@@ -58,6 +58,9 @@ class Seq2SeqGenerator(TextGenerator):
     def max_prompt_bytes(self) -> int:
         return self.meta.source_context_length * self.tokenizer.max_token_bytes
 
+    def describe(self) -> str:
+        return f"source {self.meta.source_context_length} tokens, target {self.spec.context_length}"
+
     def new_kv_cache(self, slots: int) -> KVCache:
         return Seq2SeqKVCache(self, slots)
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer
 
-
 MODEL = "tiny-translator"
 SOURCE_CONTEXT, TARGET_CONTEXT = 32, 1024
 
