@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
+from attnserve_export.embeddings_version import add_embeddings_version
 from attnserve_export.gpt import GPT, PRESETS
 from attnserve_export.hf_import import add_import_parser
 from attnserve_export.image_data import to_batch
-from attnserve_export.embeddings_version import add_embeddings_version
 from attnserve_export.image_export import export_classifier
 from attnserve_export.image_train import (
     LABELS_FILE,

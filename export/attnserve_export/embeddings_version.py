@@ -26,7 +26,13 @@ from torch import nn
 from attnserve_export.gpt import GPT
 from attnserve_export.hidden_states import export_embeddings
 from attnserve_export.image_export import check_classifier_parity
-from attnserve_export.onnx_export import PARITY_PROMPTS, ParityError, ParityReport, check_parity, check_shared_buffer_parity
+from attnserve_export.onnx_export import (
+    PARITY_PROMPTS,
+    ParityError,
+    ParityReport,
+    check_parity,
+    check_shared_buffer_parity,
+)
 from attnserve_export.rebuild import module_from_onnx
 from attnserve_server.model_format.metadata import METADATA_FILE, ModelMetadata, read_metadata, write_metadata
 from attnserve_server.task_table import TaskTable

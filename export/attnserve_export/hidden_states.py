@@ -166,8 +166,8 @@ def check_hidden_states_parity(
         got = session.run(list(entry.hidden_states), feed)
         real = feed[ATTENTION_MASK].astype(bool) if ATTENTION_MASK in feed else None
         for layer, (want, have) in enumerate(zip(expected, got, strict=True)):
-            if real is not None:
-                want, have = want[real], have[real]  # (real tokens, D)
+            if real is not None:  # (real tokens, D)
+                want, have = want[real], have[real]  # noqa: PLW2901
             cases.append(
                 ParityCase(
                     name=f"layer {layer}, batch of {len(next(iter(feed.values())))}",

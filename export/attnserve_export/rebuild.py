@@ -67,6 +67,8 @@ def gpt_from_onnx(version_dir: Path) -> GPT:
         raise RebuildError(f"{version_dir.name}: ONNX initializers do not name these parameters: {missing[:5]}")
     # Tied: the concat export names the matrix lm_head.weight, the shared_buffer one wte.weight.
     tied = weights.get("wte.weight", weights.get("lm_head.weight"))
+    if tied is None:
+        raise RebuildError(f"{version_dir.name}: no initializer holds the token embedding")
     weights.setdefault("wte.weight", tied)
     weights.setdefault("lm_head.weight", tied)
     model.load_state_dict({name: weights[name] for name in state}, strict=True)
@@ -135,7 +137,11 @@ def _recover_position_bias_tables(
         with torch.no_grad():
             bias = module.position_bias().numpy()  # (nH, N, N), from the probe's random table
         folded = next(
-            (key for key, value in fresh.items() if value.size == bias.size and np.array_equal(value.reshape(bias.shape), bias)),
+            (
+                key
+                for key, value in fresh.items()
+                if value.size == bias.size and np.array_equal(value.reshape(bias.shape), bias)
+            ),
             None,
         )
         if folded is None or folded not in shipped:

@@ -405,6 +405,7 @@ class Swin(nn.Module):
         x = self.patch_norm(self.patch_embed(x).flatten(2).transpose(1, 2))  # (B, N, D)
         states = [x]
         for stage in self.stages:
+            assert isinstance(stage, SwinStage)
             for block in stage.blocks:
                 x = block(x)
             states.append(x)  # (B, N_i, D_i)
