@@ -115,7 +115,9 @@ class TextGenerationHandler:
             )
             raise
 
-    async def _start(self, request: GenerationRequest, target: Target, started: int) -> GenerationStream:
+    async def _start(
+        self, request: GenerationRequest, target: Target, started: int
+    ) -> GenerationStream:
         model, version = target.model, target.version
         engine = version.engine_as(TextEngine)
         if not request.prompt:
