@@ -26,6 +26,7 @@ from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityR
 from attnserve_export.swin import Swin
 from attnserve_export.vit import ViT
 from attnserve_server.model_format.embeddings import EMBEDDINGS_FILE, EmbeddingsGraph
+from attnserve_server.model_format.metadata import ModelMetadata
 from attnserve_server.model_format.preprocess import InputSpec
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,13 @@ def check_hidden_states_parity(
                 )
             )
     return cases
+
+
+def with_embeddings(metadata: ModelMetadata, entry: EmbeddingsGraph, report: ParityReport) -> ModelMetadata:
+    """``metadata`` whose section names the embeddings graph, with its parity in the provenance."""
+    section = metadata.section.model_copy(update={"embeddings": entry})
+    provenance = {**metadata.provenance, "embeddings_parity": report.to_dict()}
+    return metadata.model_copy(update={"section": section, "provenance": provenance})
 
 
 def export_embeddings(

@@ -11,7 +11,12 @@ import attnserve_server
 
 SERVER_ROOT = Path(attnserve_server.__file__).parent
 # The engines and what they stand on: the task packages, the model format, the task table.
-GRPC_FREE = ("attnserve_server.text", "attnserve_server.vision", "attnserve_server.model_format")
+GRPC_FREE = (
+    "attnserve_server.text",
+    "attnserve_server.vision",
+    "attnserve_server.model_format",
+    "attnserve_server.embeddings",
+)
 GRPC_FREE_MODULES = ("attnserve_server.task_table", "attnserve_server.repository", "attnserve_server.handlers")
 MAX_MODULE_LINES = 400
 
