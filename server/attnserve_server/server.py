@@ -113,8 +113,9 @@ def build_server(
     add_servicer(server, ImageClassificationServicer(images), IMAGE_CLASSIFICATION_SERVICE)
     add_servicer(server, ModelServicer(ModelHandler(repository)), MODEL_SERVICE)
     # Embeddings are every task's: the handler asks the version, not the task, for its graph.
-    add_servicer(server, EmbeddingServicer(EmbeddingsHandler(repository, statistics=statistics)), EMBEDDING_SERVICE)
-    dataplane = DataPlane(repository, repository.tasks, handlers, statistics)
+    embeddings = EmbeddingsHandler(repository, statistics=statistics)
+    add_servicer(server, EmbeddingServicer(embeddings), EMBEDDING_SERVICE)
+    dataplane = DataPlane(repository, repository.tasks, handlers, statistics, embeddings)
     add_servicer(server, InferenceServicer(dataplane, control), INFERENCE_SERVICE)
     health_servicer: AsyncHealth = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
