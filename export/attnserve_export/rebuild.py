@@ -98,12 +98,12 @@ def image_model_from_onnx(version_dir: Path) -> ViT | Swin:
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_()
-    shipped = initializers(version_dir / metadata["model_file"])
     params = {name: p.detach().numpy() for name, p in model.state_dict().items()}
     with tempfile.TemporaryDirectory(prefix="attnserve-rebuild-") as tmp:
         probe = Path(tmp) / "probe.onnx"
-        export_classifier_onnx(model, image_spec(metadata), probe)  # the same names as the shipped file
+        export_classifier_onnx(model, image_spec(metadata), probe)  # the same graph as the shipped file
         fresh = initializers(probe)
+        shipped = aligned_initializers(probe, version_dir / metadata["model_file"])
     weights: dict[str, np.ndarray] = {}
     for name, value in fresh.items():
         if name not in shipped:
@@ -123,6 +123,32 @@ def image_model_from_onnx(version_dir: Path) -> ViT | Swin:
         raise RebuildError(f"{version_dir.name}: no initializer holds these parameters: {missing[:5]}")
     model.load_state_dict({name: torch.from_numpy(np.ascontiguousarray(w)) for name, w in weights.items()})
     return model
+
+
+def aligned_initializers(probe: Path, shipped: Path) -> dict[str, np.ndarray]:
+    """The shipped file's initializers under the probe's names, matched by position in the graph.
+
+    Both files come from the same exporter on the same architecture, so their nodes correspond one
+    to one; names may not (the optimizer merges equal constants, such as untrained LayerNorm ones
+    and zeros, under one name).
+    """
+    probe_graph, shipped_graph = onnx.load(str(probe)).graph, onnx.load(str(shipped)).graph
+    probe_ops = [n.op_type for n in probe_graph.node]
+    if probe_ops != [n.op_type for n in shipped_graph.node]:
+        raise RebuildError(f"{shipped.name} is not the graph of the architecture its metadata describes")
+    values = {init.name: numpy_helper.to_array(init).copy() for init in shipped_graph.initializer}
+    probe_names = {init.name for init in probe_graph.initializer}
+    aligned: dict[str, np.ndarray] = {}
+    probe_values = {init.name: init for init in probe_graph.initializer}
+    for ours, theirs in zip(probe_graph.node, shipped_graph.node, strict=True):
+        for slot, name in enumerate(ours.input):
+            shipped_name = theirs.input[slot] if slot < len(theirs.input) else ""
+            if name in probe_names and shipped_name in values:
+                aligned.setdefault(name, values[shipped_name])
+            elif name in probe_names and not shipped_name and ours.op_type == "Gemm" and slot == 2:
+                # The optimizer drops a Gemm's all-zero bias (an untrained head's): it was zeros.
+                aligned.setdefault(name, np.zeros_like(numpy_helper.to_array(probe_values[name])))
+    return aligned
 
 
 def _recover_position_bias_tables(
