@@ -6,7 +6,8 @@ on the same embeddings graph, for the shipped digits-vit and shakespeare-gpt.
   1 (one thread) and 8 (eight threads sharing the one session), plus batch 8 in one call (the
   ceiling that batching can reach).
 - attnserve: a real server process on ``models/``; each worker is a ``Client`` sending one input
-  per ``embed`` call, in a closed loop at concurrency 1 and 8.
+  per ``embed`` call, in a closed loop at concurrency 1 and 8. For digits-vit, ``classify`` of the
+  same images at c=8 too: the server's per-request floor on that model, without embeddings.
 
 Every setup runs for ``--duration`` seconds per round, the setups interleaved round by round, and
 each figure is the median over ``--rounds``. The target: attnserve at c=8 >= 0.7 x in-process at c=8.
@@ -134,12 +135,19 @@ def in_process_rate(model: InProcess, inputs: list[Any], concurrency: int, batch
     return sum(counts) / (time.perf_counter() - started)
 
 
-def server_rate(address: str, name: str, inputs: list[Any], concurrency: int, duration: float) -> float:
-    """Embeddings per second of ``concurrency`` clients, one input per request (errors are fatal)."""
+def server_rate(
+    address: str, name: str, inputs: list[Any], concurrency: int, duration: float, *, classify: bool = False
+) -> float:
+    """Embeddings per second of ``concurrency`` clients, one input per request (errors are fatal).
+
+    With ``classify``, Classify calls on the same model instead: the server's per-request cost for
+    the same images without embeddings, to tell the Embed path's own cost from the server's."""
     clients = [Client(address, timeout=60) for _ in range(concurrency)]
 
     def make_call(worker: int) -> Callable[[int], object]:
         client = clients[worker]
+        if classify:
+            return lambda i: client.classify(inputs[(worker * 3 + i) % len(inputs)], model=name, top_k=1)
         return lambda i: client.embed([inputs[(worker * 3 + i) % len(inputs)]], model=name)
 
     try:
@@ -176,6 +184,10 @@ def main() -> None:
                     "attnserve_c1": lambda n=name, x=items: server_rate(address, n, x, 1, args.duration),
                     "attnserve_c8": lambda n=name, x=items: server_rate(address, n, x, 8, args.duration),
                 }
+                if name == "digits-vit":
+                    setups["attnserve_classify_c8"] = lambda n=name, x=items: server_rate(
+                        address, n, x, 8, args.duration, classify=True
+                    )
                 for setup, run in setups.items():
                     rows[name].setdefault(setup, []).append(run())
     finally:

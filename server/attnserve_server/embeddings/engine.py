@@ -95,7 +95,6 @@ class EmbeddingsEngine:
         self._session: RuntimeSession | None = None
         self._batcher: DynamicBatcher | None = None
         self._opening: asyncio.Lock | None = None
-        self._closed = False
 
     @property
     def is_text(self) -> bool:
@@ -116,7 +115,7 @@ class EmbeddingsEngine:
             if self._batcher is None:
                 session = await asyncio.get_running_loop().run_in_executor(self._prepare_executor, self._open)
                 self._session = session
-                self._batcher = DynamicBatcher(f"{self.name}-embeddings", self.forward, self._batching, item="inputs")
+                self._batcher = DynamicBatcher(self.name, self.forward, self._batching, item="inputs")
         return self._batcher
 
     def _open(self) -> RuntimeSession:
@@ -194,6 +193,5 @@ class EmbeddingsEngine:
 
     def close(self) -> None:
         """Stop the batcher (after the server has drained); the session goes with the engine."""
-        self._closed = True
         if self._batcher is not None:
             self._batcher.close()
