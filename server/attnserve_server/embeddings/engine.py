@@ -15,6 +15,7 @@ input preparation (tokenizing, or decoding images); everything after that is sha
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -29,6 +30,8 @@ from attnserve_server.loaded import BatchStats
 from attnserve_server.model_format.embeddings import EmbeddingsGraph
 from attnserve_server.runtime import RuntimeSession
 from attnserve_server.vision.batcher import BatchingConfig, BatchTiming, DynamicBatcher
+
+logger = logging.getLogger(__name__)
 
 # Text requests of at most this many characters in all are tokenized on the event loop.
 INLINE_PREPARE_BYTES = 2048
@@ -116,6 +119,7 @@ class EmbeddingsEngine:
                 session = await asyncio.get_running_loop().run_in_executor(self._prepare_executor, self._open)
                 self._session = session
                 self._batcher = DynamicBatcher(self.name, self.forward, self._batching, item="inputs")
+                logger.info("opened the embeddings graph of model %s version %s", self.name, self.version)
         return self._batcher
 
     def _open(self) -> RuntimeSession:

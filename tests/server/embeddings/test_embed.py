@@ -7,6 +7,9 @@ the vectors the server returns must match the module's own hidden states within 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -173,6 +176,18 @@ def test_raw_requests_with_both_kinds_or_none_are_refused(embeddings_address: st
                 stub.Embed(request, timeout=30)
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
             assert message in raised.value.details()
+
+
+def test_the_graph_opens_on_the_first_request_that_needs_it(
+    embeddings_reference: tuple[Path, Any], server_launcher: Callable[..., Any]
+) -> None:
+    server = server_launcher(embeddings_reference[0])
+    opened = "opened the embeddings graph of model emb-vit"
+    with Client(server.address) as client:
+        assert client.classify(png(0), model="emb-vit")
+        assert opened not in server.stderr()  # loading and classifying leave it closed
+        client.embed([png(0)], model="emb-vit")
+    assert server.stderr().count(opened) == 1
 
 
 def test_a_version_without_the_graph_says_so(client: Client) -> None:
