@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 
 from attnserve_server.embeddings.handler import EmbeddingsHandler
-from attnserve_server.kserve.embeddings import infer_embeddings, wants_embeddings, with_embeddings_output
+from attnserve_server.kserve.embeddings import infer_embeddings, wants_embeddings
 from attnserve_server.loaded import ModelLookup, Target, resolve
 from attnserve_server.statistics import Statistics
 from attnserve_server.task_table import TaskTable
@@ -38,7 +38,7 @@ class DataPlane:
     def resolve(self, name: str, version: str) -> tuple[Target, Signature]:
         """The model version a request means, and its v2 signature."""
         target = resolve(self._models, name, version)
-        return target, with_embeddings_output(self._tasks[target.model.task].signature(target), target)
+        return target, self._tasks[target.model.task].signature(target)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """One request, one response (text generations are returned whole)."""

@@ -8,6 +8,9 @@ Any model whose version has an embeddings graph offers it, besides its task's ow
   from the end) and ``normalize`` (bool), as in EmbeddingService.Embed;
 - output ``embeddings``: FP32 ``[n, dim]``; with ``pooling: none``, ``[n, tokens, dim]``, which
   needs every input to have the same number of tokens (always so for images).
+
+ModelMetadata and ModelConfig do not list it: it takes other inputs than the model's own outputs
+do, and a generic client that asks for every listed output at once would otherwise break.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ from attnserve_server.tensor_api import (
     InferRequest,
     InferResponse,
     ParameterValue,
-    Signature,
-    TensorSpec,
     int_parameter,
 )
 
@@ -44,14 +45,6 @@ def wants_embeddings(request: InferRequest) -> bool:
     if len(names) > 1:
         raise InvalidArgumentError(f"request the {EMBEDDINGS_OUTPUT!r} output alone, not with other outputs")
     return True
-
-
-def with_embeddings_output(signature: Signature, target: Target) -> Signature:
-    """The signature with the ``embeddings`` output added, if the version has an embeddings graph."""
-    if target.version.embeddings is None or any(t.name == EMBEDDINGS_OUTPUT for t in signature.outputs):
-        return signature
-    output = TensorSpec(EMBEDDINGS_OUTPUT, "FP32", (-1, -1))
-    return Signature(signature.inputs, (*signature.outputs, output), signature.max_batch_size, signature.decoupled)
 
 
 def _pooling(parameters: dict[str, ParameterValue]) -> Pooling | None:
