@@ -34,14 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 from tokenizers import Tokenizer
 
 from attnserve_export.gpt import GPT, GPTConfig
 from attnserve_export.hf_import import import_checkpoint
 from attnserve_export.onnx_export import export_gpt
+from attnserve_export.rebuild import gpt_from_onnx
 from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,26 +58,7 @@ def latest_version_dir(model_dir: Path) -> Path:
 
 def torch_model_from_onnx(version_dir: Path) -> GPT:
     """Rebuild the PyTorch GPT of a repository entry from its ONNX initializers."""
-    metadata = json.loads((version_dir / "metadata.json").read_text())
-    config = GPTConfig(**metadata["provenance"]["model_config"])
-    model = GPT(config).eval()
-    graph = onnx.load(str(version_dir / metadata["model_file"])).graph
-    weights = {
-        init.name.removeprefix("model."): torch.from_numpy(numpy_helper.to_array(init).copy())
-        for init in graph.initializer
-    }
-    # The shared_buffer graph stores linear weights transposed, as "<name>.weight_t".
-    weights |= {name.removesuffix("_t"): w.t() for name, w in weights.items() if name.endswith(".weight_t")}
-    state = model.state_dict()
-    missing = [name for name in state if name not in weights and name not in ("wte.weight", "lm_head.weight")]
-    if missing:
-        raise SystemExit(f"{version_dir}: ONNX initializers do not name these parameters: {missing[:5]}")
-    # Tied: the concat export names the matrix lm_head.weight, the shared_buffer one wte.weight.
-    tied = weights.get("wte.weight", weights.get("lm_head.weight"))
-    weights.setdefault("wte.weight", tied)
-    weights.setdefault("lm_head.weight", tied)
-    model.load_state_dict({name: weights[name] for name in state}, strict=True)
-    return model
+    return gpt_from_onnx(version_dir)
 
 
 def gpt2_small_folder() -> Path:

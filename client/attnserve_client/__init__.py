@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from attnserve_client.async_client import AsyncClient
     from attnserve_client.client import DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
+    from attnserve_client.embeddings import Embeddings
     from attnserve_client.errors import (
         AttnserveError,
         AuthenticationError,
@@ -52,6 +53,7 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "DeadlineExceededError",
+    "Embeddings",
     "FinishReason",
     "Generation",
     "GenerationChunk",
@@ -74,7 +76,7 @@ __all__ = [
 ]
 
 # The modules that define the names of __all__.
-_PUBLIC_MODULES = ("client", "async_client", "errors", "types")
+_PUBLIC_MODULES = ("client", "async_client", "embeddings", "errors", "types")
 
 
 def __getattr__(name: str) -> Any:

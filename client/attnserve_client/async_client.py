@@ -12,6 +12,7 @@ import grpc.aio
 
 from attnserve_client import methods
 from attnserve_client.core import DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, ClientCore, GenerationStream, Plan
+from attnserve_client.embeddings import Embeddings
 from attnserve_client.images import ImageInput
 from attnserve_client.security import PemSource
 from attnserve_client.types import Generation, GenerationChunk, ModelInfo, Prediction
@@ -139,6 +140,20 @@ class AsyncClient(ClientCore):
     ) -> list[list[Prediction]]:
         """Classifies several images in one request. See :meth:`Client.classify_batch`."""
         return await self._run(self._classify_plan(images, model, top_k, model_version, timeout))
+
+    async def embed(
+        self,
+        inputs: Sequence[object],
+        *,
+        model: str | None = None,
+        pooling: str | None = None,
+        layer: int | None = None,
+        normalize: bool = False,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> Embeddings:
+        """Embeds texts or images. See :meth:`Client.embed`."""
+        return await self._run(self._embed_plan(inputs, model, pooling, layer, normalize, model_version, timeout))
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The served models, with their versions, settings and live counters."""

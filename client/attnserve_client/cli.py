@@ -1,4 +1,4 @@
-"""The ``attnserve`` command: generate text, classify images, list models, probe health.
+"""The ``attnserve`` command: generate text, classify images, embed texts or images, list models, probe health.
 
 Exit status: 0 on success, 1 when a call fails (or ``health`` finds the server not
 serving), 2 for bad usage, 130 when interrupted.
@@ -11,9 +11,11 @@ import io
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TextIO
 
 from attnserve_client.client import DEFAULT_HEALTH_TIMEOUT, DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
+from attnserve_client.embeddings import POOLINGS
 from attnserve_client.errors import AttnserveError, ServerError
 from attnserve_client.limits import MAX_STOP_SEQUENCES
 from attnserve_client.request import generate_arguments
@@ -116,6 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--top-k", type=int, help="predictions per image (default: 5, or fewer if fewer classes)")
     classify.set_defaults(run=_classify)
 
+    embed = commands.add_parser(
+        "embed",
+        parents=[common],
+        help="embed texts or image files",
+        description="Embed texts (or, with --images, image files) in one request and print one vector per input "
+        "(with --pooling none, also one per token), or write the vectors to a .npy file.",
+    )
+    embed.add_argument("inputs", nargs="+", metavar="INPUT", help="a text, or an image file with --images")
+    embed.add_argument("--images", action="store_true", help="the inputs are image files")
+    embed.add_argument("--model", help="model name (default: the only model of the inputs' kind)")
+    embed.add_argument("--model-version", help="model version (default: the model's default version)")
+    embed.add_argument("--pooling", choices=POOLINGS, help="default: the model's (GPT last, ViT cls, Swin mean)")
+    embed.add_argument("--layer", type=int, help="hidden state: 0 (input embedding) .. last; negative from the end")
+    embed.add_argument("--normalize", action="store_true", help="scale every vector to unit length")
+    embed.add_argument("--out", metavar="FILE.npy", help="write the (inputs, dim) vectors here (needs numpy)")
+    embed.set_defaults(run=_embed)
+
     models = commands.add_parser(
         "models", parents=[common], help="list the served models", description="List the served models."
     )
@@ -187,6 +206,40 @@ def _classify(args: argparse.Namespace) -> int:
         )
     _write(sys.stdout, _predictions_table(args.images, results))
     return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    inputs: list[object] = [Path(p) for p in args.inputs] if args.images else list(args.inputs)
+    with _client(args) as client:
+        result = client.embed(
+            inputs,
+            model=args.model,
+            model_version=args.model_version,
+            pooling=args.pooling,
+            layer=args.layer,
+            normalize=args.normalize,
+        )
+    if args.out:
+        try:
+            import numpy as np  # noqa: PLC0415 (only --out needs it)
+        except ImportError:
+            _fail("--out needs numpy: pip install 'attnserve-client[images]'")
+            return 2
+        np.save(args.out, np.asarray(result.vectors, dtype=np.float32))
+        _write(sys.stdout, f"wrote {len(args.inputs)} x {result.dim} vectors to {args.out}\n")
+        return 0
+    lines = []
+    for index, name in enumerate(args.inputs):
+        lines.append(f"{name}\t{_floats(result.vectors[index])}")
+        for position, vector in enumerate(result.tokens[index] if result.tokens is not None else ()):
+            text = result.token_texts[index][position] if result.token_texts is not None else f"#{position}"
+            lines.append(f"  {text!r}\t{_floats(vector)}")
+    _write(sys.stdout, "\n".join(lines) + "\n")
+    return 0
+
+
+def _floats(vector: Sequence[float]) -> str:
+    return " ".join(f"{float(value):.6g}" for value in vector)
 
 
 def _predictions_table(images: Sequence[str], results: list[list[Prediction]]) -> str:

@@ -21,6 +21,7 @@ from attnserve_client.core import (
     GenerationStream,
     Plan,
 )
+from attnserve_client.embeddings import Embeddings
 from attnserve_client.images import ImageInput
 from attnserve_client.security import PemSource
 from attnserve_client.types import Generation, GenerationChunk, ModelInfo, Prediction
@@ -228,6 +229,42 @@ class Client(ClientCore):
         may carry (``get_model(name).image_classification.max_images_per_request``).
         """
         return self._run(self._classify_plan(images, model, top_k, model_version, timeout))
+
+    def embed(
+        self,
+        inputs: Sequence[object],
+        *,
+        model: str | None = None,
+        pooling: str | None = None,
+        layer: int | None = None,
+        normalize: bool = False,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> Embeddings:
+        """Embeds texts or images: one vector per input (and, with ``pooling="none"``, one per token).
+
+        Args:
+            inputs: texts (``str``) or images (a ``pathlib.Path``, encoded bytes, a PIL image or a
+                numpy uint8 array), one kind per call. A plain ``str`` is always a text.
+            model: the model's name. None picks the only served model of the inputs' kind.
+            pooling: ``"mean"``, ``"last"``, ``"cls"`` or ``"none"`` (token-wise); None: the model's
+                default (GPT ``last``, ViT ``cls``, Swin ``mean``).
+            layer: which hidden state, 0 (the input embedding) to the last; negative counts from the
+                end; None: the last.
+            normalize: scale every vector to unit length.
+            model_version: a version directory name; None for the model's default version.
+            timeout: this call's deadline in seconds, instead of the client's default.
+
+        Returns:
+            :class:`~attnserve_client.Embeddings`: numpy arrays with numpy installed (the
+            ``[images]`` extra), lists of floats otherwise.
+
+        Raises:
+            InvalidArgumentError: a bad argument, a pooling the model does not take (the message
+                lists those it does), or a request over the model's caps.
+            ServerError: FAILED_PRECONDITION: the model version has no embeddings graph.
+        """
+        return self._run(self._embed_plan(inputs, model, pooling, layer, normalize, model_version, timeout))
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The served models, with their versions, settings and live counters."""

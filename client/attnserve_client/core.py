@@ -25,10 +25,12 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from attnserve_client import convert
+from attnserve_client.embeddings import EmbeddingRequest, Embeddings, to_embeddings
 from attnserve_client.errors import InvalidArgumentError, from_rpc_error
 from attnserve_client.health import ServingStatus
 from attnserve_client.methods import (
     CLASSIFY_RPC,
+    EMBED_RPC,
     GENERATE_RPC,
     GENERATE_STREAM,
     GET_MODEL_RPC,
@@ -159,6 +161,26 @@ class ClientCore:
         name = request.model or (yield from self._only_model(deadline, convert.IMAGE_CLASSIFICATION))
         response = yield from self._unary(CLASSIFY_RPC, request.to_proto(name), deadline)
         return convert.to_predictions(response, images=len(request.images))
+
+    def _embed_plan(  # noqa: PLR0917 (embed's arguments, passed on as they are)
+        self,
+        inputs: Sequence[object],
+        model: str | None,
+        pooling: str | None,
+        layer: int | None,
+        normalize: bool,
+        model_version: str | None,
+        timeout: float | None,
+    ) -> Plan[Embeddings]:
+        """``embed``."""
+        request = EmbeddingRequest.create(
+            inputs, model=model, pooling=pooling, layer=layer, normalize=normalize, model_version=model_version
+        )
+        deadline = Deadline(self._call_timeout(timeout))
+        task = convert.TEXT_GENERATION if request.is_text else convert.IMAGE_CLASSIFICATION
+        name = request.model or (yield from self._only_model(deadline, task))
+        response = yield from self._unary(EMBED_RPC, request.to_proto(name), deadline)
+        return to_embeddings(response, inputs=len(inputs), texts=request.is_text)
 
     def _models_plan(self, timeout: float | None) -> Plan[list[ModelInfo]]:
         """``models``."""

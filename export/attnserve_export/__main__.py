@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from attnserve_export.embeddings_version import add_embeddings_version
 from attnserve_export.gpt import GPT, PRESETS
 from attnserve_export.hf_import import add_import_parser
 from attnserve_export.image_data import to_batch
@@ -28,7 +29,13 @@ from attnserve_export.image_train import (
     model_config,
     train_image,
 )
-from attnserve_export.onnx_export import DEFAULT_GENERATION, KV_CACHE_LAYOUTS, export_gpt, next_version_dir
+from attnserve_export.onnx_export import (
+    DEFAULT_GENERATION,
+    KV_CACHE_LAYOUTS,
+    ParityError,
+    export_gpt,
+    next_version_dir,
+)
 from attnserve_export.quantize import MAX_ACCURACY_DROP, MAX_BPC_INCREASE, SPEED_REPEATS, quantize_entry
 from attnserve_export.swin import PRESETS as SWIN_PRESETS
 from attnserve_export.tokenizer import load_tokenizer
@@ -358,6 +365,34 @@ def _run_quantize(args: argparse.Namespace) -> int:
     return 0 if report.version is not None else 4
 
 
+def _add_embeddings(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "embeddings",
+        help="write a new version of a repository entry that adds the embeddings graph (for the Embed RPC)",
+        description="Copy <model-dir>/<from-version> (serving graph, tokenizer or labels) into a new version and "
+        "add embeddings.onnx, the graph of every layer's hidden states. The PyTorch module is rebuilt from the "
+        "fp32 graph's initializers (a quantized version's source version) and parity-checked twice: the rebuilt "
+        "module against that graph, then the new graph against the module (see docs/embeddings.md).",
+    )
+    p.add_argument("--model-dir", type=Path, required=True, help="e.g. models/digits-vit")
+    p.add_argument("--from-version", default=None, help="the version to extend (default: the latest)")
+    p.add_argument("--to-version", default=None, help="version number to write (default: the next one)")
+    p.add_argument("--max-rel-diff", type=float, default=1e-4, help="parity tolerance, max |diff| / max |value|")
+    p.set_defaults(func=_run_embeddings)
+
+
+def _run_embeddings(args: argparse.Namespace) -> int:
+    try:
+        written = add_embeddings_version(
+            args.model_dir, source=args.from_version, target=args.to_version, rel_tolerance=args.max_rel_diff
+        )
+    except (ValueError, FileNotFoundError, ParityError) as exc:
+        sys.stderr.write(f"attnserve-export embeddings: {exc}\n")
+        return 2
+    sys.stdout.write(f"{written}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnserve-export", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -372,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_translator_onnx(sub)
     add_import_parser(sub)
     _add_quantize(sub)
+    _add_embeddings(sub)
     return parser
 
 

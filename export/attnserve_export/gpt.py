@@ -307,17 +307,7 @@ class GPT(nn.Module):
         position_ids = position_ids.clamp(0, self.config.context_length - 1)
 
         # 1. Embed tokens (and positions, for the additive encodings).
-        x = self.wte(input_ids)  # (B, T, C)
-        if self.wpe is not None:
-            x = x + self.wpe(position_ids)
-        elif self.config.pos_encoding == "sinusoidal":
-            x = x + sinusoidal_embedding(position_ids, self.config.dim)
-        x = self.drop(x)
-        rope = (
-            rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_base)
-            if self.config.pos_encoding == "rotary"
-            else None
-        )
+        x, rope = self.embed(input_ids, position_ids)  # (B, T, C)
 
         # 2. One mask for causality and padding, shared by every layer.
         mask = None if plain_causal else build_attention_mask(attention_mask, t)  # (B, 1, T, P + T)
@@ -332,6 +322,38 @@ class GPT(nn.Module):
         # 4. Final norm and the tied output projection.
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
         return logits, presents
+
+    def embed(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Token (plus additive position) embeddings ``(B, T, C)``, and the rotary cos/sin if the model rotates."""
+        x = self.wte(input_ids)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids)
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + sinusoidal_embedding(position_ids, self.config.dim)
+        x = self.drop(x)
+        rope = (
+            rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_base)
+            if self.config.pos_encoding == "rotary"
+            else None
+        )
+        return x, rope
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's hidden state of left-padded ``input_ids`` ``(B, T)``: ``num_layers + 1`` tensors
+        ``(B, T, C)``: the embeddings, then each block's output, the last one after the final norm
+        (what the head reads). Positions are counted over real tokens, as the serving graph does."""
+        t = input_ids.shape[1]
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(0, self.config.context_length - 1)  # (B, T)
+        x, rope = self.embed(input_ids, position_ids)
+        mask = build_attention_mask(attention_mask, t)  # (B, 1, T, T)
+        states = [x]
+        for block in self.blocks:
+            x, _ = block(x, mask, rope, None)
+            states.append(x)
+        states[-1] = self.ln_f(x)
+        return states
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) of an unpadded batch, for training."""

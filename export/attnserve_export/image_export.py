@@ -24,6 +24,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from attnserve_export.hidden_states import export_embeddings, supports_embeddings, with_embeddings
 from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityReport
 from attnserve_server.model_format.metadata import ModelMetadata, write_metadata
 from attnserve_server.model_format.preprocess import InputSpec
@@ -154,14 +155,21 @@ def export_classifier(
         # Every top-1 must agree, ties included: the server reports the top-1.
         if not report.passed:
             raise ParityError(f"ONNX Runtime disagrees with PyTorch: {report.summary()}")
+        # The Embed RPC's graph, parity-checked too (attnserve_export.hidden_states); ViT and Swin only.
+        embedded = supports_embeddings(model)
+        if embedded:
+            entry, embeddings_report = export_embeddings(model, Path(tmp) / "embeddings", spec=spec, images=images)
         version_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), version_dir / MODEL_FILE)
+        if embedded:
+            shutil.move(str(Path(tmp) / "embeddings" / entry.file), version_dir / entry.file)
+            metadata = with_embeddings(metadata, entry, embeddings_report)
     (version_dir / LABELS_FILE).write_text(json.dumps(labels) + "\n")
     full_provenance = {
         **(provenance or {}),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "parity": {**report.to_dict(), "images": len(images)},
     }
-    write_metadata(version_dir, metadata.replace(provenance=full_provenance))
+    write_metadata(version_dir, metadata.replace(provenance={**metadata.provenance, **full_provenance}))
     logger.info("wrote %s (%.1f MB model)", version_dir, report.model_bytes / 1e6)
     return report

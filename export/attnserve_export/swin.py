@@ -398,6 +398,22 @@ class Swin(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One hidden state per stage: ``1 + len(depths)`` tensors ``(B, N_i, D_i)``. The patch embedding
+        first, then each stage's blocks' output at the stage's own resolution (before patch merging),
+        the last one after the final norm (what the mean-pooled head reads)."""
+        x = self.patch_norm(self.patch_embed(x).flatten(2).transpose(1, 2))  # (B, N, D)
+        states = [x]
+        for stage in self.stages:
+            assert isinstance(stage, SwinStage)
+            for block in stage.blocks:
+                x = block(x)
+            states.append(x)  # (B, N_i, D_i)
+            if stage.downsample is not None:
+                x = stage.downsample(x)  # (B, N_i / 4, 2 D_i)
+        states[-1] = self.norm(x)
+        return states
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # (B, D, H/P, W/P): patch partition + linear embedding
         x = self.patch_norm(x.flatten(2).transpose(1, 2))  # (B, N, D)

@@ -243,6 +243,19 @@ class ViT(nn.Module):
         out: torch.Tensor = self.norm(x)
         return out
 
+    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's tokens ``(B, 1 + N, D)`` (class token first): ``depth + 1`` tensors, the patch
+        embedding first, then each block's output, the last one after the final norm."""
+        B = x.shape[0]
+        x = self.patch_embed(x)  # (B, N, D)
+        x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.pos_embed  # (B, 1 + N, D)
+        states = [x]
+        for block in self.blocks:
+            x = block(x)
+            states.append(x)
+        states[-1] = self.norm(x)
+        return states
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.head(self.forward_features(x)[:, 0])  # (B, num_classes): the class token only
         return logits

@@ -37,6 +37,13 @@ class Engine(Protocol):
         """Free its threads and sessions (after the server has drained)."""
 
 
+class Closeable(Protocol):
+    """Something a version holds besides its engine (its lazily loaded embeddings graph)."""
+
+    def close(self) -> None:
+        """Free its threads and sessions (after the server has drained)."""
+
+
 E = TypeVar("E", bound=Engine)
 S = TypeVar("S", bound=TaskSection)
 
@@ -60,10 +67,18 @@ class ModelVersion:
     path: Path
     metadata: ModelMetadata
     engine: Engine
+    # The Embed RPC's engine (attnserve_server.embeddings), if the version has an embeddings graph.
+    embeddings: Closeable | None = None
 
     @property
     def task(self) -> str:
         return self.metadata.task
+
+    def close(self) -> None:
+        """Close the engine and the embeddings engine (after the server has drained)."""
+        self.engine.close()
+        if self.embeddings is not None:
+            self.embeddings.close()
 
     def engine_as(self, kind: type[E]) -> E:
         """The engine, checked to be a ``kind`` (a handler asks for its own task's engine)."""

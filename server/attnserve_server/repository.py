@@ -120,8 +120,16 @@ class ModelRepository:
             executor=executor,
             metrics=self._metrics,
         )
-        engine = self.tasks[metadata.task].load(ctx)
-        return ModelVersion(version=version_dir.name, path=version_dir, metadata=metadata, engine=engine)
+        task = self.tasks[metadata.task]
+        engine = task.load(ctx)
+        try:
+            embeddings = task.embeddings(ctx, engine)
+        except BaseException:
+            engine.close()
+            raise
+        return ModelVersion(
+            version=version_dir.name, path=version_dir, metadata=metadata, engine=engine, embeddings=embeddings
+        )
 
     def build_model(self, model_dir: Path, executor: Executor) -> Model:
         """Load the versions that the model's version policy selects (blocking); install nothing.
@@ -170,7 +178,7 @@ class ModelRepository:
                 raise ModelLoadError(name, f"its versions mix tasks ({', '.join(sorted(tasks))}); one model, one task")
         except BaseException:
             for version in versions.values():  # a half-loaded model must not keep threads and sessions
-                version.engine.close()
+                version.close()
             raise
         return Model(
             name=name,
@@ -239,4 +247,4 @@ class ModelRepository:
         """Stop the models' engines (after the server has drained)."""
         for model in self._models.values():
             for version in model.versions.values():
-                version.engine.close()
+                version.close()

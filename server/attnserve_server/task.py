@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from attnserve_server.loaded import Engine, Model, ModelLookup, Target
+from attnserve_server.loaded import Closeable, Engine, Model, ModelLookup, Target
 from attnserve_server.metrics import ServerMetrics
 from attnserve_server.model_format.config import ModelConfig
 from attnserve_server.model_format.metadata import ModelMetadata, TaskSection
@@ -62,6 +62,9 @@ class Task(Generic[H]):
     - ``infer``: runs one v2 tensor request on the handler; yields one response, or several for a
       decoupled (streaming) model when asked for chunks.
     - ``describe``: the task's part of a model's description (``GetModel``), or None.
+    - ``embeddings``: the Embed RPC's engine of one loaded version (an
+      ``attnserve_server.embeddings.EmbeddingsEngine``, which loads its graph lazily), or None when
+      the version has no embeddings graph or the task offers none.
     """
 
     section: type[TaskSection]
@@ -70,6 +73,7 @@ class Task(Generic[H]):
     signature: Callable[[Target], Signature]
     infer: Callable[[H, Target, InferRequest, bool], AsyncIterator[InferResponse]]
     describe: Callable[[Model], Any] = lambda model: None
+    embeddings: Callable[[LoadContext, Engine], Closeable | None] = lambda ctx, engine: None
 
     @property
     def name(self) -> str:

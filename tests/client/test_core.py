@@ -32,7 +32,17 @@ from attnserve_client.health import ServingStatus
 from attnserve_client.pb import models_pb2, text_generation_pb2
 from attnserve_client.request import GENERATE_PARAMETERS, GenerationRequest
 
-PUBLIC = ["__init__", "generate", "generate_stream", "classify", "classify_batch", "models", "get_model", "health"]
+PUBLIC = [
+    "__init__",
+    "generate",
+    "generate_stream",
+    "classify",
+    "classify_batch",
+    "embed",
+    "models",
+    "get_model",
+    "health",
+]
 
 
 class FakeRpcError(grpc.RpcError):
@@ -106,7 +116,7 @@ def test_the_server_enforces_the_client_s_stop_limit() -> None:
 
 def test_the_stub_table_binds_every_method_on_sync_and_async_channels() -> None:
     paths = {rpc.path for rpc in methods.RPCS}
-    assert methods.GENERATE_STREAM_RPC.streaming and len(paths) == len(methods.RPCS) == 6
+    assert methods.GENERATE_STREAM_RPC.streaming and len(paths) == len(methods.RPCS) == 7
     with grpc.insecure_channel("127.0.0.1:1") as channel:
         assert set(methods.bind(channel)) == paths
 

@@ -59,6 +59,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from attnserve_client.pb import embeddings_pb2 as embeddings_pb
 from attnserve_client.pb import image_classification_pb2 as image_pb
 from attnserve_client.pb import models_pb2, text_generation_pb2
 from attnserve_server.kserve.pb import grpc_service_pb2 as v2
@@ -83,6 +84,7 @@ STRICT = os.environ.get("ATTNSERVE_FUZZ_STRICT", "") not in ("", "0")
 TEXT_SERVICE = "/attnserve.v1.TextGenerationService/"
 IMAGE_SERVICE = "/attnserve.v1.ImageClassificationService/"
 MODEL_SERVICE = "/attnserve.v1.ModelService/"
+EMBED_SERVICE = "/attnserve.v1.EmbeddingService/"
 V2 = "/inference.GRPCInferenceService/"
 HEALTH = "/grpc.health.v1.Health/"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
@@ -664,6 +666,29 @@ def classify_calls(draw: st.DrawFn) -> Call:
 
 
 @st.composite
+def embed_calls(draw: st.DrawFn) -> Call:
+    """EmbeddingService.Embed: texts to the text model, images to the image model, or any mix when wild."""
+    chaos = draw(CHAOS)
+    wild = is_wild(draw, chaos)
+    model = draw(names()) if wild else draw(st.sampled_from(MODELS))
+    request = embeddings_pb.EmbedRequest(
+        model=model,
+        pooling=draw(st.integers(-1, 6) if wild else st.integers(0, 4)),  # type: ignore[arg-type]
+        normalize=draw(st.booleans()),
+        model_version=draw(versions()) if wild else draw(st.sampled_from(["", "1"])),
+    )
+    if wild or model == TEXT_MODEL:
+        texts = prompts() if wild else sane_prompts()
+        request.texts.extend(draw(st.lists(texts, min_size=0 if wild else 1, max_size=4)))
+    if wild or model == IMAGE_MODEL:
+        images = image_bytes() if wild else valid_images()
+        request.images.extend(draw(st.lists(images, min_size=0 if wild else 1, max_size=4)))
+    if draw(st.booleans()):
+        request.layer = draw(ints(INT32, small=(-4, 4)) if wild else st.integers(-2, 2))
+    return message_call(EMBED_SERVICE + "Embed", "unary", request)
+
+
+@st.composite
 def model_service_calls(draw: st.DrawFn) -> Call:
     target = draw(st.sampled_from(["main", "main", "explicit"]))
     if draw(st.booleans()):
@@ -1016,8 +1041,8 @@ def unknown_method_calls(draw: st.DrawFn) -> Call:
 # --------------------------------------------------------------------------------------------
 
 SERVICES = ("", "attnserve.v1.TextGenerationService", "attnserve.v1.ImageClassificationService",
-            "attnserve.v1.ModelService", "inference.GRPCInferenceService", "grpc.health.v1.Health", TEXT_MODEL,
-            IMAGE_MODEL)  # fmt: skip
+            "attnserve.v1.EmbeddingService", "attnserve.v1.ModelService", "inference.GRPCInferenceService",
+            "grpc.health.v1.Health", TEXT_MODEL, IMAGE_MODEL)  # fmt: skip
 
 
 @st.composite
@@ -1076,7 +1101,7 @@ def calls(draw: st.DrawFn) -> Call:
     and now and then sent with a tiny deadline."""
     call = draw(
         st.one_of(
-            generate_calls(), generate_calls(), classify_calls(), classify_calls(), model_infer_calls(),
+            generate_calls(), generate_calls(), classify_calls(), classify_calls(), embed_calls(), model_infer_calls(),
             model_infer_calls(), model_infer_calls(), stream_infer_calls(), stream_infer_calls(), model_service_calls(),
             v2_metadata_calls(), repository_calls(), unimplemented_calls(), health_calls(), reflection_calls(),
             unknown_method_calls(),

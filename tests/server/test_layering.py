@@ -16,6 +16,7 @@ GRPC_FREE = (
     "attnserve_server.text2text",
     "attnserve_server.vision",
     "attnserve_server.model_format",
+    "attnserve_server.embeddings",
 )
 GRPC_FREE_MODULES = ("attnserve_server.task_table", "attnserve_server.repository", "attnserve_server.handlers")
 MAX_MODULE_LINES = 400

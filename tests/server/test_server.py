@@ -45,6 +45,7 @@ def test_reflection_lists_every_service(channel: grpc.Channel) -> None:
     assert services >= {
         "attnserve.v1.TextGenerationService",
         "attnserve.v1.ModelService",
+        "attnserve.v1.EmbeddingService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
+from attnserve_server.embeddings.handler import EmbeddingsHandler
+from attnserve_server.kserve.embeddings import infer_embeddings, wants_embeddings
 from attnserve_server.loaded import ModelLookup, Target, resolve
 from attnserve_server.statistics import Statistics
 from attnserve_server.task_table import TaskTable
@@ -19,9 +21,16 @@ class DataPlane:
     """ModelInfer and ModelStreamInfer over the task handlers."""
 
     def __init__(
-        self, models: ModelLookup, tasks: TaskTable, handlers: Mapping[str, object], statistics: Statistics
+        self,
+        models: ModelLookup,
+        tasks: TaskTable,
+        handlers: Mapping[str, object],
+        statistics: Statistics,
+        embeddings: EmbeddingsHandler | None = None,
     ) -> None:
         self._models = models
+        # Every task's: a request that asks for the ``embeddings`` output goes here (kserve/embeddings.py).
+        self._embeddings = embeddings or EmbeddingsHandler(models, statistics=statistics)
         self._tasks = tasks
         self._handlers = handlers
         self.statistics = statistics
@@ -47,6 +56,9 @@ class DataPlane:
         a text stream ends with an extra response that has no outputs and only that flag.
         """
         target = resolve(self._models, request.model, request.version)
+        if wants_embeddings(request):
+            yield await infer_embeddings(self._embeddings, target, request)
+            return
         task = self._tasks[target.model.task]
         async for response in task.infer(self._handlers[task.name], target, request, chunked):
             yield response

@@ -72,6 +72,15 @@ class DynamicBatchingConfig(Strict):
     adaptive_delay: bool | None = None
 
 
+class EmbeddingsLimits(Strict):
+    """``embeddings``: caps of the Embed RPC for this model; unset keys take the defaults."""
+
+    # Texts or images per Embed request (default 32).
+    max_inputs: PositiveInt | None = None
+    # Tokens per text (text models; default and ceiling: the model's context length).
+    max_tokens_per_text: PositiveInt | None = None
+
+
 class ModelConfig(Strict):
     """``config.yaml``."""
 
@@ -83,6 +92,8 @@ class ModelConfig(Strict):
     max_kv_cache_tokens: PositiveInt | None = None
     max_waiting_sequences: NonNegativeInt | None = None
     max_prefill_tokens_per_step: PositiveInt | None = None
+    # Caps of the Embed RPC (any task with an embeddings graph).
+    embeddings: EmbeddingsLimits | None = None
 
 
 def read_config(model_dir: Path, *, root: Path | None = None) -> ModelConfig:

@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
+from attnserve_server.model_format.embeddings import EmbeddingsGraph
 from attnserve_server.model_format.metadata import Strict, TaskSection
 
 TEXT_GENERATION = "text-generation"
@@ -63,6 +64,8 @@ class TextGenerationMetadata(TaskSection):
     # A Jinja chat template that came with an imported checkpoint (tokenizer_config.json), kept for
     # clients that format conversations; the server does not apply it. Unset: not written.
     chat_template: str | None = None
+    # The graph that exposes hidden states for the Embed RPC (model_format.embeddings); unset: none.
+    embeddings: EmbeddingsGraph | None = None
 
     @model_validator(mode="after")
     def _inputs_of_layout(self) -> TextGenerationMetadata:

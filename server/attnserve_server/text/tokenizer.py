@@ -37,6 +37,11 @@ class TextTokenizer:
         (encoding,) = self._tokenizer.encode_batch([text], add_special_tokens=False)
         return list(encoding.ids)
 
+    def encode_with_texts(self, text: str) -> tuple[list[int], list[str]]:
+        """Token ids of ``text`` and each token's text (its slice of ``text``); releases the GIL like :meth:`encode`."""
+        (encoding,) = self._tokenizer.encode_batch([text], add_special_tokens=False)
+        return list(encoding.ids), [text[start:end] for start, end in encoding.offsets]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, without special tokens. Incomplete UTF-8 at the end decodes to U+FFFD."""
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +37,9 @@ from attnserve_server.loaded import BatchStats
 
 logger = logging.getLogger(__name__)
 
-Forward = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+# Rows in, one result row per input row out. Image classification: pixels in, logits out; the
+# embeddings engine also batches token lists (object arrays) into hidden states.
+Forward = Callable[[npt.NDArray[Any]], npt.NDArray[Any]]
 # Told of every call: the model, its batch size, how long each request in it waited in the queue,
 # and how long the call took (seconds). The server's metrics listen here.
 BatchObserver = Callable[[str, int, Sequence[float], float], None]
@@ -117,9 +120,16 @@ class DynamicBatcher:
     """Merges concurrent requests to one model into batched ONNX Runtime calls (see the module docstring)."""
 
     def __init__(
-        self, name: str, forward: Forward, config: BatchingConfig, *, observer: BatchObserver | None = None
+        self,
+        name: str,
+        forward: Forward,
+        config: BatchingConfig,
+        *,
+        observer: BatchObserver | None = None,
+        item: str = "images",
     ) -> None:
         self.name = name
+        self.item = item  # what a row is, in messages
         self.config = config
         self._observer = observer
         self.stats = BatchStats()
@@ -141,14 +151,14 @@ class DynamicBatcher:
         """
         if count > self.config.max_queue_size:
             raise InvalidArgumentError(
-                f"the request holds {count} images, more than model {self.name!r} can queue "
+                f"the request holds {count} {self.item}, more than model {self.name!r} can queue "
                 f"(max_queue_size {self.config.max_queue_size}); send at most that many per request"
             )
         if self._reserved + count > self.config.max_queue_size:
             raise ResourceExhaustedError(
-                f"model {self.name!r} is overloaded: {self._reserved} images are already waiting "
+                f"model {self.name!r} is overloaded: {self._reserved} {self.item} are already waiting "
                 f"(max_queue_size {self.config.max_queue_size}); retry later with backoff, send fewer "
-                "images at a time, or raise max_queue_size in the model's config.yaml"
+                f"{self.item} at a time, or raise max_queue_size in the model's config.yaml"
             )
         reservation = Reservation(self, count, timing or BatchTiming())
         self._reserved += count

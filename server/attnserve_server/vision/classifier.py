@@ -83,6 +83,11 @@ class ImageClassifier:
         # The batcher owns this model's ORT calls, so concurrent requests merge into one call.
         self.batcher = DynamicBatcher(name, self.forward, batching or BatchingConfig(), observer=observer)
 
+    @property
+    def decode_pool(self) -> ThreadPoolExecutor:
+        """Where this model's images are decoded (its embeddings engine decodes there too)."""
+        return self._decode_pool
+
     def forward(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Logits ``(batch, num_classes)`` of a preprocessed ``(batch, C, H, W)`` array (blocking)."""
         (logits,) = self._session.run([self.spec.output_name], {self.spec.input_name: batch})

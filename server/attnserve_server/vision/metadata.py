@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
+from attnserve_server.model_format.embeddings import EmbeddingsGraph
 from attnserve_server.model_format.metadata import TaskSection
 from attnserve_server.model_format.preprocess import InputSpec, ResampleName, ResizePolicy, Transparency
 
@@ -34,6 +35,8 @@ class ImageClassificationMetadata(TaskSection):
     shortest_edge: PositiveInt | None = None
     resize_to: tuple[PositiveInt, PositiveInt] | None = None
     transparency: Transparency | None = None
+    # The graph that exposes hidden states for the Embed RPC (model_format.embeddings); unset: none.
+    embeddings: EmbeddingsGraph | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ImageClassificationMetadata:

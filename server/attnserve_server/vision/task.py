@@ -8,6 +8,7 @@ from attnserve_server.loaded import Model
 from attnserve_server.model_format.preprocess import InputSpec
 from attnserve_server.task import Task
 from attnserve_server.vision.classifier import ImageClassifier
+from attnserve_server.vision.embeddings import image_embeddings
 from attnserve_server.vision.handler import ImageClassificationHandler
 from attnserve_server.vision.loader import load_image_classification
 from attnserve_server.vision.metadata import ImageClassificationMetadata
@@ -38,5 +39,6 @@ IMAGE_CLASSIFICATION_TASK: Task[ImageClassificationHandler] = Task(
     handler=ImageClassificationHandler.of,
     signature=image_signature,
     infer=infer_image,
+    embeddings=image_embeddings,
     describe=describe_image_model,
 )

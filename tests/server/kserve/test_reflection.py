@@ -16,7 +16,11 @@ def test_reflection_describes_the_inference_service(image_server_address: str) -
         ]
         listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=30))
     names = {s.name for s in listed.list_services_response.service}
-    assert {"inference.GRPCInferenceService", "attnserve.v1.ImageClassificationService"} <= names
+    assert {
+        "inference.GRPCInferenceService",
+        "attnserve.v1.ImageClassificationService",
+        "attnserve.v1.EmbeddingService",
+    } <= names
     files = [
         descriptor_pb2.FileDescriptorProto.FromString(raw)
         for raw in described.file_descriptor_response.file_descriptor_proto

@@ -41,6 +41,7 @@ SCOPED: dict[str, str | None] = {
     T + "Generate": "infer",
     T + "GenerateStream": "infer",
     IC + "Classify": "infer",
+    "/attnserve.v1.EmbeddingService/Embed": "infer",
     V2 + "ModelInfer": "infer",
     V2 + "ModelStreamInfer": "infer",
     M + "ListModels": "models:read",
