@@ -23,6 +23,7 @@ from torch import nn
 
 from attnserve_export.gpt import GPT, left_pad
 from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityReport
+from attnserve_export.seq2seq import Seq2Seq
 from attnserve_export.swin import Swin
 from attnserve_export.vit import ViT
 from attnserve_server.model_format.embeddings import EMBEDDINGS_FILE, EmbeddingsGraph
@@ -39,8 +40,12 @@ HIDDEN_STATE = "hidden_states.{layer}"
 PARITY_TEXTS = ([5, 17, 3, 99, 42, 7, 11], [8], [300, 2, 64, 1000, 12])
 
 
+# Text models: a GPT, or an encoder-decoder whose encoder gives the hidden states.
+TextModel = GPT | Seq2Seq
+
+
 class _TextHiddenStates(nn.Module):
-    def __init__(self, model: GPT) -> None:
+    def __init__(self, model: TextModel) -> None:
         super().__init__()
         self.model = model
 
@@ -59,10 +64,10 @@ class _ImageHiddenStates(nn.Module):
 
 def supports_embeddings(model: nn.Module) -> bool:
     """Whether this module has an embeddings graph (the three families of this package do)."""
-    return isinstance(model, (GPT, ViT, Swin))
+    return isinstance(model, (GPT, Seq2Seq, ViT, Swin))
 
 
-def _text_sample(model: GPT) -> tuple[torch.Tensor, torch.Tensor]:
+def _text_sample(model: TextModel) -> tuple[torch.Tensor, torch.Tensor]:
     ids, mask, _ = left_pad([[t % model.config.vocab_size for t in seq] for seq in PARITY_TEXTS], pad_id=0)
     return ids, mask
 
@@ -71,7 +76,7 @@ def graph_entry(model: nn.Module, spec: InputSpec | None = None) -> EmbeddingsGr
     """The ``embeddings`` metadata entry of ``model``'s graph (shapes from one sample run)."""
     model = model.eval()
     with torch.no_grad():
-        if isinstance(model, GPT):
+        if isinstance(model, (GPT, Seq2Seq)):
             states = model.hidden_states(*_text_sample(model))
             inputs: tuple[str, ...] = (INPUT_IDS, ATTENTION_MASK)
         elif isinstance(model, (ViT, Swin)):
@@ -81,7 +86,7 @@ def graph_entry(model: nn.Module, spec: InputSpec | None = None) -> EmbeddingsGr
             inputs = (PIXELS,)
         else:
             raise TypeError(f"no embeddings graph for a {type(model).__name__}")
-    image = not isinstance(model, GPT)
+    image = not isinstance(model, (GPT, Seq2Seq))
     return EmbeddingsGraph(
         file=EMBEDDINGS_FILE,
         input_names=inputs,
@@ -89,6 +94,7 @@ def graph_entry(model: nn.Module, spec: InputSpec | None = None) -> EmbeddingsGr
         dims=tuple(int(s.shape[-1]) for s in states),
         num_tokens=tuple(int(s.shape[1]) for s in states) if image else None,
         class_token=isinstance(model, ViT),
+        # A GPT's last token has read the whole text; an encoder's tokens all read each other.
         default_pooling="last" if isinstance(model, GPT) else "cls" if isinstance(model, ViT) else "mean",
     )
 
@@ -100,7 +106,7 @@ def export_hidden_states_onnx(model: nn.Module, entry: EmbeddingsGraph, path: Pa
     the module from this file too (:mod:`attnserve_export.rebuild`); ONNX Runtime folds at load time.
     """
     wrapper: nn.Module
-    if isinstance(model, GPT):
+    if isinstance(model, (GPT, Seq2Seq)):
         wrapper = _TextHiddenStates(model)
         sample: tuple[torch.Tensor, ...] = _text_sample(model)  # batch 3, seq 7: neither 0 nor 1
         batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
@@ -138,7 +144,7 @@ def export_hidden_states_onnx(model: nn.Module, entry: EmbeddingsGraph, path: Pa
 def reference_hidden_states(model: nn.Module, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     """PyTorch's hidden states for an ONNX feed of the embeddings graph."""
     with torch.no_grad():
-        if isinstance(model, GPT):
+        if isinstance(model, (GPT, Seq2Seq)):
             states = model.hidden_states(torch.from_numpy(feed[INPUT_IDS]), torch.from_numpy(feed[ATTENTION_MASK]))
         else:
             states = model.hidden_states(torch.from_numpy(feed[PIXELS]))  # type: ignore[operator]
@@ -155,7 +161,7 @@ def check_hidden_states_parity(
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    if isinstance(model, GPT):
+    if isinstance(model, (GPT, Seq2Seq)):
         ids, mask = _text_sample(model)
         feeds = [{INPUT_IDS: ids.numpy(), ATTENTION_MASK: mask.numpy()}]
     else:

@@ -280,15 +280,23 @@ class Seq2Seq(nn.Module):
         ``source_mask`` ``(B, S)`` is 1 for real tokens. Padding keys are masked out of every
         query; a padding query still sees itself, so its row is finite (and never read).
         """
-        positions = torch.arange(source_ids.shape[1], device=source_ids.device).unsqueeze(0).expand_as(source_ids)
+        return self.hidden_states(source_ids, source_mask)[-1]
+
+    def hidden_states(self, source_ids: torch.Tensor, source_mask: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's every layer for padded sources (left or right): ``encoder_layers + 1`` tensors
+        ``(B, S, C)``: the embeddings, then each layer's output, the last one after the encoder's final
+        norm (what cross-attention reads). Positions are counted over real tokens."""
+        positions = (source_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, S): 0.. from the first real token
         x, rope = self._embed(source_ids, positions)
         real_key = (source_mask > 0)[:, None, None, :]  # (B, 1, 1, S)
         eye = torch.eye(source_ids.shape[1], dtype=torch.bool, device=source_ids.device)  # (S, S)
         mask = real_key | eye  # (B, 1, S, S)
+        states = [x]
         for layer in self.encoder:
             x = layer(x, mask, rope)
-        out: torch.Tensor = self.encoder_ln(x)
-        return out
+            states.append(x)
+        states[-1] = self.encoder_ln(x)
+        return states
 
     def cross_kv(self, memory: torch.Tensor) -> list[KV]:
         """Each decoder layer's cross-attention keys and values, computed once per source."""

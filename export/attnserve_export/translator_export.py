@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from attnserve_export.hidden_states import export_embeddings, with_embeddings
 from attnserve_export.number_data import BOS, EOS, PAD, special_id
 from attnserve_export.onnx_seq2seq import DECODER_FILE, ENCODER_FILE, Seq2SeqRunner, export_seq2seq
 from attnserve_export.seq2seq import Seq2Seq
@@ -104,6 +105,8 @@ def export_translator(
         tokenizer.save(str(staged / TOKENIZER_FILE))
         parity = {"max_abs_logit_diff": worst, "sources": len(sources), "decode_steps": PARITY_STEPS}
         metadata = metadata.replace(provenance={**(provenance or {}), "parity": parity})
+        entry, report = export_embeddings(model, staged)  # the encoder's hidden states, for Embed
+        metadata = with_embeddings(metadata, entry, report)
         write_metadata(staged, metadata)
         staged.chmod(0o755)  # mkdtemp made it private; a version is read by whoever serves it
         staged.rename(version_dir)

@@ -20,6 +20,7 @@ from attnserve_server.task import LoadContext
 from attnserve_server.text.engine import TextEngine
 from attnserve_server.text.metadata import TextGenerationMetadata
 from attnserve_server.text.tokenizer import TextTokenizer
+from attnserve_server.text2text.metadata import Text2TextGenerationMetadata
 from attnserve_server.vision.loader import batching_config
 
 
@@ -62,7 +63,9 @@ def tokenize_texts(
 def text_embeddings(ctx: LoadContext, engine: Engine) -> EmbeddingsEngine | None:
     """The version's embeddings engine, or None if its metadata names no embeddings graph."""
     meta = ctx.metadata.section
-    assert isinstance(meta, TextGenerationMetadata) and isinstance(engine, TextEngine)  # this row's loader built it
+    # A GPT's, or an encoder-decoder's (whose graph is its encoder): the rows' loaders built a TextEngine.
+    assert isinstance(meta, TextGenerationMetadata | Text2TextGenerationMetadata) and isinstance(engine, TextEngine)
+    context_length = meta.context_length if isinstance(meta, TextGenerationMetadata) else meta.source_context_length
     graph = meta.embeddings
     if graph is None:
         return None
@@ -70,7 +73,7 @@ def text_embeddings(ctx: LoadContext, engine: Engine) -> EmbeddingsEngine | None
         raise ModelLoadError(ctx.model, "embeddings.input_names of a text model must be input_ids and attention_mask")
     version_file(ctx, graph.file, "embeddings.file")  # present now; opened on the first Embed request
     tokenizer = engine.generator.tokenizer
-    limits = embeddings_limits(ctx.config, context_length=meta.context_length)
+    limits = embeddings_limits(ctx.config, context_length=context_length)
 
     def prepare(texts: Sequence[Any], stop: threading.Event, deadline: float | None) -> PreparedInputs:
         return tokenize_texts(tokenizer, limits.max_tokens_per_text, texts, stop, deadline)

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
+from attnserve_server.model_format.embeddings import EmbeddingsGraph
 from attnserve_server.model_format.metadata import Strict, TaskSection
 from attnserve_server.text.metadata import DefaultsMetadata
 
@@ -61,6 +62,8 @@ class Text2TextGenerationMetadata(TaskSection):
     # Tags a source must start with to pick the output language, e.g. "<2en>"; empty: no tag needed.
     target_tags: list[str] = Field(default_factory=list)
     defaults: DefaultsMetadata = DefaultsMetadata()
+    # The encoder's hidden states for the Embed RPC (model_format.embeddings); unset: none.
+    embeddings: EmbeddingsGraph | None = None
 
     @model_validator(mode="after")
     def _ids_in_vocabulary(self) -> Text2TextGenerationMetadata:
