@@ -37,7 +37,7 @@ $(TEST_VENV)/.installed-test: client/pyproject.toml server/pyproject.toml export
 	test -x $(TEST_VENV)/bin/python || $(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(TEST_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
-	$(TEST_VENV)/bin/python -m pip install --quiet -e client -e server -e export -r requirements/test.txt
+	$(TEST_VENV)/bin/python -m pip install --quiet -e client -e 'server[openvino]' -e export -r requirements/test.txt
 	touch $@
 
 install-test: $(TEST_VENV)/.installed-test

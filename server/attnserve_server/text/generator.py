@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from attnserve_server.errors import InvalidArgumentError
-from attnserve_server.runtime import RuntimeSession
+from attnserve_server.runtime import OrtSession
 from attnserve_server.text.kv_cache import ConcatKVCache, KVCache, SharedBufferKVCache
 from attnserve_server.text.metadata import KVCacheLayout
 from attnserve_server.text.tokenizer import TextTokenizer
@@ -69,9 +69,7 @@ class TextGenerator:
     active sequence of the model into one call per step through a :mod:`~attnserve_server.text.kv_cache`.
     """
 
-    def __init__(
-        self, spec: TextModelSpec, session: RuntimeSession, tokenizer: TextTokenizer, executor: Executor
-    ) -> None:
+    def __init__(self, spec: TextModelSpec, session: OrtSession, tokenizer: TextTokenizer, executor: Executor) -> None:
         self.spec = spec
         self.session = session
         self.tokenizer = tokenizer

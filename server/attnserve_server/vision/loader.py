@@ -1,4 +1,5 @@
-"""Loading an image-classification version: labels, ONNX session, graph checks and a test batch."""
+"""Loading an image-classification version: labels, the session on its backend (ONNX Runtime or
+OpenVINO, parity-checked), graph checks and a test batch."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from attnserve_server.errors import ModelLoadError
-from attnserve_server.loading import fixed, open_session, show_shape, version_file
+from attnserve_server.loading import check_parity, fixed, model_runtime, open_session, show_shape, version_file
 from attnserve_server.model_format.config import DynamicBatchingConfig
 from attnserve_server.model_format.metadata import MetadataError, read_text
-from attnserve_server.runtime import RuntimeSession
+from attnserve_server.parity import PARITY_INPUTS
+from attnserve_server.runtime import BACKENDS, RuntimeSession
 from attnserve_server.settings import ServerSettings
 from attnserve_server.task import LoadContext
 from attnserve_server.vision.batcher import BatchingConfig
@@ -104,8 +106,13 @@ def load_image_classification(ctx: LoadContext) -> ImageClassifier:
         raise ModelLoadError(
             ctx.model, f"{meta.labels_file} has {len(labels)} labels but num_classes is {meta.num_classes}"
         )
-    session = open_session(ctx, ctx.metadata.model_file)
+    runtime = model_runtime(ctx, default_backend=ctx.settings.image_backend, supported=BACKENDS)
+    session = open_session(ctx, ctx.metadata.model_file, options=runtime)
     check_graph(ctx.model, meta, session)
+    # Preprocessed images are normalised pixels, so standard normal values cover their range (the
+    # exporter's own parity check uses the same kind of input).
+    parity_images = np.random.default_rng(0).standard_normal((PARITY_INPUTS, meta.channels, meta.height, meta.width))
+    check_parity(ctx, session, {meta.input_name: parity_images.astype(np.float32)}, meta.output_name)
     spec = ImageModelSpec(
         input_name=meta.input_name, output_name=meta.output_name, labels=labels, input=meta.input_spec()
     )
