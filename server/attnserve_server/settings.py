@@ -188,6 +188,13 @@ class ServerSettings(BaseSettings):
         description="Image models: most images admitted and not yet running, per model; past it, Classify "
         "fails at once with RESOURCE_EXHAUSTED (default for dynamic_batching.max_queue_size).",
     )
+    image_batch_calibration: bool = Field(
+        default=True,
+        description="Image models whose config.yaml sets no dynamic_batching.max_batch_size: at load, time "
+        "batches of 1, 2, 4, ... up to image_max_batch_size and cap batches at the smallest size within 5% "
+        "of the best time per image (on some CPUs and engines a batch costs more per image than a single "
+        "call); false: always merge up to image_max_batch_size.",
+    )
     image_backend: Backend = Field(
         default="onnxruntime",
         description="Image models: the engine that runs them, onnxruntime or openvino (needs "

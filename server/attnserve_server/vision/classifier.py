@@ -166,7 +166,7 @@ class ImageClassifier:
         spec = self.spec.input
         return (
             f"input {spec.channels}x{spec.height}x{spec.width}, {self.spec.num_classes} classes, "
-            f"{describe_runtime(self._session)}"
+            f"{describe_runtime(self._session)}, batches of at most {self.batcher.config.max_batch_size}"
         )
 
     def batch_stats(self) -> BatchStats:
