@@ -85,13 +85,14 @@ class OpenVinoSession:
         self.path = model_path
         self.options = options
         self.precision: Precision = options.precision
-        self.threads = runtime_threads(options)
         core = ov.Core()
         try:
             model = core.read_model(str(model_path))
             self._compiled = core.compile_model(model, "CPU", compile_config(options))
         except Exception as exc:  # OpenVINO raises RuntimeError and its own exception types
             raise RuntimeError(f"OpenVINO cannot load {model_path.name}: {_reason(exc, model_path)}") from exc
+        # What the CPU plugin really uses (it may lower what it was asked for), not what was asked.
+        self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
         inputs, outputs = self._compiled.inputs, self._compiled.outputs
         self.input_names: tuple[str, ...] = tuple(p.get_any_name() for p in inputs)
         self.output_names: tuple[str, ...] = tuple(p.get_any_name() for p in outputs)

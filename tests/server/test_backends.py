@@ -159,3 +159,26 @@ def test_openvino_sends_no_telemetry(tmp_path: Path) -> None:
     )
     assert "telemetry instance: None" in result.stdout, result.stdout + result.stderr
     assert not (tmp_path / "intel").exists()
+
+
+# Opens an OpenVINO session in a fresh process whose cgroup root is argv[2]; prints its thread count.
+THREAD_PROBE = """
+import pathlib, sys
+from attnserve_server import runtime
+runtime.CGROUP_ROOT = pathlib.Path(sys.argv[2])
+session = runtime.open_runtime(pathlib.Path(sys.argv[1]), runtime.RuntimeOptions(backend="openvino"))
+print(session.threads)
+"""
+
+
+@needs_openvino
+@pytest.mark.parametrize(("quota", "cpus"), [("50000 100000\n", 1), ("max 100000\n", None)])
+def test_openvino_threads_follow_the_cgroup_quota(tmp_path: Path, quota: str, cpus: int | None) -> None:
+    """The CPU plugin's own INFERENCE_NUM_THREADS, under a simulated cgroup v2 quota."""
+    (tmp_path / "cpu.max").write_text(quota)
+    result = subprocess.run(
+        [sys.executable, "-c", THREAD_PROBE, str(DIGITS_VIT), str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    expected = len(os.sched_getaffinity(0)) if cpus is None else min(cpus, len(os.sched_getaffinity(0)))
+    assert int(result.stdout.strip().splitlines()[-1]) == expected
