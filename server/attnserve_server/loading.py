@@ -17,7 +17,6 @@ from attnserve_server.parity import DEFAULT_TOLERANCE, ParityReport, compare_log
 from attnserve_server.runtime import (
     BACKEND_NAMES,
     Backend,
-    BackendUnavailableError,
     RuntimeOptions,
     RuntimeSession,
     Shape,
@@ -78,9 +77,7 @@ def open_session(
         options = model_runtime(ctx)
     try:
         return open_runtime(path, options)
-    except BackendUnavailableError as exc:
-        raise ModelLoadError(ctx.model, str(exc)) from None
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # BackendUnavailableError too: the engine is not installed
         raise ModelLoadError(ctx.model, str(exc)) from None
 
 
