@@ -59,16 +59,18 @@ def calibrate(
     max_batch_size: int,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Calibration:
-    """Time ``forward`` on generated ``(size, C, H, W)`` batches; each size runs twice (the first
-    call of a new shape may compile kernels) and keeps its faster call."""
+    """Time ``forward`` on generated ``(size, C, H, W)`` batches, in two rounds over every size (the
+    first call of a new shape may compile kernels), keeping each size's faster call. Interleaving
+    the sizes, rather than timing one size after the other, spreads a slow spell of a shared
+    machine over all of them instead of pinning it on one."""
     images = np.random.default_rng(0).standard_normal((max_batch_size, *image_shape)).astype(np.float32)
-    ms_per_image = {}
-    for size in candidate_sizes(max_batch_size):
-        batch = np.ascontiguousarray(images[:size])
-        calls = []
-        for _ in range(2):
+    sizes = candidate_sizes(max_batch_size)
+    fastest = dict.fromkeys(sizes, float("inf"))
+    for _ in range(2):
+        for size in sizes:
+            batch = np.ascontiguousarray(images[:size])
             started = clock()
             forward(batch)
-            calls.append(clock() - started)
-        ms_per_image[size] = min(calls) * 1000 / size
+            fastest[size] = min(fastest[size], clock() - started)
+    ms_per_image = {size: seconds * 1000 / size for size, seconds in fastest.items()}
     return Calibration(ms_per_image, choose(ms_per_image))
