@@ -15,11 +15,13 @@ PROTO_VENV ?= .venv-proto
 # tests/client on protobuf 6.33.5 and grpcio 1.81.1, the oldest the client supports (requirements/pb6.txt).
 PB6_VENV ?= .venv-pb6
 IMAGE ?= attnserve:0.1.0
+# The variant with the server's OpenVINO extra (docs/deployment.md, "The OpenVINO image").
+OPENVINO_IMAGE ?= attnserve:0.1.0-openvino
 # `make image` uses Docker when its engine answers, else podman (`--format docker` keeps the HEALTHCHECK).
 CONTAINER_ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
 IMAGE_BUILD_FLAGS ?=
 
-.PHONY: serve test proto proto-check lint install-serve install-test install-kserve install-proto install-pb6 container-tools image bench clean
+.PHONY: serve test proto proto-check lint install-serve install-test install-kserve install-proto install-pb6 container-tools image image-openvino bench clean
 
 $(VENV)/.installed-serve: client/pyproject.toml server/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +39,7 @@ $(TEST_VENV)/.installed-test: client/pyproject.toml server/pyproject.toml export
 	test -x $(TEST_VENV)/bin/python || $(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(TEST_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
-	$(TEST_VENV)/bin/python -m pip install --quiet -e client -e server -e export -r requirements/test.txt
+	$(TEST_VENV)/bin/python -m pip install --quiet -e client -e 'server[openvino]' -e export -r requirements/test.txt
 	touch $@
 
 install-test: $(TEST_VENV)/.installed-test
@@ -108,6 +110,11 @@ image:
 	$(CONTAINER_ENGINE) build $(if $(findstring podman,$(CONTAINER_ENGINE)),--format docker) \
 		$(IMAGE_BUILD_FLAGS) -f docker/Dockerfile -t $(IMAGE) .
 
+## image-openvino: the same image with OpenVINO for image models ($(OPENVINO_IMAGE)), pruned to what serving loads
+image-openvino:
+	$(CONTAINER_ENGINE) build $(if $(findstring podman,$(CONTAINER_ENGINE)),--format docker) \
+		--build-arg 'SERVER_EXTRAS=[openvino]' $(IMAGE_BUILD_FLAGS) -f docker/Dockerfile -t $(OPENVINO_IMAGE) .
+
 ## bench: run the benchmarks (JSON on stdout, PNG plots in benchmarks/results)
 bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/text_decode_latency.py
@@ -118,6 +125,7 @@ bench: install-test
 	$(TEST_VENV)/bin/python benchmarks/auth_overhead.py
 	$(TEST_VENV)/bin/python benchmarks/image_throughput.py
 	$(TEST_VENV)/bin/python benchmarks/image_overload.py
+	$(TEST_VENV)/bin/python benchmarks/openvino_speed.py
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) $(KSERVE_VENV) $(PROTO_VENV) $(PB6_VENV) .venv-ecosystem .pytest_cache .mypy_cache .ruff_cache

@@ -40,7 +40,7 @@ from attnserve_export import swin, vit
 from attnserve_export.image_data import ImageSpec
 from attnserve_export.image_export import export_classifier
 from attnserve_server.repository import ModelRepository
-from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus
+from attnserve_server.runtime import OrtSession, RuntimeOptions, available_cpus
 from attnserve_server.settings import ServerSettings
 from attnserve_server.vision.classifier import ImageClassifier  # the server's own loading path
 
@@ -123,7 +123,7 @@ def measure_row(
     *,
     model: torch.nn.Module,
     classifier: Any,
-    spinning: RuntimeSession,
+    spinning: OrtSession,
     client: Client,
     batch: int,
     repeats: int,
@@ -183,7 +183,7 @@ def main() -> None:
         )
         loaded = repository.load_model(version_dir.parent, executor)
         classifier = loaded.version("").engine_as(ImageClassifier)
-        spinning = RuntimeSession(
+        spinning = OrtSession(
             version_dir / "model.onnx", RuntimeOptions(intra_op_threads=args.threads, allow_spinning=True)
         )
         process, address = start_server(repo_dir, "--intra-op-threads", str(args.threads))
@@ -209,7 +209,7 @@ def main() -> None:
     for family in FAMILIES:
         for resolution in (int(r) for r in args.resolutions.split(",") if r):
             _, _, version_dir = entry(family, resolution)
-            session = RuntimeSession(version_dir / "model.onnx", RuntimeOptions(intra_op_threads=args.threads))
+            session = OrtSession(version_dir / "model.onnx", RuntimeOptions(intra_op_threads=args.threads))
             x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution)).astype(np.float32)
             feed = {session.input_names[0]: x}
             ms = ms_per_image(lambda: session.run(session.output_names, feed), 1, max(3, args.repeats // 2))  # noqa: B023

@@ -175,14 +175,16 @@ def ensure_mlserver_venv() -> None:
     subprocess.run([*pip, "-r", str(MLSERVER_RUNTIME / "requirements.txt")], check=True)
 
 
-def start_mlserver(version_dir: Path, threads: int, adaptive: bool) -> tuple[subprocess.Popen[bytes], str]:
-    """An MLServer with the model folder ``CACHE/mlserver-<mode>/deit-ti`` (runtime.py + model-settings.json)."""
-    root = CACHE / f"mlserver-{'adaptive' if adaptive else 'plain'}"
-    model_dir = root / MODEL
+def start_mlserver(
+    version_dir: Path, threads: int, adaptive: bool, name: str = MODEL
+) -> tuple[subprocess.Popen[bytes], str]:
+    """An MLServer with the model folder ``CACHE/mlserver-<mode>/<name>`` (runtime.py + model-settings.json)."""
+    root = CACHE / f"mlserver-{'adaptive' if adaptive else 'plain'}-{name}"
+    model_dir = root / name
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(MLSERVER_RUNTIME / "runtime.py", model_dir / "runtime.py")
     settings: dict[str, Any] = {
-        "name": MODEL,
+        "name": name,
         "implementation": "runtime.OnnxImageClassifier",
         "parameters": {"uri": str(version_dir), "extra": {"threads": threads}},
     }
@@ -202,7 +204,7 @@ def start_mlserver(version_dir: Path, threads: int, adaptive: bool) -> tuple[sub
     def ready() -> bool:
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/ready", timeout=2) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/{name}/ready", timeout=2) as reply:
             return bool(reply.status == 200)
 
     wait_until(ready, process, f"MLServer ({root / 'mlserver.log'})")

@@ -25,7 +25,7 @@ import numpy as np
 from serving import start_server
 
 from attnserve_client import Client
-from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus
+from attnserve_server.runtime import OrtSession, RuntimeOptions, available_cpus
 from attnserve_server.text.tokenizer import TextTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def main() -> None:
     tg = metadata["text_generation"]
     tokenizer = TextTokenizer.from_file(version_dir / tg["tokenizer_file"])
     prompt_ids = tokenizer.encode(PROMPT)
-    session = RuntimeSession(version_dir / metadata["model_file"], RuntimeOptions(intra_op_threads=args.threads))
+    session = OrtSession(version_dir / metadata["model_file"], RuntimeOptions(intra_op_threads=args.threads))
     past_names = [
         tg[f"past_{kind}_template"].format(layer=i) for i in range(tg["num_layers"]) for kind in ("key", "value")
     ]

@@ -41,7 +41,7 @@ from attnserve_export.gpt import GPT, GPTConfig
 from attnserve_export.hf_import import import_checkpoint
 from attnserve_export.onnx_export import export_gpt
 from attnserve_export.rebuild import gpt_from_onnx
-from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus
+from attnserve_server.runtime import OrtSession, RuntimeOptions, available_cpus
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -127,12 +127,12 @@ def decode_flops(config: GPTConfig, position: int) -> float:
 
 
 class SharedBufferDecoder:
-    """Decode steps of a ``shared_buffer`` entry through the server's RuntimeSession.run_in_place."""
+    """Decode steps of a ``shared_buffer`` entry through the server's OrtSession.run_in_place."""
 
     def __init__(self, version_dir: Path, threads: int) -> None:
         metadata = json.loads((version_dir / "metadata.json").read_text())
         self.tg = tg = metadata["text_generation"]
-        self.session = RuntimeSession(version_dir / metadata["model_file"], RuntimeOptions(intra_op_threads=threads))
+        self.session = OrtSession(version_dir / metadata["model_file"], RuntimeOptions(intra_op_threads=threads))
         capacity = max(POSITIONS) + 1
         shape = (1, tg["num_heads"], capacity, tg["head_dim"])
         self.past = {
@@ -167,7 +167,7 @@ def bench_model(name: str, version_dir: Path, threads: int, repeats: int) -> dic
     shared = SharedBufferDecoder(layout_entry(name, version_dir, model, "shared_buffer"), threads)
     metadata = json.loads((version_dir / "metadata.json").read_text())
     tg = metadata["text_generation"]
-    session = RuntimeSession(version_dir / metadata["model_file"], RuntimeOptions(intra_op_threads=threads))
+    session = OrtSession(version_dir / metadata["model_file"], RuntimeOptions(intra_op_threads=threads))
     layers = config.num_layers
     past_names = [tg[f"past_{kind}_template"].format(layer=i) for i in range(layers) for kind in ("key", "value")]
     present_names = [tg[f"present_{kind}_template"].format(layer=i) for i in range(layers) for kind in ("key", "value")]

@@ -1,4 +1,14 @@
-"""The only module that touches ONNX Runtime: session options, thread counts, providers."""
+"""The inference runtime: one interface (:class:`RuntimeSession`), two engines behind it.
+
+- ONNX Runtime (:class:`OrtSession`, the default): the only code that touches ONNX Runtime lives
+  here, with its session options, thread counts and providers.
+- OpenVINO (``attnserve_server.openvino_runtime``, the optional extra ``attnserve-server[openvino]``):
+  imported only when a model asks for it, so a server without it never loads it.
+
+:func:`open_runtime` picks the engine from :class:`RuntimeOptions`; the rest of the server holds a
+``RuntimeSession`` and never asks which engine runs it. Both size their thread pools with
+:func:`available_cpus`, which honours a container's cgroup CPU quota.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +73,13 @@ def available_cpus(cgroup_root: Path | None = None) -> int:
     return max(1, cpus)
 
 
+Backend = Literal["onnxruntime", "openvino"]
+BACKENDS: tuple[Backend, ...] = ("onnxruntime", "openvino")
+# The arithmetic an engine computes in: ONNX Runtime always runs f32 here; OpenVINO can run bf16
+# (AVX-512 BF16 / AMX) or exact f32.
+Precision = Literal["bf16", "f32"]
+BACKEND_NAMES: dict[str, str] = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 GRAPH_OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -74,8 +91,11 @@ GRAPH_OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How every ONNX Runtime session of the server is configured (server settings fill it in)."""
+    """How one model's session is configured: server settings fill it in, a model's config.yaml
+    may choose the backend and precision."""
 
+    backend: Backend = "onnxruntime"
+    precision: Precision = "f32"
     # 0: derive from the CPU affinity and the cgroup quota, so a 2-CPU pod doesn't start one thread per host core.
     intra_op_threads: int = 0
     graph_optimization: GraphOptimization = "all"
@@ -90,7 +110,7 @@ DEFAULT_RUNTIME = RuntimeOptions()
 def session_options(options: RuntimeOptions = DEFAULT_RUNTIME) -> ort.SessionOptions:
     """ORT options for one session: bounded threads, the configured graph optimisation and spinning."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = options.intra_op_threads or available_cpus()
+    opts.intra_op_num_threads = runtime_threads(options)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization]
@@ -101,12 +121,73 @@ def session_options(options: RuntimeOptions = DEFAULT_RUNTIME) -> ort.SessionOpt
     return opts
 
 
-class RuntimeSession:
-    """A loaded ONNX model. ``run`` is thread-safe and releases the GIL, so call it from a thread pool."""
+def runtime_threads(options: RuntimeOptions) -> int:
+    """Threads per call: as configured, else what the affinity mask and the cgroup quota allow."""
+    return options.intra_op_threads or available_cpus()
+
+
+class BackendUnavailableError(RuntimeError):
+    """The model asks for an engine that is not installed in this environment."""
+
+
+class RuntimeSession(Protocol):
+    """A loaded ONNX model on some engine. ``run`` is thread-safe and releases the GIL, so call it
+    from a thread pool.
+
+    Shapes hold an int for a fixed dimension and a name or None for a dynamic one; types are
+    ONNX Runtime's strings (``"tensor(float)"``) whatever the engine.
+    """
+
+    path: Path
+    backend: Backend
+    precision: Precision
+    threads: int
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    input_shapes: dict[str, Shape]
+    output_shapes: dict[str, Shape]
+    input_types: dict[str, str]
+    output_types: dict[str, str]
+
+    def run(self, output_names: Sequence[str], feed: Feed) -> list[npt.NDArray[np.float32]]:
+        """Run the model and return the requested outputs, in order."""
+
+
+def describe_runtime(session: RuntimeSession) -> str:
+    """``"OpenVINO bf16, 2 threads"``: for the load log line."""
+    return f"{BACKEND_NAMES[session.backend]} {session.precision}, {session.threads} thread(s)"
+
+
+def open_runtime(model_path: Path, options: RuntimeOptions = DEFAULT_RUNTIME) -> RuntimeSession:
+    """A session of ``model_path`` on the engine ``options`` names.
+
+    Raises BackendUnavailableError when that engine is not installed, and RuntimeError (with the
+    engine's reason) when it cannot load the file.
+    """
+    if options.backend == "openvino":
+        try:
+            from attnserve_server.openvino_runtime import OpenVinoSession  # noqa: PLC0415 (an optional extra)
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"backend openvino is not installed in this server ({exc}); install attnserve-server[openvino] "
+                "(or the OpenVINO container image), or remove backend: openvino from the model's config.yaml"
+            ) from None
+        return OpenVinoSession(model_path, options)
+    if options.precision != "f32":
+        raise ValueError(f"ONNX Runtime runs f32 only, not {options.precision}; {options.precision} needs OpenVINO")
+    return OrtSession(model_path, options)
+
+
+class OrtSession:
+    """A loaded ONNX model on ONNX Runtime (a :class:`RuntimeSession`)."""
+
+    backend: Backend = "onnxruntime"
+    precision: Precision = "f32"
 
     def __init__(self, model_path: Path, options: RuntimeOptions = DEFAULT_RUNTIME) -> None:
         self.path = model_path
         self.options = options
+        self.threads = runtime_threads(options)
         try:
             self._session = ort.InferenceSession(
                 str(model_path), sess_options=session_options(options), providers=list(PROVIDERS)

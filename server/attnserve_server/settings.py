@@ -25,7 +25,7 @@ from pydantic_settings import (
 
 from attnserve_server.flags import add_field_flags
 from attnserve_server.logs import LogFormat
-from attnserve_server.runtime import GraphOptimization, RuntimeOptions
+from attnserve_server.runtime import Backend, GraphOptimization, Precision, RuntimeOptions
 from attnserve_server.text.continuous import BatchingLimits
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -187,6 +187,24 @@ class ServerSettings(BaseSettings):
         ge=1,
         description="Image models: most images admitted and not yet running, per model; past it, Classify "
         "fails at once with RESOURCE_EXHAUSTED (default for dynamic_batching.max_queue_size).",
+    )
+    image_batch_calibration: bool = Field(
+        default=True,
+        description="Image models whose config.yaml sets no dynamic_batching.max_batch_size: at load, time "
+        "batches of 1, 2, 4, ... up to image_max_batch_size and cap batches at the smallest size within 5% "
+        "of the best time per image (on some CPUs and engines a batch costs more per image than a single "
+        "call); false: always merge up to image_max_batch_size.",
+    )
+    image_backend: Backend = Field(
+        default="onnxruntime",
+        description="Image models: the engine that runs them, onnxruntime or openvino (needs "
+        "attnserve-server[openvino]), for models whose config.yaml sets no backend. Text models always run "
+        "on onnxruntime.",
+    )
+    image_precision: Precision = Field(
+        default="bf16",
+        description="Image models on openvino: bf16 (fast on CPUs with AVX-512 BF16 or AMX) or f32, for models "
+        "whose config.yaml sets no precision. onnxruntime always computes in f32.",
     )
     model_control_mode: ControlMode = Field(
         default="none",

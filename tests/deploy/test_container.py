@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,12 +38,15 @@ REPO = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = Path(__file__).with_name("containers.conf")
 BASE_IMAGE = "localhost/attnserve-base:py311"
 IMAGE = "localhost/attnserve:test"
+OPENVINO_IMAGE = "localhost/attnserve:test-openvino"
 APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 GRPC_PORT = 50051
 HEALTH_PORT = 50052
 GRACE_PERIOD_S = 5.0
 # The issue's target for what the image adds on top of its base.
 MAX_ADDED_BYTES = 250_000_000
+# What the OpenVINO variant may add to the plain image, once pruned (the wheel installs about 180 MB).
+MAX_OPENVINO_ADDED_BYTES = 120_000_000
 START_TIMEOUT_S = 90.0
 
 
@@ -137,23 +141,24 @@ def base_image(
 
 
 @pytest.fixture(scope="module")
-def image(
-    podman: Podman,
-    base_image: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    record_measurement: Callable[[str, str], None],
-) -> str:
-    """docker/Dockerfile built on the local base, with wheels that pip made here on the host."""
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory, record_measurement: Callable[[str, str], None]) -> Path:
+    """Wheels that pip made here on the host, shared by both images: the server with its OpenVINO extra,
+    the client, and setuptools (the build stage builds the two distributions in pip's isolated build env)."""
     started = time.monotonic()
-    wheelhouse = tmp_path_factory.mktemp("wheelhouse")
-    distributions = [str(REPO / "client"), str(REPO / "server"), "setuptools>=68"]
-    # setuptools too: the build stage builds the two distributions in pip's isolated build env.
+    wheels = tmp_path_factory.mktemp("wheelhouse")
+    distributions = [str(REPO / "client"), f"{REPO / 'server'}[openvino]", "setuptools>=68"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheelhouse), *distributions],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), *distributions],
         check=True,
         capture_output=True,
         timeout=600,
     )
+    record_measurement("wheels (host pip wheel, both images)", f"{time.monotonic() - started:.0f} s")
+    return wheels
+
+
+def build_image(podman: Podman, base_image: str, wheelhouse: Path, tag: str, *build_args: str) -> None:
+    """docker/Dockerfile built on the local base, with the host's wheels and no index."""
     podman(
         "build",
         "--format", "docker",
@@ -161,13 +166,21 @@ def image(
         "--file", str(REPO / "docker" / "Dockerfile"),
         "--build-arg", f"BASE_IMAGE={base_image}",
         "--build-arg", "PIP_WHEEL_ARGS=--no-index --find-links /wheelhouse",
+        *[flag for arg in build_args for flag in ("--build-arg", arg)],
         "--volume", f"{wheelhouse}:/wheelhouse:ro",
-        "--tag", IMAGE,
+        "--tag", tag,
         str(REPO),
         timeout=600,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def image(podman: Podman, base_image: str, wheelhouse: Path, record_measurement: Callable[[str, str], None]) -> str:
+    """The server image (ONNX Runtime only)."""
+    started = time.monotonic()
+    build_image(podman, base_image, wheelhouse, IMAGE)
     added = podman.image_size(IMAGE) - podman.image_size(base_image)
-    record_measurement("image build (wheels + podman build)", f"{time.monotonic() - started:.0f} s")
+    record_measurement("image build (podman build)", f"{time.monotonic() - started:.0f} s")
     record_measurement("image size over its base", f"{added / 1e6:.1f} MB (target <= {MAX_ADDED_BYTES / 1e6:.0f} MB)")
     return IMAGE
 
@@ -192,12 +205,12 @@ class Container:
 
 @pytest.fixture
 def start_container(podman: Podman, image: str, config: dict[str, Any]) -> Iterator[Callable[..., Container]]:
-    """``start_container(*env, volumes=())`` runs the image with its whole filesystem read-only (no
+    """``start_container(*env, volumes=(), using=image)`` runs the image with its whole filesystem read-only (no
     writable /tmp either), as its declared user, the gRPC port and the plaintext health port published
     on free loopback ports, and waits on the health port until the server reports SERVING."""
     names: list[str] = []
 
-    def start(*env: str, volumes: tuple[str, ...] = ()) -> Container:
+    def start(*env: str, volumes: tuple[str, ...] = (), using: str = image) -> Container:
         port, health_port = free_port(), free_port()
         name = f"attnserve-test-{os.getpid()}-{len(names)}"
         names.append(name)
@@ -212,7 +225,7 @@ def start_container(podman: Podman, image: str, config: dict[str, Any]) -> Itera
             "--publish", f"127.0.0.1:{health_port}:{HEALTH_PORT}",
             *env_flags,
             *volume_flags,
-            image,
+            using,
         )  # fmt: skip
         target, health_target = f"127.0.0.1:{port}", f"127.0.0.1:{health_port}"
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -409,3 +422,85 @@ def test_sigterm_stops_a_busy_container_cleanly_within_the_grace_period(
     cut = [error for _, error in outcomes if error is not None]
     assert finished and all(received == tokens for received in finished), outcomes  # drained ones run to the end
     assert cut, f"all {count} generations finished: the grace period cut none"  # the rest were cancelled
+
+
+# --- the OpenVINO variant -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openvino_image(
+    podman: Podman, base_image: str, wheelhouse: Path, image: str, record_measurement: Callable[[str, str], None]
+) -> str:
+    """The same Dockerfile with the server's OpenVINO extra, on the same base and the same wheels."""
+    started = time.monotonic()
+    build_image(podman, base_image, wheelhouse, OPENVINO_IMAGE, "SERVER_EXTRAS=[openvino]")
+    over_base = podman.image_size(OPENVINO_IMAGE) - podman.image_size(base_image)
+    over_plain = podman.image_size(OPENVINO_IMAGE) - podman.image_size(image)
+    built = f"{time.monotonic() - started:.0f} s"
+    record_measurement("OpenVINO image build (podman build, the CI time it adds)", built)
+    record_measurement("OpenVINO image size over its base", f"{over_base / 1e6:.1f} MB")
+    record_measurement(
+        "OpenVINO image size over the plain image",
+        f"{over_plain / 1e6:.1f} MB (target <= {MAX_OPENVINO_ADDED_BYTES / 1e6:.0f} MB)",
+    )
+    return OPENVINO_IMAGE
+
+
+def test_openvino_image_adds_at_most_120_mb_to_the_plain_image(podman: Podman, openvino_image: str, image: str) -> None:
+    added = podman.image_size(openvino_image) - podman.image_size(image)
+    assert added <= MAX_OPENVINO_ADDED_BYTES, f"the OpenVINO image adds {added / 1e6:.1f} MB to the plain one"
+
+
+OPENVINO_CONTENTS_PROBE = """
+import importlib.util as u, json, pathlib, openvino
+root = pathlib.Path(openvino.__file__).parent
+print(json.dumps({
+    "libs": sorted(p.name for p in (root / "libs").iterdir() if ".so" in p.name),
+    "frontends": sorted(p.name for p in (root / "frontend").iterdir() if p.is_dir() and p.name != "__pycache__"),
+    "tools": (root / "tools").exists(),
+    "telemetry": u.find_spec("openvino_telemetry") is not None,
+    "headers": (root / "include").exists(),
+}))
+"""
+
+
+def test_openvino_image_keeps_only_what_serving_loads(podman: Podman, openvino_image: str) -> None:
+    probe = ("run", "--rm", "--read-only", "--entrypoint", "python", openvino_image, "-c", OPENVINO_CONTENTS_PROBE)
+    result = podman(*probe)
+    contents = json.loads(result.stdout.strip().splitlines()[-1])
+    libs = contents["libs"]
+    assert "libopenvino_intel_cpu_plugin.so" in libs and any(n.startswith("libopenvino_onnx_frontend") for n in libs)
+    gone = (
+        *("gpu_plugin", "npu_plugin", "auto_plugin", "hetero_plugin", "auto_batch_plugin"),
+        *("tensorflow", "paddle", "pytorch", "jax", "gguf"),
+    )
+    assert not [n for n in libs if any(part in n for part in gone)], libs
+    assert contents["frontends"] == ["onnx"]
+    assert contents == {**contents, "tools": False, "telemetry": False, "headers": False}
+
+
+def test_openvino_image_serves_the_digit_models_on_openvino_bf16(
+    podman: Podman, openvino_image: str, start_container: Callable[..., Container], tmp_path: Path
+) -> None:
+    """The fp32 versions of the shipped digit models, mounted with a config.yaml that asks for OpenVINO."""
+    repository = tmp_path / "models"
+    for model in ("digits-vit", "digits-swin"):
+        shutil.copytree(REPO / "models" / model / "1", repository / model / "1")
+        (repository / model / "config.yaml").write_text("backend: openvino\nprecision: bf16\n")
+    for path in [repository, *repository.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    container = start_container(
+        "ATTNSERVE_MODEL_REPOSITORY=/openvino-models",
+        volumes=(f"{repository}:/openvino-models:ro",),
+        using=openvino_image,
+    )
+    images, labels = digit_images(20)
+    with Client(container.target, timeout=60.0) as client:
+        for model in ("digits-vit", "digits-swin"):
+            predictions = client.classify_batch(images, model=model, top_k=1)
+            correct = sum(top[0].index == label for top, label in zip(predictions, labels, strict=True))
+            assert correct >= 19, f"{model}: {correct}/20"
+    logs = podman("logs", container.name)
+    text = logs.stdout + logs.stderr
+    assert "OpenVINO (bf16) agrees with ONNX Runtime" in text, text
+    assert "OpenVINO bf16" in text

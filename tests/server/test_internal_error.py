@@ -74,7 +74,9 @@ def odd_server(
     meta = json.loads((root / MODEL / "1" / "metadata.json").read_text())["image_classification"]
     model = even_batches_only(meta["channels"], meta["height"], meta["num_classes"])
     onnx.save(model, str(root / MODEL / "1" / "model.onnx"))
-    return session_server_launcher(root)  # it loads: the load checks and the batch-of-2 test run pass
+    # It loads: the load checks and the batch-of-2 test run pass. The batch calibration would time a
+    # batch of 1 at load and catch the fault there, so it is off: this test needs the fault at run time.
+    return session_server_launcher(root, "--image-batch-calibration=false")
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +154,20 @@ def test_v2_model_infer_is_internal_too(odd_server: Any) -> None:
         ok = triton.InferInput("pixel_values", list(x2.shape), "FP32")
         ok.set_data_from_numpy(x2)
         assert client.infer(MODEL, [ok], client_timeout=TIMEOUT).as_numpy("logits").shape == (2, 10)
+
+
+def test_with_batch_calibration_the_fault_refuses_the_load(
+    image_repository: Path, tmp_path: Path, server_launcher: Callable[..., Any]
+) -> None:
+    """The default batch calibration times a batch of 1 at load, so this model fails there, with a reason."""
+    root = tmp_path / "models"
+    shutil.copytree(image_repository / "tiny-digits", root / MODEL)
+    meta = json.loads((root / MODEL / "1" / "metadata.json").read_text())["image_classification"]
+    onnx.save(
+        even_batches_only(meta["channels"], meta["height"], meta["num_classes"]), str(root / MODEL / "1" / "model.onnx")
+    )
+    server = server_launcher(root, "--exit-on-error=false", "--strict-readiness=false")
+    with triton.InferenceServerClient(server.address) as client:
+        (entry,) = client.get_model_repository_index().models
+    assert entry.state == "UNAVAILABLE"
+    assert "test run of model.onnx failed" in entry.reason

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnserve_server.runtime import RuntimeOptions, RuntimeSession, available_cpus, cgroup_cpu_limit, session_options
+from attnserve_server.runtime import OrtSession, RuntimeOptions, available_cpus, cgroup_cpu_limit, session_options
 
 
 def test_thread_count_defaults_to_available_cpus() -> None:
@@ -44,7 +44,7 @@ def test_session_runs_the_exported_model_with_its_cache_updated_in_place(tiny_re
     version_dir = tiny_repository / "tiny-gpt" / "1"
     text = json.loads((version_dir / "metadata.json").read_text())["text_generation"]
     assert text["kv_cache_layout"] == "shared_buffer"
-    session = RuntimeSession(version_dir / "model.onnx", RuntimeOptions(intra_op_threads=1))
+    session = OrtSession(version_dir / "model.onnx", RuntimeOptions(intra_op_threads=1))
     assert "input_ids" in session.input_names
     assert "logits" in session.output_names
     capacity = 8
@@ -103,7 +103,7 @@ import os, pathlib, sys
 from attnserve_server import runtime
 runtime.CGROUP_ROOT = pathlib.Path(sys.argv[2])
 before = len(os.listdir("/proc/self/task"))
-session = runtime.RuntimeSession(pathlib.Path(sys.argv[1]))
+session = runtime.OrtSession(pathlib.Path(sys.argv[1]))
 print(len(os.listdir("/proc/self/task")) - before)
 """
 

@@ -8,9 +8,18 @@ checked by that task's loader.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from attnserve_server.model_format.metadata import (
     MetadataError,
@@ -94,6 +103,12 @@ class ModelConfig(Strict):
     max_prefill_tokens_per_step: PositiveInt | None = None
     # Caps of the Embed RPC (any task with an embeddings graph).
     embeddings: EmbeddingsLimits | None = None
+    # The engine (image models): unset ones take the server-wide image_backend / image_precision.
+    backend: Literal["onnxruntime", "openvino"] | None = None
+    precision: Literal["bf16", "f32"] | None = None
+    # The load-time parity check against ONNX Runtime (models on another backend): the largest
+    # max |Δlogit| / max(1, max |logit|) allowed; unset: the precision's default.
+    parity_tolerance: PositiveFloat | None = Field(default=None, allow_inf_nan=False)
 
 
 def read_config(model_dir: Path, *, root: Path | None = None) -> ModelConfig:

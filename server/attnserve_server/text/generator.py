@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from attnserve_server.errors import InvalidArgumentError
-from attnserve_server.runtime import RuntimeSession
+from attnserve_server.runtime import OrtSession
 from attnserve_server.text.kv_cache import ConcatKVCache, KVCache, SharedBufferKVCache
 from attnserve_server.text.metadata import KVCacheLayout
 from attnserve_server.text.params import GenerationParams, fit_context
@@ -73,9 +73,7 @@ class TextGenerator:
     # Whether a long prompt may be fed over several steps (an encoder-decoder encodes its source whole).
     chunked_prefill = True
 
-    def __init__(
-        self, spec: TextModelSpec, session: RuntimeSession, tokenizer: TextTokenizer, executor: Executor
-    ) -> None:
+    def __init__(self, spec: TextModelSpec, session: OrtSession, tokenizer: TextTokenizer, executor: Executor) -> None:
         self.spec = spec
         self.session = session
         self.tokenizer = tokenizer

@@ -8,7 +8,7 @@ import numpy as np
 
 from attnserve_server.errors import ModelLoadError
 from attnserve_server.loading import open_session, version_file
-from attnserve_server.runtime import RuntimeSession
+from attnserve_server.runtime import OrtSession
 from attnserve_server.task import LoadContext
 from attnserve_server.text.continuous import BatchingLimits, ContinuousBatcher
 from attnserve_server.text.engine import TextEngine
@@ -52,7 +52,7 @@ def model_spec(name: str, meta: TextGenerationMetadata, tokenizer: TextTokenizer
     )
 
 
-def check_graph(name: str, spec: TextModelSpec, session: RuntimeSession) -> None:
+def check_graph(name: str, spec: TextModelSpec, session: OrtSession) -> None:
     """The ONNX graph must have the tensors the metadata promises."""
     wanted_inputs = {spec.input_ids_name, spec.position_ids_name}
     if spec.kv_cache_layout == "concat":
@@ -115,7 +115,10 @@ def load_text_generation(ctx: LoadContext) -> TextEngine:
             ctx.model, f"tokenizer has {tokenizer.vocab_size} tokens but metadata vocab_size is {meta.vocab_size}"
         )
     spec = model_spec(ctx.model, meta, tokenizer)
+    # ONNX Runtime only (a backend in config.yaml is refused): the KV cache is updated in place
+    # through its IO binding.
     session = open_session(ctx, ctx.metadata.model_file)
+    assert isinstance(session, OrtSession)  # open_session's default runtime is ONNX Runtime
     check_graph(ctx.model, spec, session)
     generator = TextGenerator(spec, session, tokenizer, ctx.executor)
     run_one_token(ctx.model, generator)

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from attnserve_server.errors import InvalidArgumentError
-from attnserve_server.runtime import RuntimeSession
+from attnserve_server.runtime import OrtSession
 from attnserve_server.text.generator import TextGenerator, TextModelSpec
 from attnserve_server.text.kv_cache import FloatArray, KVCache, SharedBufferKVCache
 from attnserve_server.text.params import GenerationParams
@@ -35,11 +35,11 @@ class Seq2SeqGenerator(TextGenerator):
     def __init__(
         self,
         spec: TextModelSpec,
-        session: RuntimeSession,
+        session: OrtSession,
         tokenizer: TextTokenizer,
         executor: Executor,
         *,
-        encoder: RuntimeSession,
+        encoder: OrtSession,
         meta: Text2TextGenerationMetadata,
     ) -> None:
         super().__init__(spec, session, tokenizer, executor)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from attnserve_server.errors import ModelLoadError
 from attnserve_server.loading import open_session, version_file
-from attnserve_server.runtime import RuntimeSession
+from attnserve_server.runtime import OrtSession
 from attnserve_server.task import LoadContext
 from attnserve_server.text.continuous import ContinuousBatcher
 from attnserve_server.text.engine import TextEngine
@@ -47,7 +47,7 @@ def _check_names(model: str, file: str, kind: str, wanted: set[str], present: tu
 
 
 def check_graphs(
-    model: str, generator: Seq2SeqGenerator, encoder: RuntimeSession, decoder: RuntimeSession, files: tuple[str, str]
+    model: str, generator: Seq2SeqGenerator, encoder: OrtSession, decoder: OrtSession, files: tuple[str, str]
 ) -> None:
     """Both graphs must have the tensors the metadata promises."""
     meta, spec = generator.meta, generator.spec
@@ -92,8 +92,11 @@ def load_text2text_generation(ctx: LoadContext) -> TextEngine:
     for tag in meta.target_tags:
         if tokenizer.token_to_id(tag) is None:
             raise ModelLoadError(ctx.model, f"target tag {tag!r} is not a token of the tokenizer")
-    encoder = open_session(ctx, meta.encoder_file)
+    # ONNX Runtime only (a backend in config.yaml is refused): the decoder's cache is updated in
+    # place through its IO binding.
+    encoder = open_session(ctx, meta.encoder_file, "encoder_file")
     decoder = open_session(ctx, ctx.metadata.model_file)
+    assert isinstance(encoder, OrtSession) and isinstance(decoder, OrtSession)  # open_session's default
     generator = Seq2SeqGenerator(decoder_spec(meta), decoder, tokenizer, ctx.executor, encoder=encoder, meta=meta)
     check_graphs(ctx.model, generator, encoder, decoder, (meta.encoder_file, ctx.metadata.model_file))
     run_one_source(ctx.model, generator)

@@ -15,7 +15,7 @@ import numpy.typing as npt
 from attnserve_server.errors import DeadlineExceededError, InvalidArgumentError
 from attnserve_server.loaded import BatchStats
 from attnserve_server.model_format.preprocess import InputSpec, preprocess
-from attnserve_server.runtime import RuntimeSession, available_cpus
+from attnserve_server.runtime import RuntimeSession, available_cpus, describe_runtime
 from attnserve_server.vision.batcher import BatchingConfig, BatchObserver, BatchTiming, DynamicBatcher
 from attnserve_server.vision.decode import decode_image
 
@@ -169,7 +169,10 @@ class ImageClassifier:
 
     def describe(self) -> str:
         spec = self.spec.input
-        return f"input {spec.channels}x{spec.height}x{spec.width}, {self.spec.num_classes} classes"
+        return (
+            f"input {spec.channels}x{spec.height}x{spec.width}, {self.spec.num_classes} classes, "
+            f"{describe_runtime(self._session)}, batches of at most {self.batcher.config.max_batch_size}"
+        )
 
     def batch_stats(self) -> BatchStats:
         return self.batcher.stats

@@ -11,7 +11,7 @@ from attnserve_server.embeddings.engine import EmbeddingsEngine, PreparedInputs
 from attnserve_server.embeddings.limits import embeddings_limits
 from attnserve_server.errors import ModelLoadError
 from attnserve_server.loaded import Engine
-from attnserve_server.loading import open_session, version_file
+from attnserve_server.loading import onnxruntime_options, open_session, version_file
 from attnserve_server.task import LoadContext
 from attnserve_server.vision.classifier import ImageClassifier
 from attnserve_server.vision.loader import batching_config
@@ -37,7 +37,9 @@ def image_embeddings(ctx: LoadContext, engine: Engine) -> EmbeddingsEngine | Non
         name=ctx.model,
         version=ctx.version_dir.name,
         graph=graph,
-        open_session=lambda: open_session(ctx, graph.file, "embeddings.file"),
+        # On ONNX Runtime whatever backend config.yaml picks for the serving graph: the OpenVINO
+        # path checks parity on logits, which this graph does not have.
+        open_session=lambda: open_session(ctx, graph.file, "embeddings.file", options=onnxruntime_options(ctx)),
         prepare=prepare,
         prepare_executor=engine.decode_pool,
         batching=batching_config(ctx.settings, ctx.config.dynamic_batching),

@@ -1,22 +1,29 @@
-"""Loading an image-classification version: labels, ONNX session, graph checks and a test batch."""
+"""Loading an image-classification version: labels, the session on its backend (ONNX Runtime or
+OpenVINO, parity-checked), graph checks and a test batch."""
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from attnserve_server.errors import ModelLoadError
-from attnserve_server.loading import fixed, open_session, show_shape, version_file
+from attnserve_server.loading import check_parity, fixed, model_runtime, open_session, show_shape, version_file
 from attnserve_server.model_format.config import DynamicBatchingConfig
 from attnserve_server.model_format.metadata import MetadataError, read_text
-from attnserve_server.runtime import RuntimeSession
+from attnserve_server.parity import PARITY_INPUTS
+from attnserve_server.runtime import BACKENDS, RuntimeSession
 from attnserve_server.settings import ServerSettings
 from attnserve_server.task import LoadContext
 from attnserve_server.vision.batcher import BatchingConfig
+from attnserve_server.vision.calibrate import calibrate
 from attnserve_server.vision.classifier import ImageClassifier, ImageModelSpec
 from attnserve_server.vision.metadata import ImageClassificationMetadata
+
+logger = logging.getLogger(__name__)
 
 
 def read_labels(name: str, path: Path) -> tuple[str, ...]:
@@ -104,16 +111,34 @@ def load_image_classification(ctx: LoadContext) -> ImageClassifier:
         raise ModelLoadError(
             ctx.model, f"{meta.labels_file} has {len(labels)} labels but num_classes is {meta.num_classes}"
         )
-    session = open_session(ctx, ctx.metadata.model_file)
+    runtime = model_runtime(ctx, default_backend=ctx.settings.image_backend, supported=BACKENDS)
+    session = open_session(ctx, ctx.metadata.model_file, options=runtime)
     check_graph(ctx.model, meta, session)
+    # Preprocessed images are normalised pixels, so standard normal values cover their range (the
+    # exporter's own parity check uses the same kind of input).
+    parity_images = np.random.default_rng(0).standard_normal((PARITY_INPUTS, meta.channels, meta.height, meta.width))
+    check_parity(ctx, session, {meta.input_name: parity_images.astype(np.float32)}, meta.output_name)
     spec = ImageModelSpec(
         input_name=meta.input_name, output_name=meta.output_name, labels=labels, input=meta.input_spec()
     )
+    batching = batching_config(ctx.settings, ctx.config.dynamic_batching)
+    fixed_by_config = ctx.config.dynamic_batching is not None and ctx.config.dynamic_batching.max_batch_size
+    if ctx.settings.image_batch_calibration and not fixed_by_config and batching.max_batch_size > 1:
+        try:
+            measured = calibrate(
+                lambda batch: session.run([meta.output_name], {meta.input_name: batch}),
+                (meta.channels, meta.height, meta.width),
+                batching.max_batch_size,
+            )
+        except Exception as exc:  # the engine's errors carry the useful detail in their message
+            raise ModelLoadError(ctx.model, f"test run of model.onnx failed: {exc}") from None
+        logger.info("%s/%s: %s", ctx.model, ctx.version_dir.name, measured.summary())
+        batching = replace(batching, max_batch_size=measured.chosen)
     classifier = ImageClassifier(
         spec,
         session,
         name=ctx.model,
-        batching=batching_config(ctx.settings, ctx.config.dynamic_batching),
+        batching=batching,
         observer=ctx.metrics.observe_image_batch if ctx.metrics is not None else None,
     )
     # A batch of two catches a fixed batch size or a shape mismatch now rather than on the first request.
