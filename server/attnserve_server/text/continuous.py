@@ -5,11 +5,13 @@ Every step of a model's loop
 1. drops sequences that were cancelled or whose deadline passed, and frees their cache;
 2. admits waiting requests while ``max_active_sequences`` and the KV token budget allow;
 3. runs, in a worker thread, up to ``max_prefill_tokens_per_step`` prompt tokens of newly admitted
-   sequences (a long prompt is prefilled in chunks over several steps, so it never stalls the
-   running streams for long; a prompt that completes yields its first token at once), then ONE
+   sequences, batched into as few model calls as the cache allows (a long prompt is prefilled in
+   chunks over several steps, so it never stalls the running streams for long; a prompt that
+   completes yields its first token at once), then ONE
    batched decode call for every sequence that has a token to feed, and samples each sequence's
    next token with its own sampler;
-4. hands each sequence its chunk; finished and stopped ones leave at once.
+4. hands each sequence its chunk; finished and stopped ones leave at once. A consumer that fell
+   behind gets the chunks that queued up for it joined into one (several tokens, exact text).
 
 Requests join at the next step. Each sequence keeps its own sampler (and seeded RNG stream), stop
 strings and output queue, so what it generates does not depend on what it is batched with.
@@ -60,7 +62,9 @@ class BatchingStats:
     decode_calls: int = 0
     decoded_tokens: int = 0  # tokens fed in decode calls (the sum of their batch sizes)
     largest_decode_batch: int = 0
-    prefill_calls: int = 0
+    prefill_calls: int = 0  # prompt chunks prefilled
+    prefill_batches: int = 0  # steps that prefilled: their chunks went in as few model calls as possible
+    messages: int = 0  # chunks handed to consumers after joining those that queued up
     refused: int = 0
     active: int = 0
     waiting: int = 0
@@ -163,14 +167,28 @@ class ContinuousBatcher:
                 self._wakeup.set()
 
     async def _stream(self, sequence: GenerationSequence) -> AsyncGenerator[GenerationChunk]:
+        """The sequence's chunks; those that queued up while the consumer was busy go out as one.
+
+        A consumer that falls behind (a slow client, a busy event loop) then costs one message
+        per turn instead of one per token, and catches up; the text and token ids stay exact
+        because joining only concatenates them.
+        """
+        queue = sequence.stream
         try:
             while True:
-                item = await sequence.stream.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                chunks = [item for item in items if not isinstance(item, BaseException)]
+                if chunks:
+                    joined = GenerationChunk.join(chunks)
+                    self.stats.messages += 1
+                    yield joined
+                    if joined.finish_reason is not None:
+                        return
+                errors = [item for item in items if isinstance(item, BaseException)]
+                if errors:
+                    raise errors[0]
         finally:
             if not sequence.finished:  # the consumer left early: leave the batch at the next step
                 sequence.cancelled = True
@@ -299,12 +317,14 @@ class ContinuousBatcher:
             logits = cache.decode([s.id for s in plan.decode], [t for t in tokens if t is not None])
             for sequence, row in zip(plan.decode, logits, strict=True):
                 sampled.append(_Sampled(sequence, *sequence.sampler.sample(row)))
-        for sequence, count in plan.prefill:
-            start = sequence.prefilled
-            logits_row = cache.prefill(sequence.id, sequence.prompt_ids[start : start + count])
-            sequence.prefilled = start + count
-            if sequence.prefilled == len(sequence.prompt_ids):  # the prompt is in: its first token
-                sampled.append(_Sampled(sequence, *sequence.sampler.sample(logits_row)))
+        if plan.prefill:
+            # Every prompt chunk of the step in one batched call (the cache splits it where it must).
+            chunks = [(s.id, s.prompt_ids[s.prefilled : s.prefilled + count]) for s, count in plan.prefill]
+            rows = cache.prefill_many(chunks)
+            for (sequence, count), logits_row in zip(plan.prefill, rows, strict=True):
+                sequence.prefilled += count
+                if sequence.prefilled == len(sequence.prompt_ids):  # the prompt is in: its first token
+                    sampled.append(_Sampled(sequence, *sequence.sampler.sample(logits_row)))
         return sampled
 
     def _deliver(self, plan: _Plan, sampled: list[_Sampled]) -> None:
@@ -319,6 +339,7 @@ class ContinuousBatcher:
             if self._observer is not None:
                 self._observer.decoded(size)
         stats.prefill_calls += len(plan.prefill)
+        stats.prefill_batches += bool(plan.prefill)
         for item in sampled:
             sequence = item.sequence
             if sequence.cancelled or sequence.finished:

@@ -100,6 +100,51 @@ async def test_greedy_output_is_the_same_alone_and_batched(
     assert batcher.stats.largest_decode_batch == len(PROMPTS)
     # One decode call per step for the whole batch, not one per sequence.
     assert batcher.stats.decode_calls < batcher.stats.decoded_tokens
+    # The prompts, admitted in the same step, were prefilled together (in one step's batched call).
+    assert batcher.stats.prefill_batches < batcher.stats.prefill_calls == len(PROMPTS)
+
+
+async def test_batched_prefill_gives_the_tokens_of_one_by_one_prefill(
+    generator: TextGenerator, make_batcher: Callable[..., ContinuousBatcher]
+) -> None:
+    """Prompts of different lengths and of equal lengths, prefilled in one step, against each one
+    prefilled alone; a sequence already decoding keeps its tokens while they are prefilled beside it."""
+    prompts = [encode(generator, p) for p in (*PROMPTS, PROMPTS[0], PROMPTS[3])]  # two lengths repeat
+    expected = [tokens(await alone(make_batcher, ids, params(6))) for ids in prompts]
+    running_prompt = encode(generator, PROMPTS[1])
+    running_expected = tokens(await alone(make_batcher, running_prompt, params(30)))
+    batcher = make_batcher()
+    running = batcher.submit(running_prompt, params(30), 30)
+    head = [await anext(running)]  # decoding by now: the new prompts join a running batch
+    batched = await asyncio.gather(*(drain(batcher.submit(ids, params(6), 6)) for ids in prompts))
+    assert [tokens(c) for c in batched] == expected
+    assert tokens([*head, *await drain(running)]) == running_expected
+    assert batcher.stats.prefill_batches < batcher.stats.prefill_calls
+
+
+async def test_a_consumer_that_falls_behind_gets_the_queued_tokens_in_one_chunk(
+    generator: TextGenerator, make_batcher: Callable[..., ContinuousBatcher]
+) -> None:
+    """Coalescing: the chunks that queued up while the consumer was away arrive joined, with exactly
+    the text, token ids and log-probabilities of the chunks one at a time."""
+    prompt = encode(generator, PROMPTS[2])
+    expected = await alone(make_batcher, prompt, params(20))
+    assert len(expected) == 20  # consumed at once: one token per chunk
+    batcher = make_batcher()
+    stream = batcher.submit(prompt, params(20), 20)
+    first = await anext(stream)
+    deadline = time.monotonic() + 30
+    while batcher.running and time.monotonic() < deadline:  # the consumer is away: everything queues up
+        await asyncio.sleep(0.01)
+    rest = await drain(stream)
+    got = [first, *rest]
+    assert len(got) < len(expected)
+    assert any(len(chunk.token_ids) > 1 for chunk in rest)
+    assert tokens(got) == tokens(expected)
+    assert "".join(c.text for c in got) == "".join(c.text for c in expected)
+    assert [p for c in got for p in c.logprobs] == [p for c in expected for p in c.logprobs]
+    assert got[-1].finish_reason is expected[-1].finish_reason and got[-1].usage == expected[-1].usage
+    assert all(c.finish_reason is None and c.usage is None for c in got[:-1])
 
 
 async def test_seeded_sampling_is_the_same_alone_and_batched(
@@ -128,7 +173,7 @@ async def test_a_request_joins_a_running_batch_at_the_next_step(
     rest = await drain(running)
     assert tokens(joined) == expected_second
     assert batcher.stats.largest_decode_batch == 2
-    assert len(seen) + len(rest) == sum(len(c.token_ids) for c in [*seen, *rest])
+    assert len(tokens([*seen, *rest])) == 40  # the first stream went on (its waiting chunks may come joined)
 
 
 async def test_finished_sequences_leave_and_the_rest_go_on(
