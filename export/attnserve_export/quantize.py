@@ -139,7 +139,8 @@ def quantize_file(source: Path, target: Path, exclude: Sequence[str] = ()) -> No
         weight_type=QuantType.QInt8,
         per_channel=True,  # one scale per output column: much less error than one per matrix
         op_types_to_quantize=list(QUANTIZED_OPS),
-        nodes_to_exclude=list(exclude),
+        # The quantizer first rewrites a Gemm as a MatMul named "<gemm name>_MatMul": exclude both names.
+        nodes_to_exclude=[*exclude, *(f"{name}_MatMul" for name in exclude)],
     )
     prepared.unlink()
     model = onnx.load(str(target))
