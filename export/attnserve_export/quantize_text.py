@@ -111,12 +111,14 @@ def agreement_prompts(
 def greedy_tokens(
     generator: TextGenerator, prompts: Sequence[Sequence[int]], new_tokens: int, *, slots: int = SCORING_SLOTS
 ) -> list[list[int]]:
-    """Greedy continuations of every prompt, ``slots`` at a time, through the KV cache."""
+    """Greedy continuations of every prompt, ``slots`` at a time, through the KV cache (batched
+    prefill, then one batched decode call per token), as the server's batcher runs them."""
     out: list[list[int]] = []
     for group_start in range(0, len(prompts), slots):
         group = prompts[group_start : group_start + slots]
         cache: KVCache = generator.new_kv_cache(len(group))
-        tokens = [[int(np.argmax(cache.prefill(slot, list(prompt))))] for slot, prompt in enumerate(group)]
+        first = cache.prefill_many([(slot, list(prompt)) for slot, prompt in enumerate(group)])
+        tokens = [[int(token)] for token in first.argmax(-1)]
         seq_ids = list(range(len(group)))
         for _ in range(new_tokens - 1):
             logits = cache.decode(seq_ids, [t[-1] for t in tokens])
