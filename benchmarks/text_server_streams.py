@@ -89,7 +89,7 @@ def load_window(address: str, pid: int, model: str, tokens: int, args: argparse.
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     repository = repository_for(name, args.repository)
     version_dir = default_version_dir(repository, name)
-    tokens = MAX_NEW_TOKENS.get(name, 32)
+    tokens = args.max_new_tokens or MAX_NEW_TOKENS.get(name, 32)
     metadata = read_metadata(version_dir, TaskTable().sections())
     section = metadata.section
     assert isinstance(section, TextGenerationMetadata)
@@ -175,6 +175,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=4.0)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="per request (default: text_throughput's, 32 or 64)"
+    )
     parser.add_argument("--baseline-server", type=Path, default=None, help="another checkout to compare against")
     args = parser.parse_args()
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -192,8 +195,9 @@ def main() -> None:
         "results": results,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "text_server_streams.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, RESULTS / "text_server_streams.png")
+    stem = "text_server_streams" + (f"-{args.max_new_tokens}-tokens" if args.max_new_tokens else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, RESULTS / f"{stem}.png")
     print(json.dumps(report, indent=2))
 
 
