@@ -133,6 +133,10 @@ class Seq2SeqKVCache(SharedBufferKVCache):
             buffer[a] = buffer[b]
             buffer[b] = held
 
+    def prefill_many(self, chunks: Sequence[tuple[int, Sequence[int]]]) -> FloatArray:
+        """Each source encoded into its slot, one at a time (the base class batches decoder prompts)."""
+        return np.stack([self.prefill(seq_id, token_ids) for seq_id, token_ids in chunks])
+
     def prefill(self, seq_id: int, token_ids: Sequence[int]) -> FloatArray:
         """Encode the whole source into the slot, then feed ``<s>``; the logits of the first target token."""
         generator = self._seq2seq
