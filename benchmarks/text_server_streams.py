@@ -5,7 +5,9 @@ loopback port, and ``stream_load.py`` (a separate process, raw gRPC aio stubs, r
 time) keeps ``--streams`` GenerateStream calls running back to back. In the same rounds, with the
 server idle, the same graph decodes a batch of 16 in-process through the server's own generator
 and KV cache (the prompt prefilled for 16 sequences, then one batched decode call per token,
-greedy): the engine's ceiling. With ``--baseline-server PATH`` a second server runs another
+greedy): the engine's ceiling. A second reference runs 16 whole requests in-process (their
+prompts prefilled in one batched call, then the decode calls): the same work per token as the
+server's, prefill included. With ``--baseline-server PATH`` a second server runs another
 checkout's code (its ``server``, ``client`` and ``export`` folders on PYTHONPATH) in the same
 rounds, so that before and after are measured side by side.
 
@@ -26,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,12 +43,27 @@ from attnserve_server.text.metadata import TextGenerationMetadata
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_ttft import PROMPT
 from serving import start_server
-from text_throughput import MAX_NEW_TOKENS, repository_for, stop
+from text_decode_latency import gpt2_small_entry
+from text_throughput import MAX_NEW_TOKENS, stop
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 HERE = Path(__file__).resolve().parent
 STREAMS = 16
+
+
+def repository_for(name: str, shipped: Path) -> Path:
+    """The shipped repository, or for gpt2-small a temporary one whose files are hard links to the cached
+    import (the server refuses a model directory that is a symbolic link out of its repository)."""
+    if name != "gpt2-small":
+        return shipped
+    root = Path(tempfile.mkdtemp(prefix="attnserve-bench-repo-"))
+    source = gpt2_small_entry()
+    target = root / "gpt2-small" / source.name
+    target.mkdir(parents=True)
+    for file in source.iterdir():
+        os.link(file, target / file.name)
+    return root
 
 
 def default_version_dir(repository: Path, name: str) -> Path:
@@ -63,6 +81,19 @@ def in_process_decode(generator: TextGenerator, prompt_ids: list[int], steps: in
     for _ in range(steps):
         tokens = [int(t) for t in cache.decode(seq_ids, tokens).argmax(-1)]
     return STREAMS * steps / (time.perf_counter() - start)
+
+
+def in_process_requests(generator: TextGenerator, prompt_ids: list[int], tokens: int) -> float:
+    """Tokens/s of 16 whole requests in-process: their prompts prefilled in one batched call, then
+    ``tokens - 1`` batch-16 decode calls: the server's work per request with perfect batching."""
+    start = time.perf_counter()
+    cache = generator.new_kv_cache(STREAMS)
+    first = cache.prefill_many([(slot, prompt_ids) for slot in range(STREAMS)])
+    next_tokens = [int(t) for t in first.argmax(-1)]
+    seq_ids = list(range(STREAMS))
+    for _ in range(tokens - 1):
+        next_tokens = [int(t) for t in cache.decode(seq_ids, next_tokens).argmax(-1)]
+    return STREAMS * tokens / (time.perf_counter() - start)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -99,7 +130,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         other = args.baseline_server.resolve()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(other / p) for p in ("server", "client", "export"))}
         servers["baseline"] = start_server(repository, *flags, env=env)
-    samples: dict[str, list[Any]] = {"in_process": [], **{k: [] for k in servers}}
+    samples: dict[str, list[Any]] = {"in_process": [], "in_process_requests": [], **{k: [] for k in servers}}
     try:
         with ThreadPoolExecutor(max_workers=1) as executor:
             generator = load_generator(
@@ -110,10 +141,12 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             for round_index in range(args.rounds):
                 rate = statistics.median(in_process_decode(generator, prompt_ids, tokens) for _ in range(3))
                 samples["in_process"].append(rate)
+                samples["in_process_requests"].append(in_process_requests(generator, prompt_ids, tokens))
                 for label, (process, address) in servers.items():
                     window = load_window(address, process.pid, name, tokens, args)
                     samples[label].append(window)
                     print(f"{name} round {round_index} {label}: {window} (in-process {rate:.1f})", file=sys.stderr)
+            prompt_tokens = len(prompt_ids)
             del generator
     finally:
         for process, _ in servers.values():
@@ -125,6 +158,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "max_new_tokens": tokens,
         "in_process_batch16_decode_tokens_per_s": round(ceiling, 1),
         "in_process_rounds": [round(x, 1) for x in samples["in_process"]],
+        "prompt_tokens": prompt_tokens,
+        # 16 whole requests (batched prefill + decode) in-process: the same work per token as the server's.
+        "in_process_requests_tokens_per_s": round(statistics.median(samples["in_process_requests"]), 1),
     }
     for label in servers:
         windows = samples[label]
@@ -132,6 +168,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         result[label] = {
             "tokens_per_s_16_streams": round(rate, 1),
             "ratio_to_in_process": round(rate / ceiling, 3),
+            "ratio_to_in_process_requests": round(rate / result["in_process_requests_tokens_per_s"], 3),
             "tokens_per_message": statistics.median(w["tokens_per_message"] for w in windows),
             "load_generator_cpu_share": statistics.median(w["load_generator_cpu_share"] for w in windows),
             "server_cpu_share": statistics.median(w["server_cpu_share"] for w in windows),
