@@ -115,7 +115,8 @@ class ConcatKVCache:
 
 
 class SharedBufferKVCache:
-    """Preallocated ``(slots, nh, context_length, hs)`` buffers per layer that the graph updates in place.
+    """Preallocated ``(slots, nh, capacity, hs)`` buffers per layer that the graph updates in place
+    (``capacity`` grows by doubling up to ``context_length``, see INITIAL_CAPACITY).
 
     A model call runs over a contiguous range of slots, so before it the sequences it feeds are
     moved next to each other: a decode call's into slots ``0..B-1``, a batched prefill's into the
@@ -133,15 +134,18 @@ class SharedBufferKVCache:
     # A batched prefill pads every prompt to the longest; past this ratio of padded to real tokens,
     # the rest go in another call.
     MAX_PADDING_RATIO = 2.0
+    # Positions per slot to start with. ONNX Runtime's CPU GroupQueryAttention costs in proportion to
+    # the buffer's length, not to the tokens in it (a batch-16 decode step of gpt2-small at position
+    # 140: 22 ms with a 160-position buffer, 29 to 49 ms with 1024), so the buffers start short and
+    # double (a copy of the positions in use) when a sequence needs more, up to the context length.
+    INITIAL_CAPACITY = 32
 
     def __init__(self, generator: TextGenerator, slots: int) -> None:
         spec = generator.spec
         self._generator = generator
         self._slots = slots
-        shape = (slots, spec.num_heads, spec.context_length, spec.head_dim)
-        # np.zeros takes fresh zero pages from the OS: memory is only used where tokens are written.
-        self._keys = [np.zeros(shape, dtype=np.float32) for _ in range(spec.num_layers)]
-        self._values = [np.zeros(shape, dtype=np.float32) for _ in range(spec.num_layers)]
+        self._capacity = min(spec.context_length, self.INITIAL_CAPACITY)
+        self._keys, self._values = self._new_buffers(self._capacity)
         self._slot_of: dict[int, int] = {}
         self._owner: list[int | None] = [None] * slots
         self._lengths = [0] * slots
@@ -149,6 +153,29 @@ class SharedBufferKVCache:
     def length(self, seq_id: int) -> int:
         slot = self._slot_of.get(seq_id)
         return 0 if slot is None else self._lengths[slot]
+
+    def _new_buffers(self, capacity: int) -> tuple[list[FloatArray], list[FloatArray]]:
+        spec = self._generator.spec
+        shape = (self._slots, spec.num_heads, capacity, spec.head_dim)
+        # np.zeros takes fresh zero pages from the OS: memory is only used where tokens are written.
+        return (
+            [np.zeros(shape, dtype=np.float32) for _ in range(spec.num_layers)],
+            [np.zeros(shape, dtype=np.float32) for _ in range(spec.num_layers)],
+        )
+
+    def _reserve(self, positions: int) -> None:
+        """Make every slot hold at least ``positions`` positions: double the buffers until they do."""
+        if positions <= self._capacity:
+            return
+        capacity = self._capacity
+        while capacity < positions:
+            capacity *= 2
+        capacity = min(capacity, self._generator.spec.context_length)
+        keys, values = self._new_buffers(capacity)
+        used = max(self._lengths)
+        for old, new in zip((*self._keys, *self._values), (*keys, *values), strict=True):
+            new[:, :, :used] = old[:, :, :used]  # (slots, nh, used, hs)
+        self._keys, self._values, self._capacity = keys, values, capacity
 
     def _slot(self, seq_id: int) -> int:
         slot = self._slot_of.get(seq_id)
@@ -219,7 +246,7 @@ class SharedBufferKVCache:
         in_place: dict[str, str] = {}
         rows = slice(first_slot, first_slot + batch)
         for layer in range(spec.num_layers):
-            feed[spec.past_key_names[layer]] = self._keys[layer][rows]  # (B, nh, context, hs), a view
+            feed[spec.past_key_names[layer]] = self._keys[layer][rows]  # (B, nh, capacity, hs), a view
             feed[spec.past_value_names[layer]] = self._values[layer][rows]
             in_place[spec.past_key_names[layer]] = spec.present_key_names[layer]
             in_place[spec.past_value_names[layer]] = spec.present_value_names[layer]
@@ -235,12 +262,14 @@ class SharedBufferKVCache:
     def prefill_many(self, chunks: Sequence[tuple[int, Sequence[int]]]) -> FloatArray:
         context = self._generator.spec.context_length
         out = np.empty((len(chunks), self._generator.spec.vocab_size), dtype=np.float32)
-        fresh: list[int] = []  # indices into chunks
-        for index, (seq_id, token_ids) in enumerate(chunks):
+        for seq_id, token_ids in chunks:
             if not token_ids:
                 raise ValueError("a prompt chunk needs at least one token")
             if self.length(seq_id) + len(token_ids) > context:
                 raise ValueError("prompt chunk runs past the context window")
+        self._reserve(max(self.length(seq_id) + len(ids) for seq_id, ids in chunks))
+        fresh: list[int] = []  # indices into chunks
+        for index, (seq_id, _) in enumerate(chunks):
             self._slot(seq_id)
             if self.length(seq_id) == 0:
                 fresh.append(index)
@@ -298,6 +327,7 @@ class SharedBufferKVCache:
 
     def decode(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> FloatArray:
         batch = len(seq_ids)
+        self._reserve(max(self.length(seq_id) for seq_id in seq_ids) + 1)
         self._gather(seq_ids, first=0)
         by_slot = sorted(range(batch), key=lambda i: self._slot_of[seq_ids[i]])
         ids = np.asarray([[tokens[i]] for i in by_slot], dtype=np.int64)  # (B, 1) in slot order
@@ -314,3 +344,6 @@ class SharedBufferKVCache:
         if slot is not None:
             self._owner[slot] = None
             self._lengths[slot] = 0
+            if not self._slot_of and self._capacity > self.INITIAL_CAPACITY:  # empty: start short again
+                self._capacity = min(self._generator.spec.context_length, self.INITIAL_CAPACITY)
+                self._keys, self._values = self._new_buffers(self._capacity)
