@@ -261,7 +261,7 @@ class SharedBufferKVCache:
 
     def prefill_many(self, chunks: Sequence[tuple[int, Sequence[int]]]) -> FloatArray:
         context = self._generator.spec.context_length
-        out = np.empty((len(chunks), self._generator.spec.vocab_size), dtype=np.float32)
+        out: list[FloatArray | None] = [None] * len(chunks)  # rows as the graph returns them
         for seq_id, token_ids in chunks:
             if not token_ids:
                 raise ValueError("a prompt chunk needs at least one token")
@@ -277,8 +277,9 @@ class SharedBufferKVCache:
                 out[index] = self._prefill_call([chunks[index]])[0]
         for group in self._padding_groups([len(chunks[i][1]) for i in fresh]):
             indices = [fresh[g] for g in group]
-            out[indices] = self._prefill_call([chunks[i] for i in indices])
-        return out
+            for index, row in zip(indices, self._prefill_call([chunks[i] for i in indices]), strict=True):
+                out[index] = row
+        return np.stack([row for row in out if row is not None])
 
     def _padding_groups(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices of ``lengths`` grouped longest first, so that no group pads past MAX_PADDING_RATIO.
