@@ -21,7 +21,7 @@ OPENVINO_IMAGE ?= attnserve:0.1.0-openvino
 CONTAINER_ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
 IMAGE_BUILD_FLAGS ?=
 
-.PHONY: serve test proto proto-check lint install-serve install-test install-kserve install-proto install-pb6 container-tools image image-openvino bench clean
+.PHONY: serve test proto proto-check lint install-serve install-test install-bench install-kserve install-proto install-pb6 container-tools image image-openvino bench clean
 
 $(VENV)/.installed-serve: client/pyproject.toml server/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -115,9 +115,16 @@ image-openvino:
 	$(CONTAINER_ENGINE) build $(if $(findstring podman,$(CONTAINER_ENGINE)),--format docker) \
 		--build-arg 'SERVER_EXTRAS=[openvino]' $(IMAGE_BUILD_FLAGS) -f docker/Dockerfile -t $(OPENVINO_IMAGE) .
 
+$(TEST_VENV)/.installed-bench: $(TEST_VENV)/.installed-test requirements/bench.txt
+	$(TEST_VENV)/bin/python -m pip install --quiet -r requirements/bench.txt
+	touch $@
+
+install-bench: $(TEST_VENV)/.installed-bench
+
 ## bench: run the benchmarks (JSON on stdout, PNG plots in benchmarks/results)
-bench: install-test
+bench: install-test install-bench
 	$(TEST_VENV)/bin/python benchmarks/text_decode_latency.py
+	$(TEST_VENV)/bin/python benchmarks/text_vs_ctranslate2.py
 	$(TEST_VENV)/bin/python benchmarks/server_ttft.py
 	$(TEST_VENV)/bin/python benchmarks/text_throughput.py
 	$(TEST_VENV)/bin/python benchmarks/image_latency.py

@@ -39,7 +39,7 @@ from serving import start_server
 from attnserve_client import Client
 from attnserve_server.model_format.metadata import read_metadata
 from attnserve_server.repository import ModelRepository
-from attnserve_server.runtime import RuntimeOptions, RuntimeSession
+from attnserve_server.runtime import OrtSession, RuntimeOptions
 from attnserve_server.settings import ServerSettings
 from attnserve_server.task_table import TaskTable
 from attnserve_server.text.tokenizer import TextTokenizer
@@ -85,7 +85,7 @@ class InProcess:
         graph = section.embeddings  # type: ignore[attr-defined]
         assert graph is not None, f"{version_dir} has no embeddings graph"
         self.graph = graph
-        self.session = RuntimeSession(version_dir / graph.file, RuntimeOptions(intra_op_threads=threads))
+        self.session = OrtSession(version_dir / graph.file, RuntimeOptions(intra_op_threads=threads))
         self.tokenizer: TextTokenizer | None = None
         self.classifier: ImageClassifier | None = None
         if graph.is_text:

@@ -339,6 +339,11 @@ def _add_quantize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the speed comparison")
     p.add_argument("--repeats", type=int, default=SPEED_REPEATS, help="timed calls per case and precision")
     p.add_argument("--force", action="store_true", help="write the new version even if it is slower or too lossy")
+    p.add_argument(
+        "--keep-lm-head-fp32",
+        action="store_true",
+        help="text: leave the output layer (the product onto the vocabulary) in fp32",
+    )
     p.set_defaults(func=_run_quantize)
 
 
@@ -356,6 +361,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
             max_bpc_increase=args.max_bpc_increase,
             max_accuracy_drop=args.max_accuracy_drop,
             force=args.force,
+            keep_output_layer_fp32=args.keep_lm_head_fp32,
             command=shlex.join(["attnserve-export", *sys.argv[1:]]),
         )
     except (ValueError, FileNotFoundError, FileExistsError) as exc:

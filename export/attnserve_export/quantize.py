@@ -1,11 +1,13 @@
 """Int8 dynamic quantization of a repository entry, with what it costs in accuracy and gains in speed.
 
 ONNX Runtime's dynamic quantization stores the weights of MatMul and Gemm nodes as int8 and
-quantizes their activations on the fly, so it needs no calibration data. The quantized graph is
+quantizes their activations on the fly (here each row on its own, so that batching never changes
+a result), so it needs no calibration data. The quantized graph is
 written as a new version of the same entry (the server then serves it by default), but only
 when it is faster than the fp32 version it came from and its accuracy cost is within the
-tolerances: test bits per character for a text generator, test accuracy for a classifier,
-both measured here with ONNX Runtime on the fp32 and int8 graphs of the same test split.
+tolerances: test bits per character for a text generator (through the server's KV cache, in
+either layout: :mod:`attnserve_export.quantize_text`), test accuracy for a classifier, both
+measured here with ONNX Runtime on the fp32 and int8 graphs of the same test split.
 """
 
 from __future__ import annotations
@@ -16,23 +18,33 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import onnx
 import onnxruntime as ort
-import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from attnserve_export.image_data import read_image_folder, to_batch
 from attnserve_export.image_train import load_splits
 from attnserve_export.onnx_export import next_version_dir
+from attnserve_export.quantize_rows import quantize_rows
+from attnserve_export.quantize_text import (
+    AGREEMENT_NEW_TOKENS,
+    agreement_prompts,
+    greedy_agreement,
+    greedy_tokens,
+    kv_cache_bpc,
+    load_generator,
+    runner,
+    speed_cases,
+)
 from attnserve_export.text_data import load_corpus
-from attnserve_export.tokenizer import load_tokenizer
-from attnserve_export.train import score_bpc
 from attnserve_server.model_format.metadata import MetadataError, ModelMetadata, read_metadata, write_metadata
 from attnserve_server.task_table import TaskTable
 from attnserve_server.text.metadata import TextGenerationMetadata
@@ -77,6 +89,9 @@ class QuantizationReport:
     speed: list[SpeedCase] = field(default_factory=list)
     max_cost: float = 0.0
     version: str | None = None  # set once written
+    # Text: greedy continuations of test prompts by both graphs (quantize_text.greedy_agreement).
+    greedy_agreement: dict[str, Any] | None = None
+    excluded_nodes: list[str] = field(default_factory=list)  # MatMul/Gemm nodes kept in fp32
     reasons: list[str] = field(default_factory=list)  # why it was rejected; empty if accepted
 
     @property
@@ -106,12 +121,15 @@ class QuantizationReport:
         return out
 
 
-def quantize_file(source: Path, target: Path) -> None:
-    """Write the int8 dynamically quantized graph of ``source`` to ``target``.
+def quantize_file(source: Path, target: Path, exclude: Sequence[str] = ()) -> None:
+    """Write the int8 dynamically quantized graph of ``source`` to ``target``; nodes named in ``exclude`` stay fp32.
 
     ONNX Runtime's pre-processing runs first: shape inference, and constant folding, which turns
     the GPT export's ``Transpose(weight)`` inputs into plain initializers, the only MatMul weights
-    the quantizer recognises.
+    the quantizer recognises. Only MatMul and Gemm nodes with a constant weight are quantized;
+    a product of two activations has no weight to store in int8 and stays as it is. Activations
+    are then quantized per row (:mod:`attnserve_export.quantize_rows`), so that a row's result
+    does not depend on the rows batched with it.
     """
     prepared = target.with_name(target.name + ".prep.onnx")
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
@@ -121,8 +139,32 @@ def quantize_file(source: Path, target: Path) -> None:
         weight_type=QuantType.QInt8,
         per_channel=True,  # one scale per output column: much less error than one per matrix
         op_types_to_quantize=list(QUANTIZED_OPS),
+        # The quantizer first rewrites a Gemm as a MatMul named "<gemm name>_MatMul": exclude both names.
+        nodes_to_exclude=[*exclude, *(f"{name}_MatMul" for name in exclude)],
     )
     prepared.unlink()
+    model = onnx.load(str(target))
+    quantize_rows(model)
+    onnx.save(model, str(target))
+
+
+def output_layer_nodes(model_path: Path, vocab_size: int) -> list[str]:
+    """Names of the MatMul/Gemm nodes whose constant weight maps onto ``vocab_size`` outputs: the LM head.
+
+    Both GPT graph layouts compute the logits as one such product (a tied ``Gemm(x, wte, transB=1)``
+    in ``shared_buffer``, a ``MatMul`` in ``concat``); an embedding lookup (Gather) is not one.
+    """
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {init.name: tuple(init.dims) for init in graph.initializer}
+    heads = []
+    for node in graph.node:
+        if node.op_type not in QUANTIZED_OPS or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        dims = weights[node.input[1]]
+        trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+        if len(dims) == 2 and dims[0 if trans_b else 1] == vocab_size:
+            heads.append(node.name)
+    return heads
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -146,9 +188,13 @@ def _median_ms(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples)
 
 
-def compare_speed(
-    fp32: ort.InferenceSession, int8: ort.InferenceSession, cases: dict[str, dict[str, np.ndarray]], repeats: int
-) -> list[SpeedCase]:
+class Runs(Protocol):
+    """What the speed comparison calls: an ONNX Runtime session, or an adapter with the same ``run``."""
+
+    def run(self, output_names: Any, feed: Any) -> Any: ...
+
+
+def compare_speed(fp32: Runs, int8: Runs, cases: dict[str, dict[str, Any]], repeats: int) -> list[SpeedCase]:
     """Median latency of each feed on both sessions, alternating them so drift hits both alike."""
     results = []
     for name, feed in cases.items():
@@ -230,32 +276,6 @@ def _classifier_report(
 # --- text generators ------------------------------------------------------------------------
 
 
-def _gpt_feeds(meta: TextGenerationMetadata, ids: np.ndarray, past_len: int = 0) -> dict[str, np.ndarray]:
-    """Feeds for ``ids`` ``(B, T)`` after ``past_len`` cached positions (zeros: speed only)."""
-    batch, seq = ids.shape
-    assert meta.inputs.attention_mask is not None  # the concat layout: checked by _text_report
-    feed: dict[str, np.ndarray] = {
-        meta.inputs.input_ids: ids.astype(np.int64),
-        meta.inputs.attention_mask: np.ones((batch, past_len + seq), dtype=np.int64),
-        meta.inputs.position_ids: np.broadcast_to(
-            np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)
-        ).copy(),
-    }
-    past = np.zeros((batch, meta.num_heads, past_len, meta.head_dim), dtype=np.float32)
-    for layer in range(meta.num_layers):
-        feed[meta.past_key_template.format(layer=layer)] = past
-        feed[meta.past_value_template.format(layer=layer)] = past
-    return feed
-
-
-def _gpt_bpc(session: ort.InferenceSession, meta: TextGenerationMetadata, tokenizer: Any, docs: list[Any]) -> float:
-    def logits_of(batch: torch.Tensor) -> torch.Tensor:
-        (logits,) = session.run([meta.outputs.logits], _gpt_feeds(meta, batch.numpy()))
-        return torch.from_numpy(logits)  # (B, T, vocab)
-
-    return score_bpc(logits_of, meta.context_length, tokenizer, docs)
-
-
 def _text_report(
     version_dir: Path,
     quantized: Path,
@@ -266,42 +286,33 @@ def _text_report(
     repeats: int,
     corpus: list[Path] | None,
 ) -> QuantizationReport:
-    layout = meta.kv_cache_layout
-    if layout != "concat":
-        # Scoring bits per character drives the graph's inputs directly, and only the concat
-        # layout's (attention_mask, growing past) are implemented here so far.
-        raise ValueError(
-            f"quantize scores text models in the concat KV cache layout only; {version_dir} is {layout!r}. "
-            "Export a concat version (attnserve-export onnx --kv-cache-layout concat) to quantize it."
-        )
-    tokenizer = load_tokenizer(version_dir / meta.tokenizer_file)
+    """Bits per character, greedy agreement and speed of both graphs, through the server's KV cache."""
     if corpus is None and _imported(metadata):
         raise ValueError(f"{version_dir} was imported and has no corpus on record: pass --corpus PATH...")
     if corpus is None:  # the corpus the model was trained on: its test split
         trained_on = metadata.provenance.get("train_config", {}).get("corpus") or []
         corpus = [Path(p) for p in trained_on] or None
     docs = load_corpus(corpus).test
-    fp32 = _session(version_dir / metadata.model_file, threads)
-    int8 = _session(quantized, threads)
-    report = QuantizationReport(
-        name=version_dir.parent.name,
-        source_version=version_dir.name,
-        task=metadata.task,
-        metric="test_bpc",
-        fp32=_gpt_bpc(fp32, meta, tokenizer, docs),
-        int8=_gpt_bpc(int8, meta, tokenizer, docs),
-        fp32_bytes=(version_dir / metadata.model_file).stat().st_size,
-        int8_bytes=quantized.stat().st_size,
-        threads=threads,
-    )
-    ids = np.random.default_rng(0).integers(0, meta.vocab_size, size=(1, 129))
-    past_len = min(128, meta.context_length - 1)
-    prefill = min(128, meta.context_length)
-    cases = {
-        f"decode step at position {past_len}": _gpt_feeds(meta, ids[:, :1], past_len),
-        f"prefill of {prefill} tokens": _gpt_feeds(meta, ids[:, :prefill]),
-    }
-    report.speed = compare_speed(fp32, int8, cases, repeats)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        fp32 = load_generator(version_dir, version_dir / metadata.model_file, meta, threads=threads, executor=executor)
+        int8 = load_generator(version_dir, quantized, meta, threads=threads, executor=executor)
+        prompts = agreement_prompts(fp32, docs)
+        agreement = greedy_agreement(
+            greedy_tokens(fp32, prompts, AGREEMENT_NEW_TOKENS), greedy_tokens(int8, prompts, AGREEMENT_NEW_TOKENS)
+        )
+        report = QuantizationReport(
+            name=version_dir.parent.name,
+            source_version=version_dir.name,
+            task=metadata.task,
+            metric="test_bpc",
+            fp32=kv_cache_bpc(fp32, docs),
+            int8=kv_cache_bpc(int8, docs),
+            fp32_bytes=(version_dir / metadata.model_file).stat().st_size,
+            int8_bytes=quantized.stat().st_size,
+            threads=threads,
+            greedy_agreement=agreement,
+        )
+        report.speed = compare_speed(runner(fp32), runner(int8), speed_cases(fp32), repeats)
     return report
 
 
@@ -328,10 +339,14 @@ def quantize_entry(
     max_bpc_increase: float = MAX_BPC_INCREASE,
     max_accuracy_drop: float = MAX_ACCURACY_DROP,
     force: bool = False,
+    keep_output_layer_fp32: bool = False,
     command: str = "",
 ) -> QuantizationReport:
     """Quantize ``repository/name/<from_version>`` and measure it; write it as a new version if it
     is accepted (faster, and within the tolerance), or whatever the result with ``force``.
+
+    ``keep_output_layer_fp32`` keeps a text model's LM head (the product onto the vocabulary) in
+    fp32: the logits then come from full-precision weights, for a little less speed.
 
     The new version is a copy of the source version with the int8 ``model.onnx`` and a
     ``provenance.quantization`` entry holding the report.
@@ -351,7 +366,14 @@ def quantize_entry(
         staged = Path(tmp) / "version"
         shutil.copytree(source, staged)
         quantized = staged / metadata.model_file
-        quantize_file(source / metadata.model_file, quantized)
+        excluded: list[str] = []
+        if keep_output_layer_fp32:
+            if not isinstance(section, TextGenerationMetadata):
+                raise ValueError("keeping the output layer in fp32 applies to text-generation models only")
+            excluded = output_layer_nodes(source / metadata.model_file, section.vocab_size)
+            if not excluded:
+                raise ValueError(f"{source}: no MatMul or Gemm maps onto the {section.vocab_size}-token vocabulary")
+        quantize_file(source / metadata.model_file, quantized, exclude=excluded)
         if isinstance(section, ImageClassificationMetadata):
             report = _classifier_report(
                 source, quantized, metadata, section, threads=threads, repeats=repeats, data=data
@@ -359,6 +381,7 @@ def quantize_entry(
             report.judge(max_accuracy_drop)
         else:
             report = _text_report(source, quantized, metadata, section, threads=threads, repeats=repeats, corpus=corpus)
+            report.excluded_nodes = excluded
             report.judge(max_bpc_increase)
         logger.info(
             "%s %s: fp32 %.4f, int8 %.4f; speedups %s; %s",
@@ -380,7 +403,11 @@ def quantize_entry(
             "method": "onnxruntime.quantization.quantize_dynamic",
             "weight_type": "QInt8",
             "per_channel": True,
+            "activations": "per row, symmetric (attnserve_export.quantize_rows)",
             "op_types": list(QUANTIZED_OPS),
+            "scored_through": "attnserve_server.text.kv_cache (prefill, then batched decode steps)"
+            if isinstance(section, TextGenerationMetadata)
+            else "onnxruntime session",
             "onnxruntime": ort.__version__,
             **report.to_dict(),
         }

@@ -105,7 +105,7 @@ def sample_batch(
     return windows[:, :-1], windows[:, 1:]
 
 
-def _windows(length: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+def scoring_windows(length: int, context: int, stride: int) -> list[tuple[int, int, int]]:
     """Sliding windows over a sequence of ``length`` ids for scoring: ``(start, end, first)``.
 
     The window's inputs are ``ids[start:end - 1]`` and its targets ``ids[start + 1:end]``;
@@ -170,7 +170,7 @@ def score_bpc(
     for doc in docs:
         ids = torch.tensor([eos, *tokenizer.encode(doc.text).ids], dtype=torch.int64)
         total_chars += len(doc.text)
-        windows = _windows(len(ids), context, stride)
+        windows = scoring_windows(len(ids), context, stride)
         full = [w for w in windows if w[1] - w[0] == context + 1]
         groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
         groups += [[w] for w in windows if w[1] - w[0] != context + 1]

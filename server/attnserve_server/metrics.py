@@ -234,18 +234,25 @@ class GenerationTimer:
         self._first = True
 
     def tokens(self, count: int) -> None:
-        """``count`` new tokens have just been generated."""
+        """``count`` new tokens have just been generated (several when they came joined in one chunk).
+
+        Every token but a generation's first counts one gap. Tokens that come together share the
+        time since the previous chunk evenly, so the gaps still sum to the generation's time.
+        """
         if count <= 0:
             return
         now = time.perf_counter()
         m, model = self._metrics, self._model
+        gaps, gap = count, (now - self._last) / count
         if self._first:
             # The prompt counts once it has really been prefilled, not when the request was queued.
             m.prompt_tokens.labels(model).inc(self._prompt_tokens)
             m.time_to_first_token.labels(model).observe(now - self._last)
             self._first = False
-        else:
-            m.inter_token_latency.labels(model).observe(now - self._last)
+            gaps, gap = count - 1, 0.0
+        latency = m.inter_token_latency.labels(model)
+        for _ in range(gaps):
+            latency.observe(gap)
         m.generation_tokens.labels(model).inc(count)
         self._last = now
 

@@ -35,10 +35,11 @@ def unary(client: Client) -> Generation:
 
 def _check(chunks: list[GenerationChunk], unary: Generation) -> None:
     assert all(type(c) is GenerationChunk for c in chunks)
-    assert len(chunks) == TOKENS  # one token per chunk with this tokenizer's text
-    first, *middle, last = chunks
-    assert first.seed == 5 and all(c.seed is None for c in [*middle, last])
-    assert all(c.finish_reason is None and c.usage is None and not c.is_last for c in [first, *middle])
+    # One token per chunk, unless the client fell behind: then the tokens that queued up come joined.
+    assert 1 <= len(chunks) <= TOKENS
+    last = chunks[-1]
+    assert chunks[0].seed == 5 and all(c.seed is None for c in chunks[1:])
+    assert all(c.finish_reason is None and c.usage is None and not c.is_last for c in chunks[:-1])
     assert last.finish_reason is FinishReason.LENGTH and last.is_last
     assert cast(str, last.finish_reason) == "length"  # a str enum
     assert last.usage == Usage(prompt_tokens=unary.usage.prompt_tokens, completion_tokens=TOKENS)

@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from attnserve_client import Client
+from attnserve_client import Client, FinishReason
 from attnserve_export import quantize
 from attnserve_export.__main__ import main
 from attnserve_export.quantize import QuantizationReport, SpeedCase, quantize_entry
 
-QUANTIZED_NODES = {"MatMulInteger", "DynamicQuantizeLinear"}
+QUANTIZED_NODES = {"MatMulInteger"}
+# ONNX Runtime's one-scale-per-tensor activation quantization, which quantize replaces by one per row.
+PER_TENSOR_NODE = "DynamicQuantizeLinear"
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +37,8 @@ def repository(
     export_image_classifier: Callable[..., Path],
 ) -> Path:
     root = tmp_path_factory.mktemp("quantize-models")
-    # quantize scores text models in the concat layout only (the shared_buffer one is refused, below).
     export_text_model(root, "gpt", kv_cache_layout="concat")
+    export_text_model(root, "gpt-shared")  # the shared_buffer layout, which the server batches
     export_image_classifier(root, "digits")
     return root
 
@@ -122,6 +125,7 @@ def quantized(repository: Path, corpus: Path) -> dict[str, QuantizationReport]:
     return {
         "digits": quantize_entry(repository, "digits", repeats=3, force=True),
         "gpt": quantize_entry(repository, "gpt", corpus=[corpus], repeats=3, force=True),
+        "gpt-shared": quantize_entry(repository, "gpt-shared", corpus=[corpus], repeats=3, force=True),
     }
 
 
@@ -132,7 +136,7 @@ def test_classifier_round_trip(repository: Path, quantized: dict[str, Quantizati
     assert report["metric"] == "test_accuracy"
     assert 0 <= report["int8"] <= 100 and 0 <= report["fp32"] <= 100
     assert [case["name"] for case in report["speed"]] == ["batch 1", "batch 8"]
-    assert _ops(int8 / "model.onnx") >= QUANTIZED_NODES
+    assert _ops(int8 / "model.onnx") >= QUANTIZED_NODES and PER_TENSOR_NODE not in _ops(int8 / "model.onnx")
     assert not QUANTIZED_NODES & _ops(fp32 / "model.onnx")
     metadata = json.loads((int8 / "metadata.json").read_text())
     assert metadata["provenance"]["quantization"]["fp32"] == report["fp32"]
@@ -147,14 +151,69 @@ def test_classifier_round_trip(repository: Path, quantized: dict[str, Quantizati
         quantize_entry(repository, "digits", from_version="2", force=True)
 
 
-def test_text_round_trip(repository: Path, quantized: dict[str, QuantizationReport]) -> None:
-    report = quantized["gpt"]
+@pytest.mark.parametrize("name", ["gpt", "gpt-shared"])
+def test_text_round_trip(repository: Path, quantized: dict[str, QuantizationReport], name: str) -> None:
+    report = quantized[name]
     assert report.version == "2"
     assert report.metric == "test_bpc"
     assert math.isfinite(report.fp32) and report.fp32 > 0
     assert abs(report.int8 - report.fp32) < 0.1
-    assert len(report.speed) == 2 and all(case.int8_ms > 0 for case in report.speed)
-    assert _ops(repository / "gpt" / "2" / "model.onnx") >= QUANTIZED_NODES
+    assert [case.name.split(",")[0] for case in report.speed][:2] == ["decode step at position 63"] * 2
+    assert all(case.int8_ms > 0 for case in report.speed) and len(report.speed) == 3
+    agreement = report.greedy_agreement
+    assert agreement is not None and agreement["prompts"] == 100 and agreement["new_tokens"] == 32
+    assert 0 <= agreement["identical_sequences"] <= agreement["first_token_agreement"] <= 100
+    int8_ops = _ops(repository / name / "2" / "model.onnx")
+    assert int8_ops >= QUANTIZED_NODES and PER_TENSOR_NODE not in int8_ops  # activations: per row
+    assert ("GroupQueryAttention" in int8_ops) is (name == "gpt-shared")
+    metadata = json.loads((repository / name / "2" / "metadata.json").read_text())
+    assert metadata["provenance"]["quantization"]["greedy_agreement"] == agreement
+
+
+def test_the_lm_head_can_stay_fp32(repository: Path, corpus: Path, quantized: dict[str, QuantizationReport]) -> None:
+    written = repository / "gpt-shared" / "8"
+    try:
+        report = quantize_entry(
+            repository, "gpt-shared", from_version="1", version=8, corpus=[corpus], repeats=1, force=True,
+            keep_output_layer_fp32=True,
+        )  # fmt: skip
+        assert len(report.excluded_nodes) == 1 and report.excluded_nodes[0].startswith("lm_head")
+        graph = onnx.load(str(written / "model.onnx")).graph
+        full = onnx.load(str(repository / "gpt-shared" / "2" / "model.onnx")).graph
+        count = [sum(n.op_type == "MatMulInteger" for n in g.node) for g in (graph, full)]
+        assert count[0] == count[1] - 1  # every product but the output layer's
+        head = [n for n in graph.node if n.name.startswith(report.excluded_nodes[0])]
+        assert head and {n.op_type for n in head} <= {"MatMul", "Gemm"}
+    finally:
+        shutil.rmtree(written, ignore_errors=True)
+    with pytest.raises(ValueError, match="text-generation models only"):
+        quantize_entry(repository, "digits", from_version="1", force=True, keep_output_layer_fp32=True)
+
+
+def test_int8_results_do_not_depend_on_the_batch(repository: Path, quantized: dict[str, QuantizationReport]) -> None:
+    """Per-row activation quantization: a row's logits are the same alone and beside any other rows
+    (ONNX Runtime's default, one scale for the whole tensor, would tie them to the batch)."""
+    from attnserve_server.model_format.config import ModelConfig
+    from attnserve_server.repository import ModelRepository
+    from attnserve_server.text.engine import TextEngine
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        version = ModelRepository(repository).load_version(
+            "gpt-shared", repository / "gpt-shared" / "2", ModelConfig(), executor
+        )
+        generator = version.engine_as(TextEngine).generator
+        rng = np.random.default_rng(3)
+        rows = []
+        for batch in (1, 4, 9):
+            cache = generator.new_kv_cache(batch)
+            ids = [[7, 8, 9, 10, 11], *(rng.integers(0, 300, 5).tolist() for _ in range(batch - 1))]
+            prefill = cache.prefill_many(list(enumerate(ids)))
+            step = cache.decode(list(range(batch)), [int(t) for t in prefill.argmax(-1)])
+            rows.append((prefill[0], step[0]))
+        version.engine.close()
+    for prefill, step in rows[1:]:
+        np.testing.assert_array_equal(prefill, rows[0][0])
+        np.testing.assert_array_equal(step, rows[0][1])
 
 
 def test_the_server_serves_the_quantized_versions(
@@ -170,10 +229,29 @@ def test_the_server_serves_the_quantized_versions(
         assert 1 <= generation.usage.completion_tokens <= 8
 
 
-def test_a_shared_buffer_text_model_is_refused_with_a_way_out(
-    tmp_path: Path, export_text_model: Callable[..., Path], corpus: Path
+def test_the_quantized_shared_buffer_gpt_serves_streams_and_stops(
+    repository: Path, quantized: dict[str, QuantizationReport], server_launcher: Callable[..., Any]
 ) -> None:
-    export_text_model(tmp_path, "gpt-shared")  # the default layout
-    with pytest.raises(ValueError, match="concat"):
-        quantize_entry(tmp_path, "gpt-shared", corpus=[corpus], repeats=1)
-    assert sorted(p.name for p in (tmp_path / "gpt-shared").iterdir() if p.is_dir()) == ["1"]
+    """The int8 shared_buffer version serves by default, streams the text of the unary call, stops on a
+    stop string, and its greedy output is the same alone and batched with other requests."""
+    server = server_launcher(repository)
+    prompt = "ROMEO. But soft"
+    with Client(server.address) as client:
+        assert client.get_model("gpt-shared").default_version == "2"
+        full = client.generate(prompt, model="gpt-shared", max_new_tokens=24, temperature=0)
+        streamed = list(client.generate_stream(prompt, model="gpt-shared", max_new_tokens=24, temperature=0))
+        assert "".join(c.text for c in streamed) == full.text
+        assert tuple(t for c in streamed for t in c.token_ids) == full.token_ids
+        words = [w for w in full.text.split() if len(w) >= 2]
+        assert words, full.text
+        stop = words[len(words) // 2]
+        cut = client.generate(prompt, model="gpt-shared", max_new_tokens=24, temperature=0, stop=[stop])
+        assert cut.finish_reason is FinishReason.STOP and stop not in cut.text and full.text.startswith(cut.text)
+        others = ["JULIET.", "To be, or not to be", "O", "What light through yonder window breaks"]
+        with ThreadPoolExecutor(max_workers=len(others) + 1) as pool:
+            futures = [
+                pool.submit(client.generate, p, model="gpt-shared", max_new_tokens=24, temperature=0)
+                for p in (*others, prompt)
+            ]
+            batched = [f.result() for f in futures]
+    assert batched[-1].token_ids == full.token_ids

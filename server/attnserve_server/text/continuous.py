@@ -5,11 +5,13 @@ Every step of a model's loop
 1. drops sequences that were cancelled or whose deadline passed, and frees their cache;
 2. admits waiting requests while ``max_active_sequences`` and the KV token budget allow;
 3. runs, in a worker thread, up to ``max_prefill_tokens_per_step`` prompt tokens of newly admitted
-   sequences (a long prompt is prefilled in chunks over several steps, so it never stalls the
-   running streams for long; a prompt that completes yields its first token at once), then ONE
+   sequences, batched into as few model calls as the cache allows (a long prompt is prefilled in
+   chunks over several steps, so it never stalls the running streams for long; a prompt that
+   completes yields its first token at once), then ONE
    batched decode call for every sequence that has a token to feed, and samples each sequence's
    next token with its own sampler;
-4. hands each sequence its chunk; finished and stopped ones leave at once.
+4. hands each sequence its chunk; finished and stopped ones leave at once. A consumer that fell
+   behind gets the chunks that queued up for it joined into one (several tokens, exact text).
 
 Requests join at the next step. Each sequence keeps its own sampler (and seeded RNG stream), stop
 strings and output queue, so what it generates does not depend on what it is batched with.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator
@@ -60,7 +63,9 @@ class BatchingStats:
     decode_calls: int = 0
     decoded_tokens: int = 0  # tokens fed in decode calls (the sum of their batch sizes)
     largest_decode_batch: int = 0
-    prefill_calls: int = 0
+    prefill_calls: int = 0  # prompt chunks prefilled
+    prefill_batches: int = 0  # steps that prefilled: their chunks went in as few model calls as possible
+    messages: int = 0  # chunks handed to consumers after joining those that queued up
     refused: int = 0
     active: int = 0
     waiting: int = 0
@@ -75,11 +80,9 @@ class _Plan:
     released: list[int]
 
 
-@dataclass
-class _Sampled:
-    sequence: GenerationSequence
-    token: int
-    logprob: float
+# Decode steps one worker call may run back to back before the event loop's bookkeeping runs again
+# (admissions and cancellations end a run at once; this bounds it otherwise).
+MAX_STEPS_PER_CALL = 256
 
 
 class SchedulerObserver(Protocol):
@@ -120,6 +123,8 @@ class ContinuousBatcher:
         self._released: list[int] = []
         self._reserved = 0
         self._wakeup: asyncio.Event | None = None
+        # Set from the event loop (a new request, a cancellation) to end the worker's run of steps.
+        self._interrupt = threading.Event()
         self._task: asyncio.Task[None] | None = None
 
     def submit(
@@ -159,24 +164,40 @@ class ContinuousBatcher:
     def _abandon(self, sequence: GenerationSequence) -> None:
         if not sequence.finished:
             sequence.cancelled = True
+            self._interrupt.set()
             if self._wakeup is not None:
                 self._wakeup.set()
 
     async def _stream(self, sequence: GenerationSequence) -> AsyncGenerator[GenerationChunk]:
+        """The sequence's chunks; those that queued up while the consumer was busy go out as one.
+
+        A consumer that falls behind (a slow client, a busy event loop) then costs one message
+        per turn instead of one per token, and catches up; the text and token ids stay exact
+        because joining only concatenates them.
+        """
+        queue = sequence.stream
         try:
             while True:
-                item = await sequence.stream.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                chunks = [item for item in items if not isinstance(item, BaseException)]
+                if chunks:
+                    joined = GenerationChunk.join(chunks)
+                    self.stats.messages += 1
+                    yield joined
+                    if joined.finish_reason is not None:
+                        return
+                errors = [item for item in items if isinstance(item, BaseException)]
+                if errors:
+                    raise errors[0]
         finally:
             if not sequence.finished:  # the consumer left early: leave the batch at the next step
                 sequence.cancelled = True
                 self._wake()
 
     def _wake(self) -> None:
+        self._interrupt.set()
         if self._wakeup is None:
             self._wakeup = asyncio.Event()
         self._wakeup.set()
@@ -187,6 +208,9 @@ class ContinuousBatcher:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
+            # Cleared before the bookkeeping: whatever arrives after it sets it again, and ends the
+            # worker's run of steps at the next step boundary.
+            self._interrupt.clear()
             self._retire_cancelled_and_expired()
             self._admit()
             self._update_gauges()
@@ -196,24 +220,16 @@ class ContinuousBatcher:
                 # The next submit starts a new task.
                 return
             plan = self._plan()
-            # Prefill first, in its own call, so that a new request's first token goes out before
-            # the batch's decode call rather than after it: the time to first token does not
-            # include a whole decode step of the running batch.
-            calls = [plan]
-            if plan.prefill and plan.decode:
-                calls = [
-                    _Plan(decode=[], prefill=plan.prefill, released=plan.released),
-                    _Plan(decode=plan.decode, prefill=[], released=[]),
-                ]
-            for call in calls:
-                try:
-                    sampled = await loop.run_in_executor(self._executor, self._step, call)
-                except Exception as exc:  # a failed model call fails the sequences in it, not the loop
-                    logger.exception("text generation step failed")
-                    for sequence in [*call.decode, *(s for s, _ in call.prefill)]:
-                        self._retire(sequence, exc)
-                    continue
-                self._deliver(call, sampled)
+            try:
+                await loop.run_in_executor(self._executor, self._run_steps, plan, loop)
+            except Exception as exc:  # a failed model call fails the sequences in it, not the loop
+                logger.exception("text generation step failed")
+                for sequence in [*plan.decode, *(s for s, _ in plan.prefill)]:
+                    self._retire(sequence, exc)
+                continue
+            for sequence in [*plan.decode, *(s for s, _ in plan.prefill)]:
+                if sequence.finished:
+                    self._retire(sequence)
 
     @property
     def running(self) -> bool:
@@ -288,43 +304,74 @@ class ContinuousBatcher:
         released, self._released = self._released, []
         return _Plan(decode=decode, prefill=prefill, released=released)
 
-    def _step(self, plan: _Plan) -> list[_Sampled]:
-        """Model calls and sampling of one step; runs in a worker thread."""
+    def _run_steps(self, plan: _Plan, loop: asyncio.AbstractEventLoop) -> None:
+        """Model calls, sampling and detokenizing of one or more steps; runs in the worker thread.
+
+        The plan's prefill goes first, and its first tokens go out at once, so a new request's
+        time to first token includes no decode step of the running batch. Then decode steps run
+        back to back, each step's chunks handed to the event loop as soon as it ends, without
+        waiting for the loop between steps, until something needs the loop's bookkeeping: a new
+        request or a cancellation (``_interrupt``), a sequence whose prompt has chunks left, a
+        finished sequence while requests wait, a passed deadline, or MAX_STEPS_PER_CALL.
+        """
         cache = self._cache
         for seq_id in plan.released:
             cache.release(seq_id)
-        sampled: list[_Sampled] = []
-        if plan.decode:
-            tokens = [s.last_token for s in plan.decode]
-            logits = cache.decode([s.id for s in plan.decode], [t for t in tokens if t is not None])
-            for sequence, row in zip(plan.decode, logits, strict=True):
-                sampled.append(_Sampled(sequence, *sequence.sampler.sample(row)))
-        for sequence, count in plan.prefill:
-            start = sequence.prefilled
-            logits_row = cache.prefill(sequence.id, sequence.prompt_ids[start : start + count])
-            sequence.prefilled = start + count
-            if sequence.prefilled == len(sequence.prompt_ids):  # the prompt is in: its first token
-                sampled.append(_Sampled(sequence, *sequence.sampler.sample(logits_row)))
-        return sampled
+        decode = list(plan.decode)
+        pending_prompt = False
+        if plan.prefill:
+            # Every prompt chunk of the step in one batched call (the cache splits it where it must).
+            chunks = [(s.id, s.prompt_ids[s.prefilled : s.prefilled + count]) for s, count in plan.prefill]
+            rows = cache.prefill_many(chunks)
+            out = []
+            for (sequence, count), logits_row in zip(plan.prefill, rows, strict=True):
+                sequence.prefilled += count
+                if sequence.prefilled < len(sequence.prompt_ids):
+                    pending_prompt = True
+                    continue
+                token, logprob = sequence.sampler.sample(logits_row)  # the prompt is in: its first token
+                if not sequence.cancelled:
+                    out.append((sequence, sequence.accept(token, logprob)))
+                    decode += [] if sequence.finished else [sequence]
+            loop.call_soon_threadsafe(self._publish, out, 0, len(plan.prefill))
+        for _ in range(MAX_STEPS_PER_CALL):
+            if not decode:
+                return
+            tokens = [s.last_token for s in decode]
+            logits = cache.decode([s.id for s in decode], [t for t in tokens if t is not None])
+            out = []
+            for sequence, row in zip(decode, logits, strict=True):
+                token, logprob = sequence.sampler.sample(row)
+                if not sequence.cancelled:
+                    out.append((sequence, sequence.accept(token, logprob)))
+            loop.call_soon_threadsafe(self._publish, out, len(decode), 0)
+            finished = any(s.finished or s.cancelled for s in decode)
+            decode = [s for s in decode if not (s.finished or s.cancelled)]
+            now = time.monotonic()
+            if (
+                pending_prompt
+                or self._interrupt.is_set()
+                or (finished and self._waiting)
+                or any(s.deadline is not None and now >= s.deadline for s in decode)
+            ):
+                return
 
-    def _deliver(self, plan: _Plan, sampled: list[_Sampled]) -> None:
+    def _publish(self, out: list[tuple[GenerationSequence, GenerationChunk]], decoded: int, prefilled: int) -> None:
+        """On the event loop: one step's chunks to their streams, and the step's counters."""
         stats = self.stats
         stats.steps += 1
-        if plan.decode:
-            size = len(plan.decode)
+        if decoded:
             stats.decode_calls += 1
-            stats.decoded_tokens += size
-            stats.largest_decode_batch = max(stats.largest_decode_batch, size)
-            stats.decode_batch_sizes[size] += 1
+            stats.decoded_tokens += decoded
+            stats.largest_decode_batch = max(stats.largest_decode_batch, decoded)
+            stats.decode_batch_sizes[decoded] += 1
             if self._observer is not None:
-                self._observer.decoded(size)
-        stats.prefill_calls += len(plan.prefill)
-        for item in sampled:
-            sequence = item.sequence
-            if sequence.cancelled or sequence.finished:
-                self._retire(sequence)
-                continue
-            chunk = sequence.accept(item.token, item.logprob)
-            sequence.stream.put_nowait(chunk)
-            if sequence.finished:
-                self._retire(sequence)
+                self._observer.decoded(decoded)
+        stats.prefill_calls += prefilled
+        stats.prefill_batches += bool(prefilled)
+        for sequence, chunk in out:
+            if not sequence.cancelled:
+                sequence.stream.put_nowait(chunk)
+                if sequence.finished:  # its place in the batch and its KV budget are free from now on
+                    self._retire(sequence)
+        self._update_gauges()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attnserve_client.limits import MAX_SEED, MAX_STOP_SEQUENCES
@@ -87,6 +88,20 @@ class GenerationChunk:
     logprobs: tuple[float, ...]
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+
+    @staticmethod
+    def join(chunks: Sequence[GenerationChunk]) -> GenerationChunk:
+        """Consecutive chunks of one stream as one: their text, tokens and log-probabilities in order,
+        and the last one's finish reason and usage (only the last chunk of a stream has them)."""
+        if len(chunks) == 1:
+            return chunks[0]
+        return GenerationChunk(
+            text="".join(c.text for c in chunks),
+            token_ids=tuple(t for c in chunks for t in c.token_ids),
+            logprobs=tuple(p for c in chunks for p in c.logprobs),
+            finish_reason=chunks[-1].finish_reason,
+            usage=chunks[-1].usage,
+        )
 
 
 def _finite(name: str, value: float) -> float:

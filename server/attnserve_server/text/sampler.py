@@ -38,7 +38,7 @@ def apply_repetition_penalty(logits: FloatArray, seen: npt.NDArray[np.bool_], pe
     return out
 
 
-def top_k_indices(logits: FloatArray, k: int) -> IntArray:
+def top_k_indices(logits: npt.NDArray[np.floating], k: int) -> IntArray:
     """Indices of the ``k`` largest logits, most likely first; every index (in id order) when ``k`` is 0 or >= vocab."""
     if k <= 0 or k >= logits.shape[-1]:
         return np.arange(logits.shape[-1])
@@ -133,21 +133,35 @@ class Sampler:
         penalty, temperature and filters), which is what clients compare across settings; 0.0 when
         the sampler was made with ``logprobs=False``.
         """
-        raw = np.asarray(logits, dtype=np.float64)
         p = self.params
-        scores = apply_repetition_penalty(raw, self._seen, p.repetition_penalty)
+        scores: npt.NDArray[np.floating] = logits
+        if p.repetition_penalty != 1.0 and self._seen.any():
+            scores = apply_repetition_penalty(np.asarray(logits, dtype=np.float64), self._seen, p.repetition_penalty)
         if p.temperature == 0.0:
             token = int(np.argmax(scores))
         else:
-            # Filters shrink the candidate set first, so the draw touches only the survivors.
-            scaled = scores / p.temperature
-            candidates = _candidates(scaled, p.top_k, p.top_p)
-            cumulative = np.cumsum(np.exp(scaled[candidates] - _logsumexp(scaled[candidates])))
+            # Filters shrink the candidate set first, so the draw touches only the survivors. With
+            # top-k, the k survivors are found on the unscaled scores (a positive temperature keeps
+            # their order) and only they are widened to float64 and scaled: the same numbers as
+            # scaling the whole vocabulary first, for a fraction of the work at a 50k vocabulary.
+            if 0 < p.top_k < scores.shape[-1]:
+                ordered = top_k_indices(scores, p.top_k)
+                scaled = np.asarray(scores[ordered], dtype=np.float64) / p.temperature
+                if p.top_p < 1.0:
+                    kept = nucleus(scaled, np.arange(len(ordered)), p.top_p, _logsumexp(scaled))
+                    candidates, scaled = ordered[kept], scaled[kept]
+                else:
+                    candidates = ordered
+            else:
+                wide = np.asarray(scores, dtype=np.float64) / p.temperature
+                candidates = _candidates(wide, p.top_k, p.top_p)
+                scaled = wide[candidates]
+            cumulative = np.cumsum(np.exp(scaled - _logsumexp(scaled)))
             # Inverse-CDF draw: one uniform number per token keeps the stream reproducible.
             pick = int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right"))
             token = int(candidates[min(pick, len(candidates) - 1)])
         self._seen[token] = True
-        return token, _log_prob(raw, token) if self.logprobs else 0.0
+        return token, _log_prob(np.asarray(logits, dtype=np.float64), token) if self.logprobs else 0.0
 
 
 def _log_prob(logits: FloatArray, token: int) -> float:

@@ -133,20 +133,39 @@ class Seq2SeqKVCache(SharedBufferKVCache):
             buffer[a] = buffer[b]
             buffer[b] = held
 
-    def prefill(self, seq_id: int, token_ids: Sequence[int]) -> FloatArray:
-        """Encode the whole source into the slot, then feed ``<s>``; the logits of the first target token."""
+    def prefill_many(self, chunks: Sequence[tuple[int, Sequence[int]]]) -> FloatArray:
+        """The sources admitted in one step: ONE encoder call over them (right-padded, masked), their
+        cross keys and values into their slots, then ONE decoder call on ``<s>`` for all of them.
+
+        Returns the logits of each sequence's first target token, in the order of ``chunks``.
+        """
         generator = self._seq2seq
-        if not 0 < len(token_ids) <= generator.source_context_length:
-            raise ValueError(f"a source of {len(token_ids)} tokens does not fit the encoder")
-        slot = self._slot(seq_id)
-        width = len(token_ids)
-        cross = generator.run_encoder(np.asarray([token_ids], dtype=np.int64), np.ones((1, width), dtype=np.int64))
-        for buffer, value in zip(self._cross, cross, strict=True):
-            buffer[slot, :, :width] = value[0]
-        self._source_mask[slot] = 0
-        self._source_mask[slot, :width] = 1
-        self._lengths[slot] = 0
-        logits = self._run(slot, np.asarray([[generator.meta.bos_token_id]], dtype=np.int64), [0])
-        self._lengths[slot] = 1
-        row: FloatArray = logits[0]
-        return row
+        for _, token_ids in chunks:
+            if not 0 < len(token_ids) <= generator.source_context_length:
+                raise ValueError(f"a source of {len(token_ids)} tokens does not fit the encoder")
+        seq_ids = [seq_id for seq_id, _ in chunks]
+        for seq_id in seq_ids:
+            self._slot(seq_id)
+        first = self._gather(seq_ids)  # one contiguous range of slots, in slot order below
+        by_slot = sorted(range(len(chunks)), key=lambda i: self._slot_of[seq_ids[i]])
+        batch, width = len(chunks), max(len(token_ids) for _, token_ids in chunks)
+        source = np.full((batch, width), generator.meta.pad_token_id, dtype=np.int64)  # (B, S)
+        mask = np.zeros((batch, width), dtype=np.int64)
+        for row, index in enumerate(by_slot):
+            token_ids = chunks[index][1]
+            source[row, : len(token_ids)] = token_ids
+            mask[row, : len(token_ids)] = 1
+        rows = slice(first, first + batch)
+        for buffer, value in zip(self._cross, generator.run_encoder(source, mask), strict=True):
+            buffer[rows, :, :width] = value  # (B, nh, S, hs)
+        self._source_mask[rows] = 0
+        self._source_mask[rows, :width] = mask
+        for slot in range(first, first + batch):
+            self._lengths[slot] = 0
+        start = np.full((batch, 1), generator.meta.bos_token_id, dtype=np.int64)
+        logits = self._run(first, start, [0] * batch)
+        for slot in range(first, first + batch):
+            self._lengths[slot] = 1
+        ordered: FloatArray = np.empty_like(logits)
+        ordered[by_slot] = logits  # back to the order of chunks
+        return ordered

@@ -100,6 +100,48 @@ async def test_greedy_output_is_the_same_alone_and_batched(
     assert batcher.stats.largest_decode_batch == len(PROMPTS)
     # One decode call per step for the whole batch, not one per sequence.
     assert batcher.stats.decode_calls < batcher.stats.decoded_tokens
+    # The prompts, admitted in the same step, were prefilled together (in one step's batched call).
+    assert batcher.stats.prefill_batches < batcher.stats.prefill_calls == len(PROMPTS)
+
+
+async def test_batched_prefill_gives_the_tokens_of_one_by_one_prefill(
+    generator: TextGenerator, make_batcher: Callable[..., ContinuousBatcher]
+) -> None:
+    """Prompts of different lengths and of equal lengths, prefilled in one step, against each one
+    prefilled alone; a sequence already decoding keeps its tokens while they are prefilled beside it."""
+    prompts = [encode(generator, p) for p in (*PROMPTS, PROMPTS[0], PROMPTS[3])]  # two lengths repeat
+    expected = [tokens(await alone(make_batcher, ids, params(6))) for ids in prompts]
+    running_prompt = encode(generator, PROMPTS[1])
+    running_expected = tokens(await alone(make_batcher, running_prompt, params(30)))
+    batcher = make_batcher()
+    running = batcher.submit(running_prompt, params(30), 30)
+    head = [await anext(running)]  # decoding by now: the new prompts join a running batch
+    batched = await asyncio.gather(*(drain(batcher.submit(ids, params(6), 6)) for ids in prompts))
+    assert [tokens(c) for c in batched] == expected
+    assert tokens([*head, *await drain(running)]) == running_expected
+    assert batcher.stats.prefill_batches < batcher.stats.prefill_calls
+
+
+async def test_a_consumer_that_falls_behind_gets_the_queued_tokens_in_one_chunk(
+    generator: TextGenerator, make_batcher: Callable[..., ContinuousBatcher]
+) -> None:
+    """Coalescing: the chunks that queued up while the consumer was away arrive joined, with exactly
+    the text, token ids and log-probabilities of the chunks one at a time."""
+    prompt = encode(generator, PROMPTS[2])
+    expected = await alone(make_batcher, prompt, params(20))
+    assert len(tokens(expected)) == 20
+    batcher = make_batcher()
+    stream = batcher.submit(prompt, params(20), 20)
+    deadline = time.monotonic() + 30
+    while batcher.running and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # the consumer is away until the whole generation has queued up
+    got = await drain(stream)
+    assert len(got) == 1 and len(got[0].token_ids) == 20
+    assert tokens(got) == tokens(expected)
+    assert "".join(c.text for c in got) == "".join(c.text for c in expected)
+    assert [p for c in got for p in c.logprobs] == [p for c in expected for p in c.logprobs]
+    assert got[-1].finish_reason is expected[-1].finish_reason and got[-1].usage == expected[-1].usage
+    assert all(c.finish_reason is None and c.usage is None for c in got[:-1])
 
 
 async def test_seeded_sampling_is_the_same_alone_and_batched(
@@ -116,19 +158,29 @@ async def test_seeded_sampling_is_the_same_alone_and_batched(
     assert len({tuple(t) for t in expected}) > 1, "different seeds should give different samples"
 
 
+@pytest.fixture(scope="module")
+def long_generator(long_repository: Path, load_text_engine: Callable[[Path], TextEngine]) -> TextGenerator:
+    """``long-gpt`` (a few ms per token): slow enough that a stream is reliably still running when the
+    test acts. The tiny model's worker decodes 40 tokens faster than the event loop turns round."""
+    return load_text_engine(long_repository / "long-gpt").generator
+
+
 async def test_a_request_joins_a_running_batch_at_the_next_step(
-    generator: TextGenerator, make_batcher: Callable[..., ContinuousBatcher]
+    long_generator: TextGenerator, executor: ThreadPoolExecutor
 ) -> None:
-    first, second = encode(generator, PROMPTS[0]), encode(generator, PROMPTS[2])
+    def make_batcher() -> ContinuousBatcher:
+        return ContinuousBatcher(long_generator, BatchingLimits(), executor)
+
+    first, second = encode(long_generator, PROMPTS[0]), encode(long_generator, PROMPTS[2])
     expected_second = tokens(await alone(make_batcher, second, params(8)))
     batcher = make_batcher()
-    running = batcher.submit(first, params(40), 40)
-    seen = [await anext(running) for _ in range(3)]  # the first stream is under way
+    running = batcher.submit(first, params(200), 200)
+    seen = [await anext(running)]  # the first stream is under way (its first chunk: it is decoding)
     joined = await drain(batcher.submit(second, params(8), 8))
     rest = await drain(running)
     assert tokens(joined) == expected_second
     assert batcher.stats.largest_decode_batch == 2
-    assert len(seen) + len(rest) == sum(len(c.token_ids) for c in [*seen, *rest])
+    assert len(tokens([*seen, *rest])) == 200  # the first stream went on (its waiting chunks may come joined)
 
 
 async def test_finished_sequences_leave_and_the_rest_go_on(
@@ -157,7 +209,7 @@ async def test_cancel_in_the_middle_of_a_batch(
     expected = [tokens(await alone(make_batcher, ids, params(30))) for ids in prompts]
     batcher = make_batcher()
     streams = [batcher.submit(ids, params(30), 30) for ids in prompts]
-    heads = [[await anext(s) for _ in range(2)] for s in streams]
+    heads = [[await anext(s)] for s in streams]
     await streams[1].aclose()  # the middle sequence's client goes away
     rest = await asyncio.gather(drain(streams[0]), drain(streams[2]))
     assert tokens(heads[0] + rest[0]) == expected[0]
@@ -193,8 +245,9 @@ async def test_a_full_wait_queue_refuses_at_once(
 ) -> None:
     prompt = encode(generator, PROMPTS[0])
     batcher = make_batcher(max_active_sequences=1, max_waiting_sequences=1)
+    # Submitted back to back, before the scheduler runs: one takes the free slot, one the wait queue.
+    # (Once admitted, the tiny model would finish 30 tokens faster than the test could queue more.)
     running = batcher.submit(prompt, params(30), 30)
-    await anext(running)  # admitted and decoding
     waiting = batcher.submit(prompt, params(3), 3)
     with pytest.raises(ResourceExhaustedError, match="retry later"):
         batcher.submit(prompt, params(3), 3)

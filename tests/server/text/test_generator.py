@@ -89,18 +89,19 @@ async def test_kv_cache_matches_full_recompute(generator: TextGenerator) -> None
     assert len(cached) == steps
 
 
-async def test_chunks_carry_one_token_and_the_last_one_finishes(generator: TextGenerator) -> None:
+async def test_chunks_carry_their_tokens_and_the_last_one_finishes(generator: TextGenerator) -> None:
     prompt = generator.tokenizer.encode("Grüße")
     chunks = await run(generator, prompt, params(10))
-    assert all(len(c.token_ids) == 1 and len(c.logprobs) == 1 for c in chunks)
+    # One token per chunk, or several when they queued up before the consumer took them.
+    assert all(len(c.token_ids) >= 1 and len(c.logprobs) == len(c.token_ids) for c in chunks)
     assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1])
     last = chunks[-1]
     # Greedy and deterministic: this prompt's continuation has no end-of-text, so it runs to the length.
     assert last.finish_reason == FinishReason.LENGTH
-    assert len(chunks) == 10
+    assert sum(len(c.token_ids) for c in chunks) == 10
     assert last.usage is not None
     assert last.usage.prompt_tokens == len(prompt)
-    assert last.usage.completion_tokens == len(chunks)
+    assert last.usage.completion_tokens == 10
 
 
 async def test_generation_runs_up_to_the_last_position_of_the_context(generator: TextGenerator) -> None:
