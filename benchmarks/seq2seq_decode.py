@@ -42,11 +42,11 @@ from attnserve_client import AsyncClient
 from attnserve_export.number_data import fixed_set
 from attnserve_export.onnx_seq2seq import (
     ENCODER_OUTPUT,
-    Seq2SeqRunner,
     build_decoder_graph,
     build_encoder_graph,
 )
 from attnserve_export.seq2seq import PRESETS, Seq2Seq
+from attnserve_export.seq2seq_runner import Seq2SeqRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import start_server

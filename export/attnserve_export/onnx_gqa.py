@@ -67,7 +67,7 @@ class TensorNames:
     present_value: str
 
 
-class _GraphBuilder:
+class GraphBuilder:
     """Accumulates nodes and initializers with unique names."""
 
     def __init__(self) -> None:
@@ -103,7 +103,7 @@ def build_shared_buffer_graph(model: GPT, names: TensorNames) -> onnx.ModelProto
     """The whole decoder as one ONNX graph with GroupQueryAttention and an in-place KV cache."""
     cfg = model.config
     state = {k: v for k, v in model.state_dict().items()}
-    g = _GraphBuilder()
+    g = GraphBuilder()
     c, nh, hs = cfg.dim, cfg.num_heads, cfg.head_dim
     gelu_approximation = "tanh" if cfg.activation == "gelu_tanh" else "none"
 

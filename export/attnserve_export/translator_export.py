@@ -18,8 +18,9 @@ from tokenizers import Tokenizer
 
 from attnserve_export.hidden_states import export_embeddings, with_embeddings
 from attnserve_export.number_data import BOS, EOS, PAD, special_id
-from attnserve_export.onnx_seq2seq import DECODER_FILE, ENCODER_FILE, Seq2SeqRunner, export_seq2seq
+from attnserve_export.onnx_seq2seq import DECODER_FILE, ENCODER_FILE, export_seq2seq
 from attnserve_export.seq2seq import Seq2Seq
+from attnserve_export.seq2seq_runner import Seq2SeqRunner
 from attnserve_server.model_format.metadata import ModelMetadata, write_metadata
 from attnserve_server.text.metadata import DefaultsMetadata
 from attnserve_server.text2text.metadata import Text2TextGenerationMetadata

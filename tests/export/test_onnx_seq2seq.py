@@ -9,8 +9,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from attnserve_export.onnx_seq2seq import CROSS_KEY, CROSS_VALUE, SOURCE_IDS, SOURCE_MASK, Seq2SeqRunner, export_seq2seq
+from attnserve_export.onnx_seq2seq import CROSS_KEY, CROSS_VALUE, SOURCE_IDS, SOURCE_MASK, export_seq2seq
 from attnserve_export.seq2seq import PRESETS, Seq2Seq, Seq2SeqConfig
+from attnserve_export.seq2seq_runner import Seq2SeqRunner
 
 # Head size 16, the smallest that GroupQueryAttention takes.
 CONFIGS = {

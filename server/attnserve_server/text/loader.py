@@ -97,23 +97,29 @@ def batching_limits(ctx: LoadContext) -> BatchingLimits:
     return replace(ctx.settings.batching_limits(), **overrides)
 
 
-def load_text_generation(ctx: LoadContext) -> TextEngine:
-    """Load one text-generation version; ModelLoadError says what does not fit."""
+def load_tokenizer(ctx: LoadContext, tokenizer_file: str, vocab_size: int) -> TextTokenizer:
+    """A text task's tokenizer, after the checks every text loader makes (config and vocabulary)."""
     if ctx.config.dynamic_batching is not None:
         raise ModelLoadError(
             ctx.model, "config.yaml sets dynamic_batching, which only applies to image-classification models"
         )
-    meta = ctx.metadata.section
-    assert isinstance(meta, TextGenerationMetadata)  # the task table picked this loader for this section
-    tokenizer_path = version_file(ctx, meta.tokenizer_file, "tokenizer_file")
+    tokenizer_path = version_file(ctx, tokenizer_file, "tokenizer_file")
     try:
         tokenizer = TextTokenizer.from_file(tokenizer_path)
     except Exception as exc:  # tokenizers raises a bare Exception for malformed files
         raise ModelLoadError(ctx.model, f"cannot load tokenizer {tokenizer_path.name}: {exc}") from None
-    if tokenizer.vocab_size > meta.vocab_size:
+    if tokenizer.vocab_size > vocab_size:
         raise ModelLoadError(
-            ctx.model, f"tokenizer has {tokenizer.vocab_size} tokens but metadata vocab_size is {meta.vocab_size}"
+            ctx.model, f"tokenizer has {tokenizer.vocab_size} tokens but metadata vocab_size is {vocab_size}"
         )
+    return tokenizer
+
+
+def load_text_generation(ctx: LoadContext) -> TextEngine:
+    """Load one text-generation version; ModelLoadError says what does not fit."""
+    meta = ctx.metadata.section
+    assert isinstance(meta, TextGenerationMetadata)  # the task table picked this loader for this section
+    tokenizer = load_tokenizer(ctx, meta.tokenizer_file, meta.vocab_size)
     spec = model_spec(ctx.model, meta, tokenizer)
     # ONNX Runtime only (a backend in config.yaml is refused): the KV cache is updated in place
     # through its IO binding.

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from attnserve_server.errors import ModelLoadError
-from attnserve_server.loading import open_session, version_file
+from attnserve_server.loading import open_session
 from attnserve_server.runtime import OrtSession
 from attnserve_server.task import LoadContext
 from attnserve_server.text.continuous import ContinuousBatcher
 from attnserve_server.text.engine import TextEngine
 from attnserve_server.text.generator import TextModelSpec
-from attnserve_server.text.loader import batching_limits
-from attnserve_server.text.tokenizer import TextTokenizer
+from attnserve_server.text.loader import batching_limits, load_tokenizer
 from attnserve_server.text2text.generator import Seq2SeqGenerator
 from attnserve_server.text2text.metadata import Text2TextGenerationMetadata
 
@@ -74,21 +73,9 @@ def run_one_source(model: str, generator: Seq2SeqGenerator) -> None:
 
 def load_text2text_generation(ctx: LoadContext) -> TextEngine:
     """Load one text2text-generation version; ModelLoadError says what does not fit."""
-    if ctx.config.dynamic_batching is not None:
-        raise ModelLoadError(
-            ctx.model, "config.yaml sets dynamic_batching, which only applies to image-classification models"
-        )
     meta = ctx.metadata.section
     assert isinstance(meta, Text2TextGenerationMetadata)  # the task table picked this loader for this section
-    tokenizer_path = version_file(ctx, meta.tokenizer_file, "tokenizer_file")
-    try:
-        tokenizer = TextTokenizer.from_file(tokenizer_path)
-    except Exception as exc:  # tokenizers raises a bare Exception for malformed files
-        raise ModelLoadError(ctx.model, f"cannot load tokenizer {tokenizer_path.name}: {exc}") from None
-    if tokenizer.vocab_size > meta.vocab_size:
-        raise ModelLoadError(
-            ctx.model, f"tokenizer has {tokenizer.vocab_size} tokens but metadata vocab_size is {meta.vocab_size}"
-        )
+    tokenizer = load_tokenizer(ctx, meta.tokenizer_file, meta.vocab_size)
     for tag in meta.target_tags:
         if tokenizer.token_to_id(tag) is None:
             raise ModelLoadError(ctx.model, f"target tag {tag!r} is not a token of the tokenizer")
