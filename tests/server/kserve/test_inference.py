@@ -201,7 +201,9 @@ def test_streamed_generation_marks_the_final_response(client: triton.InferenceSe
         try:
             prompt = triton.InferInput("text_input", [1], "BYTES")
             prompt.set_data_from_numpy(np.array([b"ROMEO."], dtype=object))
-            parameters = {"max_tokens": 12, "temperature": 0.0, "seed": 1}
+            # Enough tokens that the stream cannot end as one message: a consumer that falls behind gets
+            # the tokens queued for it joined (under load, all 12 of a short run came as one).
+            parameters = {"max_tokens": 48, "temperature": 0.0, "seed": 1}
             client.async_stream_infer(
                 TEXT_MODEL,
                 [prompt],
