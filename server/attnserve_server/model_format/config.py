@@ -90,6 +90,17 @@ class EmbeddingsLimits(Strict):
     max_tokens_per_text: PositiveInt | None = None
 
 
+class ExplainLimits(Strict):
+    """``explain``: caps of the Explain RPC for this model; unset keys take the defaults."""
+
+    # Tokens of the text (text models; default and ceiling: the model's context length, at most 256).
+    max_tokens: PositiveInt | None = None
+    # Maps per response: chosen layers x heads (default: all of them, at most 64).
+    max_maps: PositiveInt | None = None
+    # Encoder-decoder: tokens generated for the cross-attention maps (default 32, at most the target context).
+    max_new_tokens: PositiveInt | None = None
+
+
 class ModelConfig(Strict):
     """``config.yaml``."""
 
@@ -103,6 +114,8 @@ class ModelConfig(Strict):
     max_prefill_tokens_per_step: PositiveInt | None = None
     # Caps of the Embed RPC (any task with an embeddings graph).
     embeddings: EmbeddingsLimits | None = None
+    # Caps of the Explain RPC (any task with an explain graph).
+    explain: ExplainLimits | None = None
     # The engine (image models): unset ones take the server-wide image_backend / image_precision.
     backend: Literal["onnxruntime", "openvino"] | None = None
     precision: Literal["bf16", "f32"] | None = None

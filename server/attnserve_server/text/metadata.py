@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from attnserve_server.model_format.embeddings import EmbeddingsGraph
+from attnserve_server.model_format.explain import ExplainGraph
 from attnserve_server.model_format.metadata import Strict, TaskSection
 
 TEXT_GENERATION = "text-generation"
@@ -66,6 +67,8 @@ class TextGenerationMetadata(TaskSection):
     chat_template: str | None = None
     # The graph that exposes hidden states for the Embed RPC (model_format.embeddings); unset: none.
     embeddings: EmbeddingsGraph | None = None
+    # The graph that returns attention probabilities for the Explain RPC (model_format.explain); unset: none.
+    explain: ExplainGraph | None = None
 
     @model_validator(mode="after")
     def _inputs_of_layout(self) -> TextGenerationMetadata:

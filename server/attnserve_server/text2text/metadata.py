@@ -12,6 +12,7 @@ from typing import ClassVar
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from attnserve_server.model_format.embeddings import EmbeddingsGraph
+from attnserve_server.model_format.explain import ExplainGraph
 from attnserve_server.model_format.metadata import Strict, TaskSection
 from attnserve_server.text.metadata import DefaultsMetadata
 
@@ -64,6 +65,8 @@ class Text2TextGenerationMetadata(TaskSection):
     defaults: DefaultsMetadata = DefaultsMetadata()
     # The encoder's hidden states for the Embed RPC (model_format.embeddings); unset: none.
     embeddings: EmbeddingsGraph | None = None
+    # The graph that returns attention probabilities for the Explain RPC (model_format.explain); unset: none.
+    explain: ExplainGraph | None = None
 
     @model_validator(mode="after")
     def _ids_in_vocabulary(self) -> Text2TextGenerationMetadata:

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from attnserve_server.model_format.embeddings import EmbeddingsGraph
+from attnserve_server.model_format.explain import ExplainGraph
 from attnserve_server.model_format.metadata import TaskSection
 from attnserve_server.model_format.preprocess import InputSpec, ResampleName, ResizePolicy, Transparency
 
@@ -37,6 +38,8 @@ class ImageClassificationMetadata(TaskSection):
     transparency: Transparency | None = None
     # The graph that exposes hidden states for the Embed RPC (model_format.embeddings); unset: none.
     embeddings: EmbeddingsGraph | None = None
+    # The graph that returns attention probabilities for the Explain RPC (model_format.explain); unset: none.
+    explain: ExplainGraph | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ImageClassificationMetadata:
