@@ -29,6 +29,14 @@ if TYPE_CHECKING:
         ServerError,
         UnavailableError,
     )
+    from attnserve_client.explain import (
+        Explanation,
+        SwinAttention,
+        SwinWindow,
+        Text2TextAttention,
+        TextAttention,
+        VitAttention,
+    )
     from attnserve_client.types import (
         FinishReason,
         Generation,
@@ -54,6 +62,7 @@ __all__ = [
     "Client",
     "DeadlineExceededError",
     "Embeddings",
+    "Explanation",
     "FinishReason",
     "Generation",
     "GenerationChunk",
@@ -69,14 +78,19 @@ __all__ = [
     "Prediction",
     "RequestCancelledError",
     "ServerError",
+    "SwinAttention",
+    "SwinWindow",
+    "Text2TextAttention",
     "Text2TextGenerationInfo",
+    "TextAttention",
     "TextGenerationInfo",
     "UnavailableError",
     "Usage",
+    "VitAttention",
 ]
 
 # The modules that define the names of __all__.
-_PUBLIC_MODULES = ("client", "async_client", "embeddings", "errors", "types")
+_PUBLIC_MODULES = ("client", "async_client", "embeddings", "explain", "errors", "types")
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ import grpc.aio
 from attnserve_client import methods
 from attnserve_client.core import DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, ClientCore, GenerationStream, Plan
 from attnserve_client.embeddings import Embeddings
+from attnserve_client.explain import Explanation
 from attnserve_client.images import ImageInput
 from attnserve_client.security import PemSource
 from attnserve_client.types import Generation, GenerationChunk, ModelInfo, Prediction
@@ -154,6 +155,23 @@ class AsyncClient(ClientCore):
     ) -> Embeddings:
         """Embeds texts or images. See :meth:`Client.embed`."""
         return await self._run(self._embed_plan(inputs, model, pooling, layer, normalize, model_version, timeout))
+
+    async def explain(
+        self,
+        text: str | None = None,
+        *,
+        image: ImageInput | None = None,
+        model: str | None = None,
+        layers: int | Sequence[int] | None = None,
+        heads: int | Sequence[int] | None = None,
+        stage: int | None = None,
+        query: tuple[int, int] | None = None,
+        max_new_tokens: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> Explanation:
+        """The attention maps of one text or one image. See :meth:`Client.explain`."""
+        return await self._run(self._explain_plan(locals()))
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The served models, with their versions, settings and live counters."""

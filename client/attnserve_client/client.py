@@ -22,6 +22,7 @@ from attnserve_client.core import (
     Plan,
 )
 from attnserve_client.embeddings import Embeddings
+from attnserve_client.explain import Explanation
 from attnserve_client.images import ImageInput
 from attnserve_client.security import PemSource
 from attnserve_client.types import Generation, GenerationChunk, ModelInfo, Prediction
@@ -265,6 +266,49 @@ class Client(ClientCore):
             ServerError: FAILED_PRECONDITION: the model version has no embeddings graph.
         """
         return self._run(self._embed_plan(inputs, model, pooling, layer, normalize, model_version, timeout))
+
+    def explain(
+        self,
+        text: str | None = None,
+        *,
+        image: ImageInput | None = None,
+        model: str | None = None,
+        layers: int | Sequence[int] | None = None,
+        heads: int | Sequence[int] | None = None,
+        stage: int | None = None,
+        query: tuple[int, int] | None = None,
+        max_new_tokens: int | None = None,
+        model_version: str | None = None,
+        timeout: float | None = None,
+    ) -> Explanation:
+        """The attention maps of one text or one image: what attends to what.
+
+        Args:
+            text: a prompt (GPT) or a source text (encoder-decoder). Pass this or ``image``.
+            image: for an image model: a path, encoded bytes, a PIL image or a numpy uint8 array.
+            model: the model's name. None picks the only served model of the input's kind.
+            layers: which layers (Swin: which blocks of the stage), 0 .. L-1, negative counting from
+                the end; one int or a list; None: every layer.
+            heads: which heads of each layer, 0 .. heads-1; None: every head.
+            stage: Swin only: the stage, 0 .. stages-1; None: 0, the finest.
+            query: Swin only: the query patch as (row, col) on the stage's token grid; None: the centre.
+            max_new_tokens: encoder-decoder only: how many tokens to generate (greedily) for the
+                cross-attention maps; None: the model's ``explain.max_new_tokens``.
+            model_version: a version directory name; None for the model's default version.
+            timeout: this call's deadline in seconds, instead of the client's default.
+
+        Returns:
+            The result of the model's kind: :class:`~attnserve_client.TextAttention`,
+            :class:`~attnserve_client.Text2TextAttention`, :class:`~attnserve_client.VitAttention` or
+            :class:`~attnserve_client.SwinAttention`, with numpy arrays when numpy is installed.
+
+        Raises:
+            InvalidArgumentError: a bad argument (checked locally), a layer, head, stage or query out
+                of range, or a request over the model's caps (on tokens, on layers x heads); the
+                message says what to reduce.
+            ServerError: FAILED_PRECONDITION: the model version has no explain graph.
+        """
+        return self._run(self._explain_plan(locals()))
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The served models, with their versions, settings and live counters."""

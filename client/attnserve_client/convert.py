@@ -21,6 +21,7 @@ from attnserve_client.types import (
 
 __all__ = [
     "IMAGE_CLASSIFICATION",
+    "TEXT2TEXT_GENERATION",
     "TEXT_GENERATION",
     "choose_model",
     "to_chunk",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 TEXT_GENERATION = "text-generation"
+TEXT2TEXT_GENERATION = "text2text-generation"
 IMAGE_CLASSIFICATION = "image-classification"
 
 _FINISH_REASONS = {
@@ -152,18 +154,20 @@ def to_predictions(response: image_classification_pb2.ClassifyResponse, *, image
     ]
 
 
-def choose_model(models: list[ModelInfo], task: str = TEXT_GENERATION) -> str:
-    """The model to use when the caller names none: the only model of ``task`` served.
+def choose_model(models: list[ModelInfo], task: str | tuple[str, ...] = TEXT_GENERATION) -> str:
+    """The model to use when the caller names none: the only model of ``task`` (or of any of the tasks) served.
 
     Raises:
         ModelNotFoundError: the server serves no model of that task.
         InvalidArgumentError: it serves several, so the caller must choose one.
     """
-    names = sorted(m.name for m in models if m.task == task)
+    tasks = (task,) if isinstance(task, str) else task
+    names = sorted(m.name for m in models if m.task in tasks)
+    what = " or ".join(tasks)
     if not names:
-        raise ModelNotFoundError(f"the server serves no {task} model")
+        raise ModelNotFoundError(f"the server serves no {what} model")
     if len(names) > 1:
-        raise InvalidArgumentError(f"the server serves several {task} models, pass model= one of: {names}")
+        raise InvalidArgumentError(f"the server serves several {what} models, pass model= one of: {names}")
     return names[0]
 
 

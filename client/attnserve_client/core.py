@@ -27,10 +27,12 @@ import grpc
 from attnserve_client import convert
 from attnserve_client.embeddings import EmbeddingRequest, Embeddings, to_embeddings
 from attnserve_client.errors import InvalidArgumentError, from_rpc_error
+from attnserve_client.explain import ExplainRequest, Explanation, to_explanation
 from attnserve_client.health import ServingStatus
 from attnserve_client.methods import (
     CLASSIFY_RPC,
     EMBED_RPC,
+    EXPLAIN_RPC,
     GENERATE_RPC,
     GENERATE_STREAM,
     GET_MODEL_RPC,
@@ -49,6 +51,7 @@ __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
+    "EXPLAIN_PARAMETERS",
     "HEALTH_FALSE_CODES",
     "Attempt",
     "ClientCore",
@@ -66,6 +69,19 @@ DEFAULT_HEALTH_TIMEOUT = 3.0
 # answer, or does not know the model.
 HEALTH_FALSE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND}
+)
+
+# explain's keyword arguments, ``timeout`` aside, as ExplainRequest.create takes them.
+EXPLAIN_PARAMETERS = (
+    "text",
+    "image",
+    "model",
+    "layers",
+    "heads",
+    "stage",
+    "query",
+    "max_new_tokens",
+    "model_version",
 )
 
 _T = TypeVar("_T")
@@ -182,6 +198,18 @@ class ClientCore:
         response = yield from self._unary(EMBED_RPC, request.to_proto(name), deadline)
         return to_embeddings(response, inputs=len(inputs), texts=request.is_text)
 
+    def _explain_plan(self, arguments: Mapping[str, Any]) -> Plan[Explanation]:
+        """``explain``, from its arguments by name (its ``locals()``)."""
+        request = ExplainRequest.create(**{name: arguments[name] for name in EXPLAIN_PARAMETERS})
+        deadline = Deadline(self._call_timeout(arguments["timeout"]))
+        # A text goes to a GPT or an encoder-decoder alike: the only one of either is the model.
+        text_tasks = (convert.TEXT_GENERATION, convert.TEXT2TEXT_GENERATION)
+        name = request.model or (
+            yield from self._only_model(deadline, text_tasks if request.is_text else convert.IMAGE_CLASSIFICATION)
+        )
+        response = yield from self._unary(EXPLAIN_RPC, request.to_proto(name), deadline)
+        return to_explanation(response)
+
     def _models_plan(self, timeout: float | None) -> Plan[list[ModelInfo]]:
         """``models``."""
         return (yield from self._list_models(Deadline(self._call_timeout(timeout))))
@@ -208,8 +236,9 @@ class ClientCore:
         response = yield from self._unary(LIST_MODELS_RPC, models_pb2.ListModelsRequest(), deadline)
         return [convert.to_model_info(info) for info in response.models]
 
-    def _only_model(self, deadline: Deadline, task: str = convert.TEXT_GENERATION) -> Plan[str]:
-        """The name of the only model of ``task`` served (one ListModels call), for a request that names none."""
+    def _only_model(self, deadline: Deadline, task: str | tuple[str, ...] = convert.TEXT_GENERATION) -> Plan[str]:
+        """The name of the only model of ``task`` (or of any of them) served (one ListModels call), for a request
+        that names none."""
         return convert.choose_model((yield from self._list_models(deadline)), task)
 
     def _unary(self, rpc: Rpc[_Request, _Response], message: _Request, deadline: Deadline) -> Plan[_Response]:

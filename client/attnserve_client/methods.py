@@ -16,13 +16,21 @@ import grpc.aio
 from google.protobuf.descriptor import FileDescriptor
 
 from attnserve_client.health import HEALTH_CHECK_METHOD, ServingStatus, decode_response, encode_request
-from attnserve_client.pb import embeddings_pb2, image_classification_pb2, models_pb2, text_generation_pb2
+from attnserve_client.pb import (
+    embeddings_pb2,
+    explain_pb2,
+    image_classification_pb2,
+    models_pb2,
+    text_generation_pb2,
+)
 
 __all__ = [
     "CLASSIFY",
     "CLASSIFY_RPC",
     "EMBED",
     "EMBED_RPC",
+    "EXPLAIN",
+    "EXPLAIN_RPC",
     "GENERATE",
     "GENERATE_RPC",
     "GENERATE_STREAM",
@@ -52,6 +60,7 @@ LIST_MODELS = _path(models_pb2.DESCRIPTOR, "ModelService", "ListModels")
 GET_MODEL = _path(models_pb2.DESCRIPTOR, "ModelService", "GetModel")
 CLASSIFY = _path(image_classification_pb2.DESCRIPTOR, "ImageClassificationService", "Classify")
 EMBED = _path(embeddings_pb2.DESCRIPTOR, "EmbeddingService", "Embed")
+EXPLAIN = _path(explain_pb2.DESCRIPTOR, "ExplainService", "Explain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,7 @@ LIST_MODELS_RPC = Rpc(LIST_MODELS, _models.ListModelsRequest.SerializeToString, 
 GET_MODEL_RPC = Rpc(GET_MODEL, _models.GetModelRequest.SerializeToString, _models.ModelInfo.FromString)
 CLASSIFY_RPC = Rpc(CLASSIFY, _ic.ClassifyRequest.SerializeToString, _ic.ClassifyResponse.FromString)
 EMBED_RPC = Rpc(EMBED, embeddings_pb2.EmbedRequest.SerializeToString, embeddings_pb2.EmbedResponse.FromString)
+EXPLAIN_RPC = Rpc(EXPLAIN, explain_pb2.ExplainRequest.SerializeToString, explain_pb2.ExplainResponse.FromString)
 # grpc.health.v1 is written by hand (see attnserve_client.health): the request is the service name.
 HEALTH_CHECK_RPC: Rpc[str, ServingStatus] = Rpc(HEALTH_CHECK_METHOD, encode_request, decode_response)
 
@@ -85,6 +95,7 @@ RPCS: tuple[Rpc[Any, Any], ...] = (
     GET_MODEL_RPC,
     CLASSIFY_RPC,
     EMBED_RPC,
+    EXPLAIN_RPC,
     HEALTH_CHECK_RPC,
 )
 """Every method the client calls."""
