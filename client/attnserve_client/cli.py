@@ -1,4 +1,5 @@
-"""The ``attnserve`` command: generate text, classify images, embed texts or images, list models, probe health.
+"""The ``attnserve`` command: generate text, classify images, embed texts or images, explain (attention maps),
+list models, probe health.
 
 Exit status: 0 on success, 1 when a call fails (or ``health`` finds the server not
 serving), 2 for bad usage, 130 when interrupted.
@@ -14,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from attnserve_client import cli_explain
 from attnserve_client.client import DEFAULT_HEALTH_TIMEOUT, DEFAULT_RETRIES, DEFAULT_TARGET, DEFAULT_TIMEOUT, Client
 from attnserve_client.embeddings import POOLINGS
 from attnserve_client.errors import AttnserveError, ServerError
@@ -135,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", metavar="FILE.npy", help="write the (inputs, dim) vectors here (needs numpy)")
     embed.set_defaults(run=_embed)
 
+    explain = commands.add_parser(
+        "explain",
+        parents=[common],
+        help="attention maps of a text or an image",
+        description="Attention maps of one text (text models) or image file (image models): with --out a picture "
+        "(a ViT's rollout over the image, a Swin's query-patch maps, a heatmap per head of a text model), "
+        "with --json the maps, else a short summary.",
+    )
+    cli_explain.add_arguments(explain)
+    explain.set_defaults(run=_explain)
+
     models = commands.add_parser(
         "models", parents=[common], help="list the served models", description="List the served models."
     )
@@ -235,6 +248,13 @@ def _embed(args: argparse.Namespace) -> int:
             text = result.token_texts[index][position] if result.token_texts is not None else f"#{position}"
             lines.append(f"  {text!r}\t{_floats(vector)}")
     _write(sys.stdout, "\n".join(lines) + "\n")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        printed = cli_explain.run(args, client)
+    _write(sys.stdout, printed)
     return 0
 
 
