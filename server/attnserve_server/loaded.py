@@ -38,7 +38,7 @@ class Engine(Protocol):
 
 
 class Closeable(Protocol):
-    """Something a version holds besides its engine (its lazily loaded embeddings graph)."""
+    """Something a version holds besides its engine (its lazily loaded embeddings or explain graph)."""
 
     def close(self) -> None:
         """Free its threads and sessions (after the server has drained)."""
@@ -69,16 +69,19 @@ class ModelVersion:
     engine: Engine
     # The Embed RPC's engine (attnserve_server.embeddings), if the version has an embeddings graph.
     embeddings: Closeable | None = None
+    # The Explain RPC's engine (attnserve_server.explain), if the version has an explain graph.
+    explain: Closeable | None = None
 
     @property
     def task(self) -> str:
         return self.metadata.task
 
     def close(self) -> None:
-        """Close the engine and the embeddings engine (after the server has drained)."""
+        """Close the engine and the embeddings and explain engines (after the server has drained)."""
         self.engine.close()
-        if self.embeddings is not None:
-            self.embeddings.close()
+        for extra in (self.embeddings, self.explain):
+            if extra is not None:
+                extra.close()
 
     def engine_as(self, kind: type[E]) -> E:
         """The engine, checked to be a ``kind`` (a handler asks for its own task's engine)."""

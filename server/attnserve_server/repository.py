@@ -124,11 +124,17 @@ class ModelRepository:
         engine = task.load(ctx)
         try:
             embeddings = task.embeddings(ctx, engine)
+            explain = task.explain(ctx, engine)
         except BaseException:
             engine.close()
             raise
         return ModelVersion(
-            version=version_dir.name, path=version_dir, metadata=metadata, engine=engine, embeddings=embeddings
+            version=version_dir.name,
+            path=version_dir,
+            metadata=metadata,
+            engine=engine,
+            embeddings=embeddings,
+            explain=explain,
         )
 
     def build_model(self, model_dir: Path, executor: Executor) -> Model:

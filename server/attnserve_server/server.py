@@ -17,9 +17,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from attnserve_client.pb import embeddings_pb2, image_classification_pb2, models_pb2, text_generation_pb2
+from attnserve_client.pb import (
+    embeddings_pb2,
+    explain_pb2,
+    image_classification_pb2,
+    models_pb2,
+    text_generation_pb2,
+)
 from attnserve_server.api.auth import AuthInterceptor
 from attnserve_server.api.embeddings import EmbeddingServicer
+from attnserve_server.api.explain import ExplainServicer
 from attnserve_server.api.health import HealthServicer
 from attnserve_server.api.image_classification import ImageClassificationServicer
 from attnserve_server.api.interceptor import RequestInterceptor
@@ -28,6 +35,7 @@ from attnserve_server.api.registration import add_servicer
 from attnserve_server.api.text_generation import TextGenerationServicer
 from attnserve_server.embeddings.handler import EmbeddingsHandler
 from attnserve_server.errors import AttnserveError, ModelLoadError, RepositoryError
+from attnserve_server.explain.handler import ExplainHandler
 from attnserve_server.handlers import ModelHandler
 from attnserve_server.kserve.dataplane import DataPlane
 from attnserve_server.kserve.pb import grpc_service_pb2
@@ -57,12 +65,14 @@ TEXT_GENERATION_SERVICE = text_generation_pb2.DESCRIPTOR.services_by_name["TextG
 IMAGE_CLASSIFICATION_SERVICE = image_classification_pb2.DESCRIPTOR.services_by_name["ImageClassificationService"]
 MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
 EMBEDDING_SERVICE = embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingService"]
+EXPLAIN_SERVICE = explain_pb2.DESCRIPTOR.services_by_name["ExplainService"]
 INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAMES = (
     TEXT_GENERATION_SERVICE.full_name,
     IMAGE_CLASSIFICATION_SERVICE.full_name,
     MODEL_SERVICE.full_name,
     EMBEDDING_SERVICE.full_name,
+    EXPLAIN_SERVICE.full_name,
     INFERENCE_SERVICE.full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
@@ -115,6 +125,8 @@ def build_server(
     # Embeddings are every task's: the handler asks the version, not the task, for its graph.
     embeddings = EmbeddingsHandler(repository, statistics=statistics)
     add_servicer(server, EmbeddingServicer(embeddings), EMBEDDING_SERVICE)
+    # So are attention maps.
+    add_servicer(server, ExplainServicer(ExplainHandler(repository, statistics=statistics)), EXPLAIN_SERVICE)
     dataplane = DataPlane(repository, repository.tasks, handlers, statistics, embeddings)
     add_servicer(server, InferenceServicer(dataplane, control), INFERENCE_SERVICE)
     health_servicer: AsyncHealth = HealthServicer()

@@ -65,6 +65,8 @@ class Task(Generic[H]):
     - ``embeddings``: the Embed RPC's engine of one loaded version (an
       ``attnserve_server.embeddings.EmbeddingsEngine``, which loads its graph lazily), or None when
       the version has no embeddings graph or the task offers none.
+    - ``explain``: the Explain RPC's engine of one loaded version (an
+      ``attnserve_server.explain.ExplainEngine``, which loads its graph lazily), or None.
     """
 
     section: type[TaskSection]
@@ -74,6 +76,7 @@ class Task(Generic[H]):
     infer: Callable[[H, Target, InferRequest, bool], AsyncIterator[InferResponse]]
     describe: Callable[[Model], Any] = lambda model: None
     embeddings: Callable[[LoadContext, Engine], Closeable | None] = lambda ctx, engine: None
+    explain: Callable[[LoadContext, Engine], Closeable | None] = lambda ctx, engine: None
 
     @property
     def name(self) -> str:

@@ -40,6 +40,7 @@ _TEXT = "/attnserve.v1.TextGenerationService/"
 _IMAGE = "/attnserve.v1.ImageClassificationService/"
 _MODELS = "/attnserve.v1.ModelService/"
 _EMBEDDINGS = "/attnserve.v1.EmbeddingService/"
+_EXPLAIN = "/attnserve.v1.ExplainService/"
 _V2 = "/inference.GRPCInferenceService/"
 _HEALTH = "/grpc.health.v1.Health/"
 
@@ -47,6 +48,7 @@ METHOD_SCOPES: dict[str, str] = {
     **{_TEXT + m: INFER for m in ("Generate", "GenerateStream")},
     _IMAGE + "Classify": INFER,
     _EMBEDDINGS + "Embed": INFER,
+    _EXPLAIN + "Explain": INFER,
     **{_MODELS + m: MODELS_READ for m in ("ListModels", "GetModel")},
     **{_V2 + m: INFER for m in ("ModelInfer", "ModelStreamInfer")},
     **{

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from attnserve_server.loaded import Model
 from attnserve_server.task import Task
 from attnserve_server.text.embeddings import text_embeddings
+from attnserve_server.text.explain import text_explain
 from attnserve_server.text.handler import TextGenerationHandler, generation_defaults
 from attnserve_server.text.loader import load_text_generation
 from attnserve_server.text.metadata import TextGenerationMetadata
@@ -43,5 +44,6 @@ TEXT_GENERATION_TASK: Task[TextGenerationHandler] = Task(
     signature=text_signature,
     infer=infer_text,
     embeddings=text_embeddings,
+    explain=text_explain,
     describe=describe_text_model,
 )

@@ -46,6 +46,10 @@ class TextTokenizer:
         """Text of ``ids``, without special tokens. Incomplete UTF-8 at the end decodes to U+FFFD."""
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))
 
+    def piece(self, token_id: int) -> str:
+        """One token's text, special tokens included (``<s>``): for showing tokens one by one."""
+        return str(self._tokenizer.decode([token_id], skip_special_tokens=False))
+
     def token_to_id(self, token: str) -> int | None:
         """Id of a token's text, or ``None`` if it is not in the vocabulary."""
         found = self._tokenizer.token_to_id(token)

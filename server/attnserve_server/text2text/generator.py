@@ -27,6 +27,20 @@ from attnserve_server.text2text.metadata import Text2TextGenerationMetadata
 _MAX_TAG_ECHO = 32
 
 
+def check_target_tag(meta: Text2TextGenerationMetadata, source: str) -> None:
+    """A model with target tags needs its source to start with one; INVALID_ARGUMENT says which."""
+    tags = meta.target_tags
+    if not tags:
+        return
+    first = source.split(maxsplit=1)[0] if source.strip() else ""
+    if first not in tags:
+        shown = first if len(first) <= _MAX_TAG_ECHO else first[:_MAX_TAG_ECHO] + "..."
+        raise InvalidArgumentError(
+            f"the source must start with a target-language tag, one of {', '.join(tags)}, then the text "
+            f"(e.g. {tags[0]!r} + ' ...'); it starts with {shown!r}"
+        )
+
+
 class Seq2SeqGenerator(TextGenerator):
     """The decoder step as the text task's generator, plus the encoder and the source's rules."""
 
@@ -87,15 +101,7 @@ class Seq2SeqGenerator(TextGenerator):
 
     async def encode(self, prompt: str) -> list[int]:
         """Check the target tag, then tokenize (bounded as for any text model)."""
-        tags = self.meta.target_tags
-        if tags:
-            first = prompt.split(maxsplit=1)[0] if prompt.strip() else ""
-            if first not in tags:
-                shown = first if len(first) <= _MAX_TAG_ECHO else first[:_MAX_TAG_ECHO] + "..."
-                raise InvalidArgumentError(
-                    f"the source must start with a target-language tag, one of {', '.join(tags)}, then the text "
-                    f"(e.g. {tags[0]!r} + ' ...'); it starts with {shown!r}"
-                )
+        check_target_tag(self.meta, prompt)
         return await super().encode(prompt)
 
     def run_encoder(self, source_ids: npt.NDArray[np.int64], source_mask: npt.NDArray[np.int64]) -> list[FloatArray]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from attnserve_server.loaded import Model
 from attnserve_server.task import Task
 from attnserve_server.text.embeddings import text_embeddings
+from attnserve_server.text.explain import text_explain
 from attnserve_server.text.handler import TextGenerationHandler, generation_defaults
 from attnserve_server.text.params import GenerationDefaults
 from attnserve_server.text.v2 import infer_text, text_signature
@@ -50,4 +51,5 @@ TEXT2TEXT_GENERATION_TASK: Task[TextGenerationHandler] = Task(
     infer=infer_text,
     describe=describe_text2text_model,
     embeddings=text_embeddings,  # the encoder's hidden states
+    explain=text_explain,  # the encoder's, the decoder's and the cross-attention
 )

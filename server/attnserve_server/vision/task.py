@@ -9,6 +9,7 @@ from attnserve_server.model_format.preprocess import InputSpec
 from attnserve_server.task import Task
 from attnserve_server.vision.classifier import ImageClassifier
 from attnserve_server.vision.embeddings import image_embeddings
+from attnserve_server.vision.explain import image_explain
 from attnserve_server.vision.handler import ImageClassificationHandler
 from attnserve_server.vision.loader import load_image_classification
 from attnserve_server.vision.metadata import ImageClassificationMetadata
@@ -40,5 +41,6 @@ IMAGE_CLASSIFICATION_TASK: Task[ImageClassificationHandler] = Task(
     signature=image_signature,
     infer=infer_image,
     embeddings=image_embeddings,
+    explain=image_explain,
     describe=describe_image_model,
 )

@@ -1,0 +1,164 @@
+"""The Explain RPC's engine of one model version: its explain graph, opened on first use.
+
+Each task row builds one (``text/explain.py``, ``vision/explain.py``, ``text2text/explain.py``)
+with the task's own input preparation; the graph runs one input at a time, in the version's
+worker pool, and at most :data:`MAX_CONCURRENT_RUNS` at once per version: attention maps are a
+diagnostic, and a run holds every layer's probabilities in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from attnserve_server.errors import DeadlineExceededError, FailedPreconditionError, ModelLoadError
+from attnserve_server.model_format.explain import ExplainGraph
+from attnserve_server.runtime import RuntimeSession
+
+logger = logging.getLogger(__name__)
+
+MAX_CONCURRENT_RUNS = 2
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ExplainLimits:
+    """The Explain RPC's caps for one model (``config.yaml`` ``explain``, with defaults)."""
+
+    # Tokens of the text (text models; 0 for images).
+    max_tokens: int = 0
+    # Chosen layers x heads per response (per stack for an encoder-decoder).
+    max_maps: int = 64
+    # Encoder-decoder: tokens generated for the cross-attention maps.
+    max_new_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ExplainInput:
+    """One prepared input: a text's ids ``(T,)`` and each token's text, or an image's pixels ``(1, C, H, W)``."""
+
+    ids: npt.NDArray[np.int64] | None = None
+    token_texts: tuple[str, ...] = ()
+    pixels: npt.NDArray[np.float32] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return 0 if self.ids is None else len(self.ids)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """An encoder-decoder's tokenizer and its decoder's start and end tokens."""
+
+    decode: Callable[[list[int]], str]  # ids -> text, special tokens left out
+    piece: Callable[[int], str]  # one token's text, special tokens shown
+    bos_token_id: int
+    eos_token_id: int
+
+
+# Blocking: turns the raw text or image into an ExplainInput; raises InvalidArgumentError naming what is wrong.
+Prepare = Callable[[Any, "float | None"], ExplainInput]
+
+
+class ExplainEngine:
+    """A version's explain graph (opened lazily) and the task's input preparation."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str,
+        graph: ExplainGraph,
+        open_session: Callable[[], RuntimeSession],
+        prepare: Prepare,
+        executor: Executor,
+        limits: ExplainLimits,
+        decoding: Decoding | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.graph = graph
+        self.limits = limits
+        self.decoding = decoding
+        self._open_session = open_session
+        self._prepare = prepare
+        self._executor = executor
+        self._session: RuntimeSession | None = None
+        self._opening: asyncio.Lock | None = None
+        self._runs: asyncio.Semaphore | None = None
+
+    @property
+    def is_text(self) -> bool:
+        return self.graph.layout in ("causal_text", "encoder_decoder")
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the graph has been opened (the first request that needed it did)."""
+        return self._session is not None
+
+    async def prepare(self, raw: Any, deadline: float | None) -> ExplainInput:
+        """Tokenize or decode in the worker pool (even a small file can hold a large image)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._prepare, raw, deadline)
+
+    async def call(self, function: Callable[[RuntimeSession, threading.Event], T], deadline: float | None) -> T:
+        """``function(session, stop)`` in the worker pool, the graph opened first if no request has yet.
+
+        ``stop`` is set when the caller goes away (a client that cancelled), for functions that run
+        the graph several times (an encoder-decoder's greedy decoding) to give up between runs.
+        """
+        session = await self._ready()
+        if self._runs is None:
+            self._runs = asyncio.Semaphore(MAX_CONCURRENT_RUNS)
+        runs = self._runs
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+
+        async def run() -> T:
+            async with runs:
+                return await loop.run_in_executor(self._executor, function, session, stop)
+
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return await asyncio.wait_for(run(), timeout)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            stop.set()
+            raise DeadlineExceededError("the deadline passed while computing the attention maps") from None
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
+    async def _ready(self) -> RuntimeSession:
+        if self._session is not None:
+            return self._session
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._session is None:
+                self._session = await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+                logger.info("opened the explain graph of model %s version %s", self.name, self.version)
+        return self._session
+
+    def _open(self) -> RuntimeSession:
+        """Open and check the graph (blocking); FAILED_PRECONDITION says what is wrong with the model."""
+        problem = f"model {self.name!r} version {self.version}: its explain graph"
+        try:
+            session = self._open_session()
+        except ModelLoadError as exc:
+            raise FailedPreconditionError(f"{problem} cannot be loaded: {exc.reason}") from None
+        present = (*session.input_names, *session.output_names)
+        missing = [n for n in (*self.graph.input_names, *self.graph.outputs()) if n not in present]
+        if missing:
+            raise FailedPreconditionError(f"{problem} lacks tensors that metadata.json names: {', '.join(missing)}")
+        return session
+
+    def close(self) -> None:
+        """Nothing to stop: the session goes with the engine, the pool is the version's."""
