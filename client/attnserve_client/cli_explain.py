@@ -64,33 +64,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, client: Client) -> str:
     """Explains ``args.input`` with ``client``, writes ``--out``; returns what to print on stdout."""
+    draw = _pictures(args.out) if args.out else None
     task = client.get_model(args.model).task
+    # stage, query and max_new_tokens go as given: the client refuses the ones the input's kind takes not.
+    inputs: dict[str, Any] = {"stage": args.stage, "query": args.query, "max_new_tokens": args.max_new_tokens}
     if task in (TEXT_GENERATION, TEXT2TEXT_GENERATION):
         # One layer by default: a T x T map per head per layer is much to look at, and to send.
         layers = args.layers if args.layers is not None else [-1]
-        inputs: dict[str, Any] = {"text": args.input, "max_new_tokens": args.max_new_tokens}
+        inputs["text"] = args.input
     elif task == IMAGE_CLASSIFICATION:
         layers = args.layers
-        inputs = {"image": Path(args.input), "stage": args.stage, "query": args.query}
+        inputs["image"] = Path(args.input)
     else:
         raise InvalidArgumentError(f"model {args.model!r} has task {task!r}: it takes no text or image to explain")
     result = client.explain(
         **inputs, model=args.model, model_version=args.model_version, layers=layers, heads=args.heads
     )
     printed = json.dumps(_jsonable(result), ensure_ascii=False) + "\n" if args.json else ""
-    if args.out:
-        try:
-            from attnserve_client import pictures  # noqa: PLC0415 (only --out needs Pillow and numpy)
-        except ImportError:
-            # A ValueError: the command's usage errors exit 2.
-            raise ValueError(f"--out needs numpy and Pillow: {EXTRA_HINT}") from None
-        picture = _picture(pictures, result, Path(args.input) if "image" in inputs else None)
+    if draw is not None:
+        picture = _picture(draw, result, inputs.get("image"))
         picture.save(args.out)
         if not args.json:
             printed = f"wrote {args.out} ({picture.width}x{picture.height}): {_what(result)}\n"
     elif not args.json:
         printed = summary(result)
     return printed
+
+
+def _pictures(out: str) -> Any:
+    """The pictures module, once ``out`` is known to name a format Pillow writes (before any call is sent)."""
+    # A ValueError: the command's usage errors exit 2.
+    try:
+        from PIL import Image  # noqa: PLC0415 (only --out needs Pillow and numpy)
+
+        from attnserve_client import pictures  # noqa: PLC0415
+    except ImportError:
+        raise ValueError(f"--out needs numpy and Pillow: {EXTRA_HINT}") from None
+    suffix = Path(out).suffix.lower()
+    if suffix not in Image.registered_extensions():
+        raise ValueError(f"--out {out!r}: Pillow writes no format with the extension {suffix!r}; use .png")
+    return pictures
 
 
 def _picture(pictures: Any, result: Explanation, image: Path | None) -> Any:

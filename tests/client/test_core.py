@@ -39,6 +39,7 @@ PUBLIC = [
     "classify",
     "classify_batch",
     "embed",
+    "explain",
     "models",
     "get_model",
     "health",
@@ -116,7 +117,7 @@ def test_the_server_enforces_the_client_s_stop_limit() -> None:
 
 def test_the_stub_table_binds_every_method_on_sync_and_async_channels() -> None:
     paths = {rpc.path for rpc in methods.RPCS}
-    assert methods.GENERATE_STREAM_RPC.streaming and len(paths) == len(methods.RPCS) == 7
+    assert methods.GENERATE_STREAM_RPC.streaming and len(paths) == len(methods.RPCS) == 8
     with grpc.insecure_channel("127.0.0.1:1") as channel:
         assert set(methods.bind(channel)) == paths
 
