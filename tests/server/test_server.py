@@ -46,6 +46,7 @@ def test_reflection_lists_every_service(channel: grpc.Channel) -> None:
         "attnserve.v1.TextGenerationService",
         "attnserve.v1.ModelService",
         "attnserve.v1.EmbeddingService",
+        "attnserve.v1.ExplainService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

@@ -42,6 +42,7 @@ SCOPED: dict[str, str | None] = {
     T + "GenerateStream": "infer",
     IC + "Classify": "infer",
     "/attnserve.v1.EmbeddingService/Embed": "infer",
+    "/attnserve.v1.ExplainService/Explain": "infer",
     V2 + "ModelInfer": "infer",
     V2 + "ModelStreamInfer": "infer",
     M + "ListModels": "models:read",
