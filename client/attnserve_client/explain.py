@@ -88,7 +88,10 @@ class ExplainRequest:
             raise InvalidArgumentError("stage and query choose a Swin's patch; they take an image, not a text")
         if image is not None and max_new_tokens is not None:
             raise InvalidArgumentError("max_new_tokens is for an encoder-decoder's text, not for an image")
-        encoded = encode_image(image) if image is not None else None
+        try:
+            encoded = encode_image(image) if image is not None else None
+        except InvalidArgumentError as error:  # its message names "image 0": this call takes one image
+            raise InvalidArgumentError(error.details.replace("image 0", "the image", 1)) from None
         return cls(
             text=text,
             image=encoded,

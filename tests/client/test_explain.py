@@ -75,7 +75,7 @@ def _plan(**arguments: Any) -> Any:
         ({"image": _png(), "max_new_tokens": 4}, "not for an image"),
         ({"text": "a", "max_new_tokens": 0}, "max_new_tokens must be in"),
         ({"image": Path("no-such-file.png")}, "cannot read"),
-        ({"image": 3.5}, "image 0 is a float"),
+        ({"image": 3.5}, "the image is a float"),
         ({"text": "a", "model_version": 2}, "model_version must be a string"),
     ],
 )
