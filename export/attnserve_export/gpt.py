@@ -163,6 +163,27 @@ def build_attention_mask(attention_mask: torch.Tensor, seq_len: int) -> torch.Te
     return (causal & real_key) | is_self  # (B, 1, T, P + T)
 
 
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(q k^T / sqrt(hs))`` with a boolean ``mask`` (True: allowed), the way SDPA computes it
+    but keeping the probabilities: the explain path's attention.
+
+    Forbidden pairs get ``-inf``, so their probability is exactly 0, as in SDPA; every row must allow
+    at least one key (:func:`build_attention_mask` always allows a query itself).
+
+    Args:
+        q: ``(B, nh, T, hs)`` queries; k, v: ``(B, nh, S, hs)``.
+        mask: broadcastable to ``(B, nh, T, S)``, True where attention is allowed.
+
+    Returns:
+        The attended values ``(B, nh, T, hs)`` and the probabilities ``(B, nh, T, S)``.
+    """
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, nh, T, S)
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # (B, nh, T, S)
+    return probs @ v, probs
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with an optional KV cache."""
 
@@ -176,13 +197,10 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.dim, config.dim, bias=config.bias)
         self.dropout = config.dropout
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        past: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of ``x`` ``(B, T, C)``, each ``(B, nh, T, hs)``, rotated if the model rotates."""
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)  # 3 x (B, T, C)
         q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
@@ -192,6 +210,17 @@ class CausalSelfAttention(nn.Module):
             # Keys are cached after rotation, so a cached key never needs its position again.
             q = apply_rotary(q, *rope)
             k = apply_rotary(k, *rope)
+        return q, k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        b, t, c = x.shape
+        q, k, v = self.project(x, rope)  # (B, nh, T, hs) each
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, nh, P + T, hs)
             v = torch.cat([past[1], v], dim=2)  # (B, nh, P + T, hs)
@@ -201,6 +230,15 @@ class CausalSelfAttention(nn.Module):
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
         return self.proj(y), (k, v)
+
+    def explain(
+        self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`forward` computes without a cache, the explicit way: the output and the
+        attention probabilities ``(B, nh, T, T)`` (zero where ``mask`` forbids)."""
+        b, t, c = x.shape
+        y, probs = explicit_attention(*self.project(x, rope), mask)  # (B, nh, T, hs), (B, nh, T, T)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c)), probs  # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -238,9 +276,20 @@ class Block(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         attn_out, present = self.attn(self.ln_1(x), mask, rope, past)
+        return self._rest(x, attn_out), present
+
+    def explain(
+        self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without a cache, with attention's probabilities ``(B, nh, T, T)`` kept."""
+        attn_out, probs = self.attn.explain(self.ln_1(x), mask, rope)
+        return self._rest(x, attn_out), probs
+
+    def _rest(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """The block after attention: the residual, then the MLP's."""
         x = x + self.drop(attn_out)
-        x = x + self.mlp(self.ln_2(x))
-        return x, present
+        out: torch.Tensor = x + self.mlp(self.ln_2(x))
+        return out
 
 
 class GPT(nn.Module):
@@ -344,16 +393,43 @@ class GPT(nn.Module):
         """Every layer's hidden state of left-padded ``input_ids`` ``(B, T)``: ``num_layers + 1`` tensors
         ``(B, T, C)``: the embeddings, then each block's output, the last one after the final norm
         (what the head reads). Positions are counted over real tokens, as the serving graph does."""
-        t = input_ids.shape[1]
-        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(0, self.config.context_length - 1)  # (B, T)
-        x, rope = self.embed(input_ids, position_ids)
-        mask = build_attention_mask(attention_mask, t)  # (B, 1, T, T)
+        x, rope, mask = self._prefill_inputs(input_ids, attention_mask)
         states = [x]
         for block in self.blocks:
             x, _ = block(x, mask, rope, None)
             states.append(x)
         states[-1] = self.ln_f(x)
         return states
+
+    def attention_maps(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`hidden_states`, and every layer's attention probabilities ``(B, nh, T, T)``.
+
+        The probabilities are the ones the forward pass uses (the same causal and padding mask), computed
+        the explicit way rather than by SDPA: rows of real tokens are zero on padding and above the
+        diagonal; a padding row attends to itself only. The hidden states equal :meth:`hidden_states`'
+        up to float rounding.
+        """
+        x, rope, mask = self._prefill_inputs(input_ids, attention_mask)
+        states, maps = [x], []
+        for block in self.blocks:
+            assert isinstance(block, Block)
+            x, probs = block.explain(x, mask, rope)
+            states.append(x)
+            maps.append(probs)
+        states[-1] = self.ln_f(x)
+        return states, maps
+
+    def _prefill_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
+        """The embeddings, rotary angles and mask ``(B, 1, T, T)`` of left-padded ``input_ids`` without a
+        cache, positions counted over real tokens as the serving graph counts them."""
+        t = input_ids.shape[1]
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(0, self.config.context_length - 1)  # (B, T)
+        x, rope = self.embed(input_ids, position_ids)
+        return x, rope, build_attention_mask(attention_mask, t)  # ..., (B, 1, T, T)
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) of an unpadded batch, for training."""

@@ -24,7 +24,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from attnserve_export.hidden_states import export_embeddings, supports_embeddings, with_embeddings
+from attnserve_export.explain_graph import embeddings_entry, export_explain, supports_explain, with_explain
 from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityReport
 from attnserve_server.model_format.metadata import ModelMetadata, write_metadata
 from attnserve_server.model_format.preprocess import InputSpec
@@ -155,15 +155,15 @@ def export_classifier(
         # Every top-1 must agree, ties included: the server reports the top-1.
         if not report.passed:
             raise ParityError(f"ONNX Runtime disagrees with PyTorch: {report.summary()}")
-        # The Embed RPC's graph, parity-checked too (attnserve_export.hidden_states); ViT and Swin only.
-        embedded = supports_embeddings(model)
-        if embedded:
-            entry, embeddings_report = export_embeddings(model, Path(tmp) / "embeddings", spec=spec, images=images)
+        # The Explain and Embed RPCs' graph, parity-checked too (attnserve_export.explain_graph); ViT and Swin.
+        explained = supports_explain(model)
+        if explained:
+            entry, explain_report = export_explain(model, Path(tmp) / "explain", spec=spec, images=images)
         version_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), version_dir / MODEL_FILE)
-        if embedded:
-            shutil.move(str(Path(tmp) / "embeddings" / entry.file), version_dir / entry.file)
-            metadata = with_embeddings(metadata, entry, embeddings_report)
+        if explained:
+            shutil.move(str(Path(tmp) / "explain" / entry.file), version_dir / entry.file)
+            metadata = with_explain(metadata, entry, explain_report, embeddings_entry(model, spec))
     (version_dir / LABELS_FILE).write_text(json.dumps(labels) + "\n")
     full_provenance = {
         **(provenance or {}),

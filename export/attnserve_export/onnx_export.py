@@ -508,7 +508,7 @@ def export_gpt(
     kv_cache_layout: KVCacheLayout = "shared_buffer",
     eos_token: str | None = EOS_TOKEN,
     chat_template: str | None = None,
-    embeddings: bool = True,
+    explain: bool = True,
 ) -> ParityReport:
     """Export ``model`` with ``tokenizer`` into ``version_dir`` (created) and check parity.
 
@@ -522,7 +522,9 @@ def export_gpt(
             size that is a multiple of 16) or ``"concat"`` (the torch.onnx export).
         eos_token: the end-of-text token (its id ends generation and pads); None: the model has none.
         chat_template: a Jinja chat template to keep in the metadata (imported checkpoints).
-        embeddings: also write ``embeddings.onnx``, the hidden-states graph of the Embed RPC.
+        explain: also write ``explain.onnx``, the graph of every layer's attention probabilities and hidden
+            states (:mod:`attnserve_export.explain_graph`); the metadata names it as both the explain
+            and the embeddings graph.
 
     Raises:
         ParityError: the check failed; nothing is written to ``version_dir``.
@@ -578,16 +580,16 @@ def export_gpt(
         logger.info("parity: %s", report.summary())
         if not report.passed:
             raise ParityError(f"ONNX Runtime disagrees with PyTorch: {report.summary()}")
-        if embeddings:  # the Embed RPC's graph, parity-checked too
-            # Imported here: hidden_states builds on this module's parity report.
-            from attnserve_export.hidden_states import export_embeddings, with_embeddings  # noqa: PLC0415
+        if explain:  # the Explain and Embed RPCs' graph, parity-checked too
+            # Imported here: explain_graph builds on this module's parity report.
+            from attnserve_export.explain_graph import embeddings_entry, export_explain, with_explain  # noqa: PLC0415
 
-            entry, embeddings_report = export_embeddings(model, Path(tmp) / "embeddings")
+            entry, explain_report = export_explain(model, Path(tmp) / "explain")
         version_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), version_dir / MODEL_FILE)
-        if embeddings:
-            shutil.move(str(Path(tmp) / "embeddings" / entry.file), version_dir / entry.file)
-            metadata = with_embeddings(metadata, entry, embeddings_report)
+        if explain:
+            shutil.move(str(Path(tmp) / "explain" / entry.file), version_dir / entry.file)
+            metadata = with_explain(metadata, entry, explain_report, embeddings_entry(model))
     tokenizer.save(str(version_dir / TOKENIZER_FILE))
     full_provenance = {
         **(provenance or {}),

@@ -15,17 +15,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gpt import PositionalEncoding, apply_rotary, build_attention_mask, rotary_cos_sin, sinusoidal_embedding
+from .gpt import (
+    PositionalEncoding,
+    apply_rotary,
+    build_attention_mask,
+    explicit_attention,
+    rotary_cos_sin,
+    sinusoidal_embedding,
+)
 
 # "post": x = LN(x + sublayer(x)), as in the paper; "pre": x = x + sublayer(LN(x)), which trains deeper stacks stably.
 NormPlacement = Literal["post", "pre"]
 KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class Seq2SeqMaps(NamedTuple):
+    """Every attention probability of one teacher-forced pass (:meth:`Seq2Seq.attention_maps`)."""
+
+    encoder: list[torch.Tensor]  # per encoder layer (B, nh, S, S)
+    decoder: list[torch.Tensor]  # per decoder layer (B, nh, U, U), causal
+    cross: list[torch.Tensor]  # per decoder layer (B, nh, U, S)
+    logits: torch.Tensor  # (B, U, vocab)
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,12 @@ class Attention(nn.Module):
         out: torch.Tensor = self.proj(y.transpose(1, 2).reshape(b, t, c))
         return out
 
+    def explain_attend(self, q_in: torch.Tensor, kv: KV, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`attend` the explicit way: the output and the probabilities ``(B, nh, T, S)``."""
+        b, t, c = q_in.shape
+        y, probs = explicit_attention(self.heads(self.q(q_in)), kv[0], kv[1], mask)  # (B, nh, T, hs)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c)), probs  # (B, T, C), (B, nh, T, S)
+
 
 class SelfAttention(Attention):
     """Self-attention with optional rotary positions and an optional KV cache (decoder)."""
@@ -148,16 +170,31 @@ class SelfAttention(Attention):
         causal: bool = False,
     ) -> tuple[torch.Tensor, KV]:
         b, t, c = x.shape
-        q = self.heads(self.q(x))  # (B, nh, T, hs)
-        k, v = self.project_kv(x)  # (B, nh, T, hs) each
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k, v = self.project(x, rope)  # (B, nh, T, hs) each
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, nh, P + T, hs)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(b, t, c)), (k, v)
+
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of ``x`` ``(B, T, C)``, each ``(B, nh, T, hs)``, rotated if the model rotates."""
+        q = self.heads(self.q(x))  # (B, nh, T, hs)
+        k, v = self.project_kv(x)  # (B, nh, T, hs) each
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        return q, k, v
+
+    def explain(
+        self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without a cache, the explicit way: the output and the probabilities ``(B, nh, T, T)``."""
+        b, t, c = x.shape
+        y, probs = explicit_attention(*self.project(x, rope), mask)  # (B, nh, T, hs), (B, nh, T, T)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c)), probs
 
 
 class FeedForward(nn.Module):
@@ -203,7 +240,17 @@ class EncoderLayer(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
     ) -> torch.Tensor:
         out, _ = self.attn(self.attn_res.normed_input(x), mask, rope)
-        x = self.attn_res.combine(x, out)
+        return self._rest(x, out)
+
+    def explain(
+        self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward`, and the self-attention's probabilities ``(B, nh, S, S)``."""
+        out, probs = self.attn.explain(self.attn_res.normed_input(x), mask, rope)
+        return self._rest(x, out), probs
+
+    def _rest(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        x = self.attn_res.combine(x, attn_out)
         return self.ff_res.combine(x, self.ff(self.ff_res.normed_input(x)))
 
 
@@ -227,7 +274,27 @@ class DecoderLayer(nn.Module):
         out, present = self.self_attn(self.self_res.normed_input(x), self_mask, rope, past, causal=self_mask is None)
         x = self.self_res.combine(x, out)
         x = self.cross_res.combine(x, self.cross_attn.attend(self.cross_res.normed_input(x), cross, cross_mask))
-        return self.ff_res.combine(x, self.ff(self.ff_res.normed_input(x))), present
+        return self._feed_forward(x), present
+
+    def explain(
+        self,
+        x: torch.Tensor,
+        *,
+        self_mask: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cross: KV,
+        cross_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without a cache, and the probabilities of both attentions: self ``(B, nh, U, U)``
+        and cross ``(B, nh, U, S)``."""
+        out, self_probs = self.self_attn.explain(self.self_res.normed_input(x), self_mask, rope)
+        x = self.self_res.combine(x, out)
+        out, cross_probs = self.cross_attn.explain_attend(self.cross_res.normed_input(x), cross, cross_mask)
+        x = self.cross_res.combine(x, out)
+        return self._feed_forward(x), self_probs, cross_probs
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ff_res.combine(x, self.ff(self.ff_res.normed_input(x)))
 
 
 class Seq2Seq(nn.Module):
@@ -286,17 +353,54 @@ class Seq2Seq(nn.Module):
         """The encoder's every layer for padded sources (left or right): ``encoder_layers + 1`` tensors
         ``(B, S, C)``: the embeddings, then each layer's output, the last one after the encoder's final
         norm (what cross-attention reads). Positions are counted over real tokens."""
-        positions = (source_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, S): 0.. from the first real token
-        x, rope = self._embed(source_ids, positions)
-        real_key = (source_mask > 0)[:, None, None, :]  # (B, 1, 1, S)
-        eye = torch.eye(source_ids.shape[1], dtype=torch.bool, device=source_ids.device)  # (S, S)
-        mask = real_key | eye  # (B, 1, S, S)
+        x, rope, mask = self._encoder_inputs(source_ids, source_mask)
         states = [x]
         for layer in self.encoder:
             x = layer(x, mask, rope)
             states.append(x)
         states[-1] = self.encoder_ln(x)
         return states
+
+    def _encoder_inputs(
+        self, source_ids: torch.Tensor, source_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
+        """The source's embeddings, rotary angles and self-attention mask ``(B, 1, S, S)``."""
+        positions = (source_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, S): 0.. from the first real token
+        x, rope = self._embed(source_ids, positions)
+        real_key = (source_mask > 0)[:, None, None, :]  # (B, 1, 1, S)
+        eye = torch.eye(source_ids.shape[1], dtype=torch.bool, device=source_ids.device)  # (S, S)
+        return x, rope, real_key | eye  # ..., (B, 1, S, S)
+
+    def attention_maps(
+        self, source_ids: torch.Tensor, source_mask: torch.Tensor, target_ids: torch.Tensor
+    ) -> Seq2SeqMaps:
+        """Every attention probability of a teacher-forced pass, with the logits ``(B, U, vocab)``.
+
+        ``source_ids`` ``(B, S)`` padded as :meth:`encode` takes them; ``target_ids`` ``(B, U)``
+        without padding (``<s>`` first). The masks are the forward pass's: padding source keys get
+        zero, the decoder is causal. Computed the explicit way (the forward pass uses SDPA).
+        """
+        x, rope, mask = self._encoder_inputs(source_ids, source_mask)
+        encoder = []
+        for layer in self.encoder:
+            assert isinstance(layer, EncoderLayer)
+            x, probs = layer.explain(x, mask, rope)
+            encoder.append(probs)
+        cross = self.cross_kv(self.encoder_ln(x))
+        u = target_ids.shape[1]
+        positions = torch.arange(u, device=target_ids.device).unsqueeze(0).expand_as(target_ids)  # (B, U)
+        y, target_rope = self._embed(target_ids, positions)
+        self_mask = build_attention_mask(torch.ones_like(target_ids), u)  # (B, 1, U, U)
+        cross_mask = (source_mask > 0)[:, None, None, :]  # (B, 1, 1, S)
+        decoder, cross_maps = [], []
+        for i, layer in enumerate(self.decoder_layers()):
+            y, self_probs, cross_probs = layer.explain(
+                y, self_mask=self_mask, rope=target_rope, cross=cross[i], cross_mask=cross_mask
+            )
+            decoder.append(self_probs)
+            cross_maps.append(cross_probs)
+        logits = F.linear(self.decoder_ln(y), self.embed.weight)  # (B, U, vocab)
+        return Seq2SeqMaps(encoder, decoder, cross_maps, logits)
 
     def cross_kv(self, memory: torch.Tensor) -> list[KV]:
         """Each decoder layer's cross-attention keys and values, computed once per source."""

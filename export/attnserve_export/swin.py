@@ -216,6 +216,11 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``x``: ``(B * nW, N, C)`` window tokens; ``mask``: ``(nW, N, N)`` additive or None."""
+        return self.explain(x, mask)[0]
+
+    def explain(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s output and the probabilities ``(B*nW, nH, N, N)`` it mixed with (computed
+        explicitly anyway, so keeping them costs nothing)."""
         Bw, N, C = x.shape
         qkv = self.qkv(x).reshape(Bw, N, 3, self.num_heads, self.head_dim)  # (B*nW, N, 3, nH, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B*nW, nH, N, hd)
@@ -227,8 +232,7 @@ class WindowAttention(nn.Module):
             attn = attn.view(-1, self.num_heads, N, N)  # (B*nW, nH, N, N)
         attn = attn.softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(Bw, N, C)  # (B*nW, N, C)
-        out = self.proj(out)
-        return self.drop(out)  # type: ignore[no-any-return]
+        return self.drop(self.proj(out)), attn
 
 
 class SwinBlock(nn.Module):
@@ -275,9 +279,9 @@ class SwinBlock(nn.Module):
             mask = None
         self.register_buffer("attn_mask", mask, persistent=False)  # (nW, M², M²), or None
 
-    def _attention(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, C)`` → ``(B, H, W, C)`` through (shifted) window attention."""
-        H, W, M, s = self.height, self.width, self.window_size, self.shift_size
+    def to_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` → ``(B*nW, M², C)``: steps 1-3 of the block (shift, pad, partition)."""
+        M, s = self.window_size, self.shift_size
         C = x.shape[-1]
         pad = (0, 0, 0, self.pad_w, 0, self.pad_h) if self.pad_h or self.pad_w else None
         # 1. cyclic shift: the windows of this block straddle the previous block's window borders.
@@ -289,11 +293,14 @@ class SwinBlock(nn.Module):
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))  # (B, H, W, C) or (B, Hp, Wp, C)
         if pad and not self.pad_before_shift:
             x = F.pad(x, pad)  # (B, Hp, Wp, C)
-        Hp, Wp = H + self.pad_h, W + self.pad_w
         # 3. partition into windows.
-        windows = window_partition(x, M).view(-1, M * M, C)  # (B*nW, M², C)
-        # 4. attention inside each window.
-        windows = self.attn(windows, self.attn_mask)  # (B*nW, M², C)
+        return window_partition(x, M).view(-1, M * M, C)  # (B*nW, M², C)
+
+    def from_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        """``(B*nW, M², C)`` → ``(B, H, W, C)``: steps 5-6 of the block (merge, unpad, reverse shift)."""
+        H, W, M, s = self.height, self.width, self.window_size, self.shift_size
+        C = windows.shape[-1]
+        Hp, Wp = H + self.pad_h, W + self.pad_w
         # 5. merge the windows back into a map and drop the padding.
         x = window_reverse(windows.view(-1, M, M, C), M, Hp, Wp)  # (B, Hp, Wp, C)
         if not self.pad_before_shift:
@@ -305,12 +312,50 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(B, H*W, C)`` tokens in row-major order."""
+        return self.explain(x)[0]
+
+    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's output ``(B, H*W, C)`` and its raw window probabilities ``(B*nW, nH, M², M²)``,
+        windows in the block's own order (after the shift and padding; see :func:`dense_window_attention`)."""
         B, L, C = x.shape
         h = self.norm1(x).view(B, self.height, self.width, C)  # (B, H, W, C)
-        h = self._attention(h).reshape(B, L, C)  # (B, H*W, C)
+        # 4. attention inside each window.
+        windows, probs = self.attn.explain(self.to_windows(h), self.attn_mask)  # (B*nW, M², C)
+        h = self.from_windows(windows).reshape(B, L, C)  # (B, H*W, C)
         x = x + self.drop_path(h)
         out: torch.Tensor = x + self.drop_path(self.mlp(self.norm2(x)))
-        return out
+        return out, probs
+
+
+def dense_window_attention(block: SwinBlock, probs: torch.Tensor) -> torch.Tensor:
+    """One block's raw window probabilities as a dense map over its tokens in their original order.
+
+    The block's own shift, pad and partition steps (:meth:`SwinBlock.to_windows`) carry a map of
+    each token's row-major index, so every window slot learns which original token it holds (or that
+    it is padding); no coordinate arithmetic of its own.
+
+    Args:
+        block: the block that produced ``probs``.
+        probs: ``(B*nW, nH, M², M²)`` from :meth:`SwinBlock.explain`.
+
+    Returns:
+        ``(B, nH, H*W, H*W)``: row q is query token q's attention over every token of the map, zero
+        outside its window (attention that went to padding slots is left out).
+    """
+    H, W = block.height, block.width
+    # +1 so that the zeros of the padding read as -1 afterwards.
+    index = torch.arange(1, H * W + 1, dtype=torch.float32).view(1, H, W, 1)  # (1, H, W, 1)
+    slots = block.to_windows(index).view(-1).round().long() - 1  # (nW * M²,): original index or -1
+    M2 = block.window_size**2
+    nW = slots.numel() // M2
+    B, nH = probs.shape[0] // nW, probs.shape[1]
+    per_window = slots.view(nW, M2)  # (nW, M²)
+    real = per_window >= 0  # (nW, M²)
+    w, q, k = (real[:, :, None] & real[:, None, :]).nonzero(as_tuple=True)  # each window's real (query, key) pairs
+    values = probs.view(B, nW, nH, M2, M2).permute(1, 3, 4, 0, 2)[w, q, k]  # (pairs, B, nH)
+    dense = probs.new_zeros(B, nH, H * W, H * W)
+    dense[:, :, per_window[w, q], per_window[w, k]] = values.permute(1, 2, 0)  # (B, nH, pairs)
+    return dense
 
 
 class PatchMerging(nn.Module):
@@ -402,17 +447,31 @@ class Swin(nn.Module):
         """One hidden state per stage: ``1 + len(depths)`` tensors ``(B, N_i, D_i)``. The patch embedding
         first, then each stage's blocks' output at the stage's own resolution (before patch merging),
         the last one after the final norm (what the mean-pooled head reads)."""
+        return self.attention_maps(x)[0]
+
+    def swin_blocks(self) -> list[SwinBlock]:
+        """Every block, stages in order."""
+        return [
+            b for stage in self.stages if isinstance(stage, SwinStage) for b in stage.blocks if isinstance(b, SwinBlock)
+        ]
+
+    def attention_maps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`hidden_states`, and every block's raw window probabilities ``(B*nW, nH, M², M²)``
+        (stages in order; windows in the block's order after its shift and padding, see
+        :func:`dense_window_attention`)."""
         x = self.patch_norm(self.patch_embed(x).flatten(2).transpose(1, 2))  # (B, N, D)
-        states = [x]
+        states, maps = [x], []
         for stage in self.stages:
             assert isinstance(stage, SwinStage)
             for block in stage.blocks:
-                x = block(x)
+                assert isinstance(block, SwinBlock)
+                x, probs = block.explain(x)
+                maps.append(probs)
             states.append(x)  # (B, N_i, D_i)
             if stage.downsample is not None:
                 x = stage.downsample(x)  # (B, N_i / 4, 2 D_i)
         states[-1] = self.norm(x)
-        return states
+        return states, maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # (B, D, H/P, W/P): patch partition + linear embedding

@@ -1,7 +1,8 @@
 """Writing an encoder–decoder as a ``text2text-generation`` version of a model repository.
 
 The version holds ``encoder.onnx``, ``decoder.onnx`` (the envelope's ``model_file``),
-``tokenizer.json`` and ``metadata.json``. Before anything is written, the two graphs are
+``tokenizer.json``, ``embeddings.onnx`` (the encoder's hidden states), ``explain.onnx`` (every
+attention map of a teacher-forced pass) and ``metadata.json``. Before anything is written, the two graphs are
 checked against PyTorch the way the server calls them; the figures go into the provenance.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from attnserve_export.explain_graph import export_explain, with_explain
 from attnserve_export.hidden_states import export_embeddings, with_embeddings
 from attnserve_export.number_data import BOS, EOS, PAD, special_id
 from attnserve_export.onnx_seq2seq import DECODER_FILE, ENCODER_FILE, export_seq2seq
@@ -108,6 +110,9 @@ def export_translator(
         metadata = metadata.replace(provenance={**(provenance or {}), "parity": parity})
         entry, report = export_embeddings(model, staged)  # the encoder's hidden states, for Embed
         metadata = with_embeddings(metadata, entry, report)
+        # The attention maps need the target too: a graph of their own (Explain).
+        explain, explain_report = export_explain(model, staged)
+        metadata = with_explain(metadata, explain, explain_report, embeddings=None)
         write_metadata(staged, metadata)
         staged.chmod(0o755)  # mkdtemp made it private; a version is read by whoever serves it
         staged.rename(version_dir)

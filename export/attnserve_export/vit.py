@@ -177,14 +177,18 @@ class Attention(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.explain(x)[0]
+
+    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output ``(B, N, D)`` and the probabilities ``(B, nH, N, N)`` it was mixed with (this
+        attention is computed explicitly anyway, so keeping them costs nothing)."""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, nH, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, nH, N, hd)
         attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, nH, N, N)
         attn = attn.softmax(dim=-1)
         mixed = (attn @ v).transpose(1, 2).reshape(B, N, D)  # (B, N, D)
-        out: torch.Tensor = self.drop(self.proj(mixed))
-        return out
+        return self.drop(self.proj(mixed)), attn
 
 
 class Block(nn.Module):
@@ -199,9 +203,13 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        out: torch.Tensor = x + self.drop_path(self.mlp(self.norm2(x)))
-        return out
+        return self.explain(x)[0]
+
+    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's output and its attention probabilities ``(B, nH, N, N)``."""
+        mixed, probs = self.attn.explain(self.norm1(x))
+        x = x + self.drop_path(mixed)
+        return x + self.drop_path(self.mlp(self.norm2(x))), probs
 
 
 class ViT(nn.Module):
@@ -246,15 +254,22 @@ class ViT(nn.Module):
     def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's tokens ``(B, 1 + N, D)`` (class token first): ``depth + 1`` tensors, the patch
         embedding first, then each block's output, the last one after the final norm."""
+        return self.attention_maps(x)[0]
+
+    def attention_maps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`hidden_states`, and every block's attention probabilities ``(B, nH, 1 + N, 1 + N)``
+        (token 0 is the class token; the patches follow in row-major order)."""
         B = x.shape[0]
         x = self.patch_embed(x)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.pos_embed  # (B, 1 + N, D)
-        states = [x]
+        states, maps = [x], []
         for block in self.blocks:
-            x = block(x)
+            assert isinstance(block, Block)
+            x, probs = block.explain(x)
             states.append(x)
+            maps.append(probs)
         states[-1] = self.norm(x)
-        return states
+        return states, maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.head(self.forward_features(x)[:, 0])  # (B, num_classes): the class token only

@@ -71,8 +71,9 @@ def test_a_gpt_export_writes_the_graph(tmp_path: Path, tiny_tokenizer: Tokenizer
     entry = read_metadata(tmp_path / "1", TaskTable().sections()).section.embeddings  # type: ignore[attr-defined]
     assert entry.input_names == ("input_ids", "attention_mask") and entry.default_pooling == "last"
     assert entry.num_layers == 3 and entry.num_tokens is None
-    export_gpt(model, tiny_tokenizer, tmp_path / "2", kv_cache_layout="concat", embeddings=False)
-    assert not (tmp_path / "2" / "embeddings.onnx").exists()
+    assert entry.file == "explain.onnx"  # the explain graph returns the hidden states too
+    export_gpt(model, tiny_tokenizer, tmp_path / "2", kv_cache_layout="concat", explain=False)
+    assert sorted(p.name for p in (tmp_path / "2").iterdir()) == ["metadata.json", "model.onnx", "tokenizer.json"]
 
 
 @pytest.mark.parametrize("family", ["vit", "swin", "gpt-concat", "gpt-shared-buffer"])
@@ -84,7 +85,7 @@ def test_modules_are_rebuilt_exactly_from_their_graphs(family: str, tmp_path: Pa
                                            pos_encoding="rotary", bias=False)  # fmt: skip
         model: torch.nn.Module = GPT(config)
         layout = "concat" if family == "gpt-concat" else "shared_buffer"
-        export_gpt(model, tiny_tokenizer, tmp_path / "1", kv_cache_layout=layout, embeddings=False)
+        export_gpt(model, tiny_tokenizer, tmp_path / "1", kv_cache_layout=layout, explain=False)
     else:
         model = ViT(VIT_PRESETS["tiny"]) if family == "vit" else Swin(SWIN_PRESETS["tiny"])
         size = 16 if family == "vit" else 20
@@ -102,8 +103,9 @@ def test_a_version_without_the_graph_gets_a_new_one(swin_model_dir: tuple[Path, 
     shutil.copytree(source / "1", model_dir / "1")
     metadata = json.loads((model_dir / "1" / "metadata.json").read_text())
     del metadata["image_classification"]["embeddings"]  # as written before the graph existed
+    del metadata["image_classification"]["explain"]
     (model_dir / "1" / "metadata.json").write_text(json.dumps(metadata))
-    (model_dir / "1" / "embeddings.onnx").unlink()
+    (model_dir / "1" / "explain.onnx").unlink()
 
     assert export_cli(["embeddings", "--model-dir", str(model_dir)]) == 0
     new = model_dir / "2"

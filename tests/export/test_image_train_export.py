@@ -25,7 +25,7 @@ from attnserve_server.vision.metadata import ImageClassificationMetadata
 METADATA_KEYS = {"format_version", "task", "description", "model_file", "image_classification", "provenance"}
 IMAGE_KEYS = {
     "labels_file", "num_classes", "input_name", "output_name", "channels", "height", "width",
-    "resample", "resize_policy", "mean", "std", "embeddings",
+    "resample", "resize_policy", "mean", "std", "embeddings", "explain",
 }  # fmt: skip
 
 
@@ -63,7 +63,7 @@ def test_cli_export_of_a_trained_run(tiny_run: Path, tmp_path: Path) -> None:
     assert main(["onnx", "--checkpoint", str(tiny_run), "--name", "tiny-vit", "--repository", str(repo)]) == 0
     version = repo / "tiny-vit" / "1"
     files = sorted(p.name for p in version.iterdir())
-    assert files == ["embeddings.onnx", "labels.json", "metadata.json", "model.onnx"]
+    assert files == ["explain.onnx", "labels.json", "metadata.json", "model.onnx"]
     meta = json.loads((version / "metadata.json").read_text())
     assert set(meta) == METADATA_KEYS
     assert meta["task"] == "image-classification"

@@ -88,3 +88,8 @@ def test_the_commands_train_and_export_a_version_with_its_test_accuracy(tmp_path
     accuracy = metadata.provenance["test_exact_match"]
     assert accuracy["examples_per_direction"] == 100 and len(accuracy) == 2 + 12  # 12 directions, "all"
     assert metadata.provenance["parity"]["max_abs_logit_diff"] < 1e-4
+    # Embed's graph (the encoder) and Explain's (a teacher-forced pass) are two files: Explain needs the target.
+    assert section.embeddings is not None and section.embeddings.file == "embeddings.onnx"
+    assert section.explain is not None and section.explain.layout == "encoder_decoder"
+    assert (tmp_path / "repo" / "t" / "1" / section.explain.file).is_file()
+    assert metadata.provenance["explain_parity"]["passed"]

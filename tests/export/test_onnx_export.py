@@ -25,7 +25,7 @@ METADATA_KEYS = {"format_version", "task", "description", "model_file", "text_ge
 TEXT_KEYS = {
     "tokenizer_file", "context_length", "vocab_size", "num_layers", "num_heads", "head_dim", "inputs", "outputs",
     "past_key_template", "past_value_template", "present_key_template", "present_value_template",
-    "eos_token", "eos_token_id", "pad_token_id", "kv_cache_layout", "defaults", "embeddings",
+    "eos_token", "eos_token_id", "pad_token_id", "kv_cache_layout", "defaults", "embeddings", "explain",
 }  # fmt: skip
 LAYOUT_INPUTS = {
     "concat": {"input_ids", "attention_mask", "position_ids"},
@@ -64,7 +64,7 @@ def exported(request: pytest.FixtureRequest, tiny_tokenizer: Tokenizer, tmp_path
 def test_files_and_metadata(exported) -> None:
     model, version_dir, report = exported
     files = sorted(p.name for p in version_dir.iterdir())
-    assert files == ["embeddings.onnx", "metadata.json", "model.onnx", "tokenizer.json"]
+    assert files == ["explain.onnx", "metadata.json", "model.onnx", "tokenizer.json"]
     meta = json.loads((version_dir / "metadata.json").read_text())
     assert set(meta) == METADATA_KEYS
     assert meta["task"] == "text-generation"

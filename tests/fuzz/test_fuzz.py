@@ -60,6 +60,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from attnserve_client.pb import embeddings_pb2 as embeddings_pb
+from attnserve_client.pb import explain_pb2 as explain_pb
 from attnserve_client.pb import image_classification_pb2 as image_pb
 from attnserve_client.pb import models_pb2, text_generation_pb2
 from attnserve_server.kserve.pb import grpc_service_pb2 as v2
@@ -85,6 +86,7 @@ TEXT_SERVICE = "/attnserve.v1.TextGenerationService/"
 IMAGE_SERVICE = "/attnserve.v1.ImageClassificationService/"
 MODEL_SERVICE = "/attnserve.v1.ModelService/"
 EMBED_SERVICE = "/attnserve.v1.EmbeddingService/"
+EXPLAIN_SERVICE = "/attnserve.v1.ExplainService/"
 V2 = "/inference.GRPCInferenceService/"
 HEALTH = "/grpc.health.v1.Health/"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
@@ -689,6 +691,29 @@ def embed_calls(draw: st.DrawFn) -> Call:
 
 
 @st.composite
+def explain_calls(draw: st.DrawFn) -> Call:
+    """ExplainService.Explain: a text or an image to either model, with any selection when wild."""
+    chaos = draw(CHAOS)
+    wild = is_wild(draw, chaos)
+    model = draw(names()) if wild else draw(st.sampled_from(MODELS))
+    request = explain_pb.ExplainRequest(
+        model=model, model_version=draw(versions()) if wild else draw(st.sampled_from(["", "1"]))
+    )
+    if (wild and draw(st.booleans())) or (not wild and model == TEXT_MODEL):
+        request.text = draw(prompts() if wild else sane_prompts())
+    elif wild or model == IMAGE_MODEL:
+        request.image = draw(image_bytes() if wild else valid_images())
+    small = (-4, 8) if wild else (-1, 1)
+    request.layers.extend(draw(st.lists(ints(INT32, small=small) if wild else st.integers(*small), max_size=3)))
+    request.heads.extend(draw(st.lists(ints(INT32, small=(-2, 8)) if wild else st.integers(0, 1), max_size=3)))
+    if wild:
+        for name in ("stage", "query_row", "query_col", "max_new_tokens"):
+            if draw(st.booleans()):
+                setattr(request, name, draw(ints(INT32, small=(-2, 12))))
+    return message_call(EXPLAIN_SERVICE + "Explain", "unary", request)
+
+
+@st.composite
 def model_service_calls(draw: st.DrawFn) -> Call:
     target = draw(st.sampled_from(["main", "main", "explicit"]))
     if draw(st.booleans()):
@@ -1101,8 +1126,9 @@ def calls(draw: st.DrawFn) -> Call:
     and now and then sent with a tiny deadline."""
     call = draw(
         st.one_of(
-            generate_calls(), generate_calls(), classify_calls(), classify_calls(), embed_calls(), model_infer_calls(),
-            model_infer_calls(), model_infer_calls(), stream_infer_calls(), stream_infer_calls(), model_service_calls(),
+            generate_calls(), generate_calls(), classify_calls(), classify_calls(), embed_calls(), explain_calls(),
+            model_infer_calls(), model_infer_calls(), model_infer_calls(), stream_infer_calls(), stream_infer_calls(),
+            model_service_calls(),
             v2_metadata_calls(), repository_calls(), unimplemented_calls(), health_calls(), reflection_calls(),
             unknown_method_calls(),
         )
