@@ -21,6 +21,7 @@ from attnserve_client import (
     AsyncClient,
     Client,
     InvalidArgumentError,
+    ModelNotFoundError,
     ServerError,
     SwinAttention,
     Text2TextAttention,
@@ -224,11 +225,31 @@ def test_a_malformed_response_raises_a_server_error(response: explain_pb2.Explai
 # --- against the real server ---------------------------------------------------------------------
 
 
-def test_a_version_without_an_explain_graph_is_a_failed_precondition(server_address: str) -> None:
-    # The shared tiny-gpt is exported without an explain graph.
-    with Client(server_address, retries=0) as client, pytest.raises(ServerError) as failed:
-        client.explain("To be", model="tiny-gpt")
-    assert failed.value.code.name == "FAILED_PRECONDITION" and "has no explain graph" in failed.value.details
+def test_the_tiny_servers_models_explain_through_both_clients(server_address: str, image_server_address: str) -> None:
+    # The shared tiny-gpt and tiny-digits (a ViT) are exported with their explain graphs.
+    with Client(server_address) as client:
+        text = client.explain("To be, or not", layers=-1, heads=[0])  # the only text model
+
+    async def explain_async() -> Any:
+        async with AsyncClient(image_server_address) as client:
+            return await client.explain(image=_png(16), model="tiny-digits")
+
+    assert isinstance(text, TextAttention) and text.model == "tiny-gpt" and "".join(text.tokens) == "To be, or not"
+    assert text.attention.shape == (1, 1, len(text.tokens), len(text.tokens))
+    np.testing.assert_allclose(text.attention.sum(-1), 1.0, atol=1e-5)
+    assert np.triu(text.attention[0, 0], k=1).max() == 0.0
+    vit = asyncio.run(explain_async())
+    assert isinstance(vit, VitAttention) and vit.rollout.shape == vit.grid
+    assert vit.class_attention.shape == (len(vit.layers), len(vit.heads), *vit.grid)
+
+
+def test_the_servers_refusals_are_typed_errors(server_address: str) -> None:
+    with Client(server_address, retries=0) as client:
+        with pytest.raises(InvalidArgumentError, match="layers must be in") as refused:
+            client.explain("To be", model="tiny-gpt", layers=[99])
+        assert refused.value.request_id
+        with pytest.raises(ModelNotFoundError):
+            client.explain("To be", model="no-such-model")
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +287,9 @@ def test_the_sync_and_async_clients_explain_every_shipped_kind(shipped_address: 
     assert isinstance(swin, SwinAttention) and swin.heads == (0,) and len(swin.windows) == len(swin.layers)
     assert isinstance(t2t, Text2TextAttention) and 0 < len(t2t.generated_tokens) <= 8
     np.testing.assert_allclose(t2t.cross_attention.sum(-1), 1.0, atol=1e-5)
+    with Client(shipped_address, retries=0) as client, pytest.raises(ServerError) as failed:
+        client.explain(PROMPT, model="shakespeare-gpt", model_version="1")  # exported before explain graphs
+    assert failed.value.code.name == "FAILED_PRECONDITION" and "has no explain graph" in failed.value.details
 
 
 def run_cli(*args: str, target: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
