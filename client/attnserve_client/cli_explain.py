@@ -137,7 +137,8 @@ def _token_panels(
         attention.reshape(shape[0] * shape[1], shape[2], shape[3]),  # (layers * heads, rows, cols)
         row_tokens=rows,
         titles=titles,
-        columns=min(len(result.heads), MAX_COLUMNS),
+        # Long texts make wide panels (about 6 px per token past 85 tokens): fewer of them per row.
+        columns=min(len(result.heads), MAX_COLUMNS if len(columns) <= 64 else 2),
     )
 
 
