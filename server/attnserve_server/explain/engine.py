@@ -1,9 +1,10 @@
 """The Explain RPC's engine of one model version: its explain graph, opened on first use.
 
-Each task row builds one (``text/explain.py``, ``vision/explain.py``, ``text2text/explain.py``)
-with the task's own input preparation; the graph runs one input at a time, in the version's
-worker pool, and at most :data:`MAX_CONCURRENT_RUNS` at once per version: attention maps are a
-diagnostic, and a run holds every layer's probabilities in memory.
+Each task row builds one (``text/explain.py``, ``vision/explain.py``) with the task's own input
+preparation, which runs in the pool the task gives it. The graph runs one input at a time in a
+thread of its own, started on first use: attention maps are a diagnostic, a run holds every
+layer's probabilities in memory, and it must never hold up the pools that tokenize prompts or load
+models. At most :data:`MAX_WAITING` requests wait for it; more get RESOURCE_EXHAUSTED at once.
 """
 
 from __future__ import annotations
@@ -13,20 +14,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from attnserve_server.errors import DeadlineExceededError, FailedPreconditionError, ModelLoadError
+from attnserve_server.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    ModelLoadError,
+    ResourceExhaustedError,
+)
 from attnserve_server.model_format.explain import ExplainGraph
 from attnserve_server.runtime import RuntimeSession
 
 logger = logging.getLogger(__name__)
 
-MAX_CONCURRENT_RUNS = 2
+MAX_WAITING = 16
 T = TypeVar("T")
 
 
@@ -94,7 +100,8 @@ class ExplainEngine:
         self._executor = executor
         self._session: RuntimeSession | None = None
         self._opening: asyncio.Lock | None = None
-        self._runs: asyncio.Semaphore | None = None
+        self._runner: ThreadPoolExecutor | None = None
+        self._waiting = 0
 
     @property
     def is_text(self) -> bool:
@@ -115,26 +122,27 @@ class ExplainEngine:
         ``stop`` is set when the caller goes away (a client that cancelled), for functions that run
         the graph several times (an encoder-decoder's greedy decoding) to give up between runs.
         """
-        session = await self._ready()
-        if self._runs is None:
-            self._runs = asyncio.Semaphore(MAX_CONCURRENT_RUNS)
-        runs = self._runs
+        if self._waiting >= MAX_WAITING:
+            raise ResourceExhaustedError(
+                f"{self._waiting} Explain requests already wait for model {self.name!r}; retry later"
+            )
+        self._waiting += 1
         stop = threading.Event()
-        loop = asyncio.get_running_loop()
-
-        async def run() -> T:
-            async with runs:
-                return await loop.run_in_executor(self._executor, function, session, stop)
-
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            return await asyncio.wait_for(run(), timeout)
+            session = await self._ready()
+            if self._runner is None:
+                self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"explain-{self.name}")
+            run = asyncio.get_running_loop().run_in_executor(self._runner, function, session, stop)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return await asyncio.wait_for(run, timeout)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             stop.set()
             raise DeadlineExceededError("the deadline passed while computing the attention maps") from None
         except asyncio.CancelledError:
-            stop.set()
+            stop.set()  # a run not yet started never starts; a running one stops between graph calls
             raise
+        finally:
+            self._waiting -= 1
 
     async def _ready(self) -> RuntimeSession:
         if self._session is not None:
@@ -161,4 +169,6 @@ class ExplainEngine:
         return session
 
     def close(self) -> None:
-        """Nothing to stop: the session goes with the engine, the pool is the version's."""
+        """Stop the graph's thread (after the server has drained); the session goes with the engine."""
+        if self._runner is not None:
+            self._runner.shutdown(wait=False, cancel_futures=True)
