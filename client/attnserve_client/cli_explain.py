@@ -114,7 +114,8 @@ def _picture(pictures: Any, result: Explanation, image: Path | None) -> Any:
         # What the issue asks to see: each generated token's attention over the source.
         return _token_panels(pictures, result.source_tokens, result.generated_tokens, result.cross_attention, result)
     if isinstance(result, VitAttention):
-        return pictures.rollout_overlay(image, result.rollout)
+        # The rollout spreads over every patch: its own range shows where it is more or less.
+        return pictures.rollout_overlay(image, result.rollout, vmin=None)
     titles = [f"stage {result.stage} block {b} head {h}" for b in result.layers for h in result.heads]
     return pictures.attention_panels(
         image,

@@ -52,13 +52,14 @@ def _lookup(cmap: str) -> list[list[int]]:
     return [[int(v) for v in np.round(np.interp(levels, positions, anchors[:, k]))] for k in range(3)]
 
 
-def _levels(values: Any, vmax: float | None) -> Any:
-    """``values`` scaled to 0..255 (uint8) between 0 and ``vmax`` (None: the map's own maximum)."""
+def _levels(values: Any, vmax: float | None, vmin: float | None = 0.0) -> Any:
+    """``values`` scaled to 0..255 (uint8) from ``vmin`` to ``vmax`` (None: the map's own minimum, maximum)."""
     array = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     top = float(array.max(initial=0.0)) if vmax is None else float(vmax)
-    if top <= 0:  # a blank map: every cell at the bottom of the colour map
+    bottom = float(array.min(initial=top)) if vmin is None else float(vmin)
+    if top <= bottom:  # a blank or uniform map (with vmin=None): every cell at the bottom of the colour map
         return np.zeros(array.shape, dtype=np.uint8)
-    return np.round(np.clip(array / top, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.round(np.clip((array - bottom) / (top - bottom), 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def _coloured(levels: Any, cmap: str, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
@@ -97,6 +98,7 @@ def rollout_overlay(
     cmap: str = "inferno",
     min_size: int = 256,
     vmax: float | None = None,
+    vmin: float | None = 0.0,
     mark: tuple[int, int] | None = None,
 ) -> Image.Image:
     """The image with a patch map blended over it.
@@ -112,6 +114,8 @@ def rollout_overlay(
         min_size: a smaller image is first scaled up by a whole factor until its shorter side is at
             least this (a 64x64 digit becomes 256x256); 0 keeps the image's own size.
         vmax: the value at the top of the colour map; None: the map's maximum.
+        vmin: the value at the bottom; None: the map's minimum, which shows the contrast of a
+            rollout that spreads over every patch (the default 0 keeps a Swin map's zeros black).
         mark: a (row, col) cell of the map to outline, such as a Swin map's query patch.
 
     Returns:
@@ -122,7 +126,7 @@ def rollout_overlay(
     filters = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
     if resample not in filters:
         raise ValueError(f"resample must be 'bilinear' or 'nearest', got {resample!r}")
-    levels = _levels(attention_map, vmax)
+    levels = _levels(attention_map, vmax, vmin)
     if levels.ndim != 2 or 0 in levels.shape:
         raise ValueError(f"attention_map must be a non-empty (rows, cols) map, got shape {levels.shape}")
     picture = load_image(image)

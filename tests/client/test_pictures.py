@@ -44,6 +44,9 @@ def test_the_rollout_is_blended_over_a_grey_image_scaled_up(tmp_path: Path) -> N
     assert pixels[:8, :8].sum() < pixels[-8:, -8:].sum()
     assert rollout_overlay(_digit(), rollout, min_size=0).size == (64, 64)
     assert rollout_overlay(_digit(100), rollout, min_size=256).size == (300, 300)  # a whole factor: 3
+    # From the map's own minimum, its lowest patch takes the very bottom of the colour map (black).
+    lowest = np.asarray(rollout_overlay(_digit(), rollout + 1, alpha=1.0, resample="nearest", vmin=None))
+    np.testing.assert_array_equal(lowest[0, 0], [0, 0, 4])
 
 
 @pytest.mark.parametrize("source", ["pil", "path", "bytes", "array", "rgba"])
@@ -63,10 +66,11 @@ def test_the_overlay_takes_every_kind_of_image(source: str, tmp_path: Path) -> N
     assert rollout_overlay(image, np.ones((2, 2)), min_size=0).size == (64, 64)
 
 
+@pytest.mark.parametrize("vmin", [0.0, None])
 @pytest.mark.parametrize("fill", [0.0, 1 / 16, np.nan])
-def test_blank_and_uniform_maps_give_one_flat_colour(fill: float) -> None:
+def test_blank_and_uniform_maps_give_one_flat_colour(fill: float, vmin: float | None) -> None:
     blank = Image.new("L", (32, 32), 0)
-    picture = rollout_overlay(blank, np.full((4, 4), fill), min_size=0, alpha=1.0, resample="nearest")
+    picture = rollout_overlay(blank, np.full((4, 4), fill), min_size=0, alpha=1.0, resample="nearest", vmin=vmin)
     assert len(np.unique(np.asarray(picture).reshape(-1, 3), axis=0)) == 1
 
 
