@@ -2,7 +2,9 @@
 on the same embeddings graph, for the shipped digits-vit and shakespeare-gpt.
 
 - in-process: this process tokenizes (or decodes and preprocesses) one input, runs the version's
-  ``embeddings.onnx`` with the server's session options, and pools the last layer, at concurrency
+  embeddings graph (the file its metadata names: ``explain.onnx`` since the versions that added the
+  explain graph, ``embeddings.onnx`` before) with the server's session options, and pools the last
+  layer, at concurrency
   1 (one thread) and 8 (eight threads sharing the one session), plus batch 8 in one call (the
   ceiling that batching can reach).
 - attnserve: a real server process on ``models/``; each worker is a ``Client`` sending one input

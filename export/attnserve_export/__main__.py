@@ -1,5 +1,5 @@
 """The ``attnserve-export`` command line: ``train gpt|vit|swin|translator``, ``onnx``, ``translator-onnx``,
-``import`` and ``quantize``."""
+``import``, ``quantize``, ``embeddings`` and ``explain``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from attnserve_export.embeddings_version import add_embeddings_version
+from attnserve_export.explain_cli import add_explain
 from attnserve_export.gpt import GPT, PRESETS
 from attnserve_export.hf_import import add_import_parser
 from attnserve_export.image_data import to_batch
@@ -414,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(sub)
     _add_quantize(sub)
     _add_embeddings(sub)
+    add_explain(sub)
     return parser
 
 

@@ -28,18 +28,25 @@ from attnserve_export.hidden_states import export_embeddings
 from attnserve_export.image_export import check_classifier_parity
 from attnserve_export.onnx_export import (
     PARITY_PROMPTS,
+    ParityCase,
     ParityError,
     ParityReport,
     check_parity,
     check_shared_buffer_parity,
 )
 from attnserve_export.rebuild import module_from_onnx
+from attnserve_export.seq2seq import Seq2Seq
+from attnserve_export.translator_export import check_parity as check_translator_parity
 from attnserve_server.model_format.metadata import METADATA_FILE, ModelMetadata, read_metadata, write_metadata
 from attnserve_server.task_table import TaskTable
 from attnserve_server.text.metadata import TextGenerationMetadata
+from attnserve_server.text2text.metadata import Text2TextGenerationMetadata
 from attnserve_server.vision.metadata import ImageClassificationMetadata
 
 logger = logging.getLogger(__name__)
+
+# Sources for an encoder-decoder's rebuilt-module check, of several lengths (a padded batch).
+PARITY_SOURCES = ("<2de> three hundred and twelve", "<2fr> seven", "<2en> zweiundvierzigtausend", "<2nl> cent")
 
 
 def versions_of(model_dir: Path) -> list[int]:
@@ -59,7 +66,16 @@ def check_rebuilt(module: nn.Module, version_dir: Path, metadata: ModelMetadata,
     report = ParityReport(max_rel_tolerance=rel_tolerance, onnx_checker=True)
     graph = version_dir / metadata.model_file
     section = metadata.section
-    if isinstance(module, GPT):
+    if isinstance(module, Seq2Seq):
+        assert isinstance(section, Text2TextGenerationMetadata)
+        tokenizer = Tokenizer.from_file(str(version_dir / section.tokenizer_file))
+        # Greedy decoding through the graphs as the server runs them, against the module.
+        worst, largest = check_translator_parity(
+            module, version_dir / section.encoder_file, graph, [tokenizer.encode(s).ids for s in PARITY_SOURCES],
+            section.bos_token_id,
+        )  # fmt: skip
+        report.cases = [ParityCase(f"greedy decoding of {len(PARITY_SOURCES)} sources", worst, largest, 0, 0, 0.0)]
+    elif isinstance(module, GPT):
         assert isinstance(section, TextGenerationMetadata)
         tokenizer = Tokenizer.from_file(str(version_dir / section.tokenizer_file))
         prompts = [tokenizer.encode(p).ids or [section.pad_token_id] for p in PARITY_PROMPTS]

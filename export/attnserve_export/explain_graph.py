@@ -79,10 +79,11 @@ def _layers(template: str, count: int, heads: int) -> tuple[AttentionLayer, ...]
 
 
 def _swin_layers(model: Swin) -> tuple[AttentionLayer, ...]:
-    layers, i = [], 0
+    """One entry per block, stages in order, each with its stage's grid and its own window and shift."""
+    layers: list[AttentionLayer] = []
     for stage, depth in enumerate(model.config.depths):
         for block_index in range(depth):
-            block = model.swin_blocks()[i]
+            block = model.swin_blocks()[len(layers)]
             window = WindowGeometry(
                 height=block.height,
                 width=block.width,
@@ -91,10 +92,10 @@ def _swin_layers(model: Swin) -> tuple[AttentionLayer, ...]:
                 shift=block.shift_size,
                 pad_before_shift=block.pad_before_shift,
             )
-            heads = block.attn.num_heads
-            layers.append(AttentionLayer(output=ATTENTION.format(i=i), heads=heads, stage=stage, block=block_index,
-                                         window=window))  # fmt: skip
-            i += 1
+            output = ATTENTION.format(i=len(layers))
+            layers.append(
+                AttentionLayer(output=output, heads=block.attn.num_heads, stage=stage, block=block_index, window=window)
+            )
     return tuple(layers)
 
 
@@ -181,8 +182,8 @@ def _sample(model: ExplainModel, spec: InputSpec | None) -> tuple[tuple[torch.Te
     batch = torch.export.Dim("batch")
     if isinstance(model, Seq2Seq):
         source, target = torch.export.Dim("source_len"), torch.export.Dim("target_len")
-        return _seq2seq_sample(model.config.vocab_size), [{0: batch, 1: source}, {0: batch, 1: source},
-                                                          {0: batch, 1: target}]  # fmt: skip
+        axes: list[dict[int, object]] = [{0: batch, 1: source}, {0: batch, 1: source}, {0: batch, 1: target}]
+        return _seq2seq_sample(model.config.vocab_size), axes
     if isinstance(model, GPT):
         seq = torch.export.Dim("seq")
         return _text_sample(model.config.vocab_size), [{0: batch, 1: seq}, {0: batch, 1: seq}]
@@ -237,8 +238,8 @@ def _feeds(model: ExplainModel, entry: ExplainGraph, images: np.ndarray | None) 
         ]
     if isinstance(model, GPT):
         ids, mask = _text_sample(model.config.vocab_size)
-        return [{INPUT_IDS: ids.numpy(), ATTENTION_MASK: mask.numpy()}, {INPUT_IDS: ids[:1, -2:].numpy(),
-                ATTENTION_MASK: mask[:1, -2:].numpy()}]  # fmt: skip
+        short = {INPUT_IDS: ids[:1, -2:].numpy(), ATTENTION_MASK: mask[:1, -2:].numpy()}  # one text, no padding
+        return [{INPUT_IDS: ids.numpy(), ATTENTION_MASK: mask.numpy()}, short]
     assert images is not None
     return [{PIXELS: np.ascontiguousarray(images[:16], dtype=np.float32)}, {PIXELS: images[:1].astype(np.float32)}]
 

@@ -2,10 +2,13 @@
 
 The shipped models' training checkpoints are not in the repository, but their fp32 graphs hold
 every weight. The architecture comes from ``provenance.model_config`` (and ``provenance.family``
-for image models); the weights from the initializers:
+for image models; the encoder-decoder's training preset where older versions lack it); the
+weights from the initializers:
 
 - the GPT's graphs name every parameter (the ``shared_buffer`` graph stores linear weights
   transposed, as ``<name>.weight_t``);
+- the encoder-decoder's two graphs (``encoder.onnx``, ``decoder.onnx``) name every parameter too,
+  with linear weights transposed and each self-attention's ``q`` and ``kv`` fused into one ``qkv``;
 - the image classifiers were exported with the exporter's optimizer on, which folds each linear
   weight's transpose into an anonymous initializer (``val_13``). Exporting a module of the same
   config the same way reproduces those names, and matching values tells which parameter each holds.
@@ -29,6 +32,8 @@ from torch import nn
 
 from attnserve_export.gpt import GPT, GPTConfig
 from attnserve_export.image_export import export_classifier_onnx
+from attnserve_export.seq2seq import PRESETS as SEQ2SEQ_PRESETS
+from attnserve_export.seq2seq import Seq2Seq, Seq2SeqConfig
 from attnserve_export.swin import Swin, SwinConfig, WindowAttention
 from attnserve_export.vit import ViT, ViTConfig
 from attnserve_server.model_format.preprocess import InputSpec
@@ -72,6 +77,45 @@ def gpt_from_onnx(version_dir: Path) -> GPT:
     weights.setdefault("wte.weight", tied)
     weights.setdefault("lm_head.weight", tied)
     model.load_state_dict({name: weights[name] for name in state}, strict=True)
+    return model
+
+
+def seq2seq_config(metadata: dict[str, Any]) -> Seq2SeqConfig:
+    """An encoder-decoder version's architecture: ``provenance.model_config``, or (versions exported
+    before it was recorded) the training run's preset with its overrides and the section's vocabulary."""
+    provenance, section = metadata["provenance"], metadata["text2text_generation"]
+    if "model_config" in provenance:
+        return Seq2SeqConfig(**provenance["model_config"])
+    train = provenance.get("training", {}).get("train_config", {})
+    if train.get("preset") not in SEQ2SEQ_PRESETS:
+        raise RebuildError("the provenance names neither model_config nor a known training preset")
+    return SEQ2SEQ_PRESETS[train["preset"]].with_(vocab_size=section["vocab_size"], **train.get("model_overrides", {}))
+
+
+def seq2seq_from_onnx(version_dir: Path) -> Seq2Seq:
+    """The PyTorch encoder-decoder of a text2text-generation version, rebuilt from its two graphs."""
+    metadata = read_metadata_json(version_dir)
+    model = Seq2Seq(seq2seq_config(metadata)).eval()
+    graphs = (metadata["text2text_generation"]["encoder_file"], metadata["model_file"])
+    weights: dict[str, torch.Tensor] = {}
+    for graph in graphs:
+        for name, array in initializers(version_dir / graph).items():
+            tensor = torch.from_numpy(array)
+            # Linear weights are stored transposed, as "<name>.weight_t".
+            weights[name.removesuffix("_t")] = tensor.t() if name.endswith(".weight_t") else tensor
+    dim = model.config.dim
+    for name in [n for n in weights if ".qkv." in n]:  # the self-attentions' fused [q | kv]
+        fused = weights.pop(name)  # (3C, C) or (3C,)
+        weights[name.replace(".qkv.", ".q.")], weights[name.replace(".qkv.", ".kv.")] = fused[:dim], fused[dim:]
+    state = model.state_dict()
+    missing = [name for name in state if name not in weights]
+    if missing:
+        raise RebuildError(f"{version_dir.name}: the graphs' initializers do not name these parameters: {missing[:5]}")
+    if any(weights[name].shape != tensor.shape for name, tensor in state.items()):
+        raise RebuildError(
+            f"{version_dir.name}: the graphs' weights do not fit the architecture its metadata describes"
+        )
+    model.load_state_dict({name: weights[name].contiguous() for name in state}, strict=True)
     return model
 
 
@@ -180,10 +224,12 @@ def _recover_position_bias_tables(
 
 
 def module_from_onnx(version_dir: Path) -> nn.Module:
-    """The PyTorch module of a GPT, ViT or Swin version, rebuilt from its graph."""
+    """The PyTorch module of a GPT, ViT, Swin or encoder-decoder version, rebuilt from its graphs."""
     task = read_metadata_json(version_dir).get("task")
     if task == "text-generation":
         return gpt_from_onnx(version_dir)
+    if task == "text2text-generation":
+        return seq2seq_from_onnx(version_dir)
     if task == "image-classification":
         return image_model_from_onnx(version_dir)
     raise RebuildError(f"{version_dir.name}: cannot rebuild a {task!r} model")

@@ -55,8 +55,11 @@ def build_metadata(
     return ModelMetadata.of(section, model_file=DECODER_FILE, description=description, provenance=provenance)
 
 
-def check_parity(model: Seq2Seq, encoder: Path, decoder: Path, sources: list[list[int]], bos: int) -> float:
-    """Max |logit| difference of greedy decoding over a padded batch of ``sources``, ONNX against PyTorch."""
+def check_parity(
+    model: Seq2Seq, encoder: Path, decoder: Path, sources: list[list[int]], bos: int
+) -> tuple[float, float]:
+    """Greedy decoding over a padded batch of ``sources``, ONNX against PyTorch: the max |logit|
+    difference, and the max |logit| (PyTorch's)."""
     runner = Seq2SeqRunner(encoder, decoder, model, slots=len(sources))
     width = max(map(len, sources))
     ids = np.zeros((len(sources), width), np.int64)
@@ -66,7 +69,7 @@ def check_parity(model: Seq2Seq, encoder: Path, decoder: Path, sources: list[lis
     runner.admit(list(range(len(sources))), ids, mask)
     tokens = np.full(len(sources), bos, np.int64)
     fed: list[np.ndarray] = []
-    worst = 0.0
+    worst = largest = 0.0
     with torch.no_grad():
         memory = model.encode(torch.from_numpy(ids), torch.from_numpy(mask))
         for _ in range(PARITY_STEPS):
@@ -76,8 +79,9 @@ def check_parity(model: Seq2Seq, encoder: Path, decoder: Path, sources: list[lis
                 torch.from_numpy(np.stack(fed, axis=1)), model.cross_kv(memory), torch.from_numpy(mask)
             )[0]
             worst = max(worst, float(np.abs(got - expected[:, -1].numpy()).max()))
+            largest = max(largest, float(np.abs(expected[:, -1].numpy()).max()))
             tokens = got.argmax(axis=-1)
-    return worst
+    return worst, largest
 
 
 def export_translator(
@@ -102,12 +106,14 @@ def export_translator(
     try:
         encoder, decoder = export_seq2seq(model, staged)
         sources = [tokenizer.encode(s).ids for s in parity_sources]
-        worst = check_parity(model, encoder, decoder, sources, special_id(tokenizer, BOS))
+        worst, _ = check_parity(model, encoder, decoder, sources, special_id(tokenizer, BOS))
         if worst > PARITY_TOLERANCE:
             raise ValueError(f"ONNX and PyTorch logits differ by {worst:.2e} (> {PARITY_TOLERANCE:.0e})")
         tokenizer.save(str(staged / TOKENIZER_FILE))
         parity = {"max_abs_logit_diff": worst, "sources": len(sources), "decode_steps": PARITY_STEPS}
-        metadata = metadata.replace(provenance={**(provenance or {}), "parity": parity})
+        # model_config: what rebuilds the module from the graphs (attnserve_export.rebuild).
+        provenance = {**(provenance or {}), "model_config": model.config.to_dict(), "parity": parity}
+        metadata = metadata.replace(provenance=provenance)
         entry, report = export_embeddings(model, staged)  # the encoder's hidden states, for Embed
         metadata = with_embeddings(metadata, entry, report)
         # The attention maps need the target too: a graph of their own (Explain).

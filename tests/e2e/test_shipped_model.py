@@ -124,7 +124,8 @@ def test_the_shipped_model_measures_its_recorded_bits_per_character() -> None:
     through the server's KV-cache path (the version loaded by the server's repository, each window
     prefilled and then decoded token by token, as the server generates), against the figure recorded in
     metadata.json: training's for an fp32 version, ``quantize``'s int8 figure (2.0166, measured through
-    this same path over all windows) for the int8 version 3 that is served by default.
+    this same path over all windows) for the int8 version 3, whose serving graph version 4 (served by
+    default) holds byte for byte.
 
     Evaluation as in training: each play starts after an end-of-text token; windows of the full
     256-token context slide by half of it, so every scored token after the first window sees at least
