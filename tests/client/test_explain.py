@@ -30,6 +30,7 @@ from attnserve_client import (
     methods,
     pictures,
 )
+from attnserve_client.cli_explain import summary
 from attnserve_client.core import EXPLAIN_PARAMETERS, ClientCore
 from attnserve_client.explain import ExplainRequest, to_explanation
 from attnserve_client.pb import explain_pb2, models_pb2
@@ -220,6 +221,18 @@ def _broken(response: explain_pb2.ExplainResponse, change: Callable[[explain_pb2
 def test_a_malformed_response_raises_a_server_error(response: explain_pb2.ExplainResponse, message: str) -> None:
     with pytest.raises(ServerError, match=message):
         to_explanation(response)
+
+
+@pytest.mark.parametrize("numpy", ["auto", None], ids=["numpy", "lists"])
+def test_the_cli_summary_needs_no_numpy(numpy: Any) -> None:
+    text = summary(to_explanation(_text(), numpy=numpy)).splitlines()
+    assert text[0] == "model=g version=4 layers=0,1 heads=0,1,2,3" and len(text) == 4
+    assert text[1].split() == ["'a'", "->", "'a'", "0.500"]
+    t2t = summary(to_explanation(_t2t(), numpy=numpy))
+    assert "output: 'two'" in t2t and "'</s>' -> '<2en>'" in t2t
+    assert summary(to_explanation(_vit(), numpy=numpy)).splitlines()[2] == "  0.500 0.500 0.500 0.500"
+    swin = summary(to_explanation(_swin(), numpy=numpy))
+    assert "block 1: shift 2, window (1, 0) of 4x4, 16 patches" in swin and "head 2: most attended patch" in swin
 
 
 # --- against the real server ---------------------------------------------------------------------
