@@ -133,6 +133,7 @@ bench: install-test install-bench
 	$(TEST_VENV)/bin/python benchmarks/image_throughput.py
 	$(TEST_VENV)/bin/python benchmarks/image_overload.py
 	$(TEST_VENV)/bin/python benchmarks/openvino_speed.py
+	$(TEST_VENV)/bin/python benchmarks/explain_latency.py
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) $(KSERVE_VENV) $(PROTO_VENV) $(PB6_VENV) .venv-ecosystem .pytest_cache .mypy_cache .ruff_cache

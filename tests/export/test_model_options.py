@@ -21,7 +21,8 @@ from attnserve_export.image_data import ImageSpec
 from attnserve_export.image_export import export_classifier
 from attnserve_export.image_train import config_from_dict
 from attnserve_export.onnx_export import export_gpt
-from attnserve_export.swin import Swin, SwinConfig, attention_mask, padded_shift_mask
+from attnserve_export.swin import Swin, SwinConfig
+from attnserve_export.swin_windows import attention_mask, padded_shift_mask
 from attnserve_export.vit import ViT, ViTConfig
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

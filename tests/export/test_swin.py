@@ -13,6 +13,8 @@ from attnserve_export.swin import (
     PatchMerging,
     Swin,
     SwinBlock,
+)
+from attnserve_export.swin_windows import (
     attention_mask,
     relative_position_index,
     window_partition,
