@@ -107,7 +107,8 @@ def rollout_overlay(
         image: a PIL image, a path, encoded bytes or a uint8 array; grey images become RGB.
         attention_map: ``(grid_h, grid_w)``: a ViT's rollout, one class-attention head, or one Swin
             head's map. It is stretched over the whole image, as the ``resize`` preprocessing
-            stretches the image over the model's input.
+            stretches the image over the model's input (with a center-crop policy the map covers
+            only the crop, which the client does not know: pass the crop as ``image`` then).
         alpha: how much of the map shows, 0 (the image only) to 1 (the map only).
         resample: ``"bilinear"`` (smooth) or ``"nearest"`` (one flat square per patch).
         cmap: a name of :data:`COLORMAPS`.
