@@ -53,7 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
 RESULTS = REPO / "benchmarks" / "results"
 PROMPT = "ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the sun."
-INPUTS: dict[str, Any] = {"shakespeare-gpt": PROMPT, "numbers-translator": "<2fr> four thousand three hundred and twenty-one"}
+SOURCE = "<2fr> four thousand three hundred and twenty-one"
+INPUTS: dict[str, Any] = {"shakespeare-gpt": PROMPT, "numbers-translator": SOURCE}
 
 
 def load_average() -> list[float]:
