@@ -90,16 +90,11 @@ def check_rebuilt(module: nn.Module, version_dir: Path, metadata: ModelMetadata,
     return report
 
 
-def add_embeddings_version(
-    model_dir: Path, *, source: str | None = None, target: str | None = None, rel_tolerance: float = 1e-4
-) -> Path:
-    """Write ``model_dir/<target>``: version ``source`` (default: the highest) plus its embeddings graph.
-
-    ``target`` defaults to one above the highest version. Nothing is written if a check fails.
+def version_dirs(model_dir: Path, source: str | None, target: str | None) -> tuple[str, str, Path, Path]:
+    """The source version (default: the highest) and the target (default: one above it), checked.
 
     Raises:
-        ParityError: the rebuilt module or the new graph disagrees with its reference.
-        ValueError: the versions do not exist or the target does.
+        ValueError: the source does not exist or the target does.
     """
     on_disk = versions_of(model_dir)
     if not on_disk:
@@ -111,15 +106,42 @@ def add_embeddings_version(
         raise ValueError(f"{model_dir.name} has no version {source}")
     if target_dir.exists():
         raise ValueError(f"{target_dir} exists; pick another --to-version")
-    sections = TaskTable().sections()
-    metadata = read_metadata(source_dir, sections)
+    return source, target, source_dir, target_dir
+
+
+def rebuilt_module(
+    model_dir: Path, metadata: ModelMetadata, source: str, rel_tolerance: float
+) -> tuple[nn.Module, Path, ParityReport]:
+    """The PyTorch module rebuilt from the fp32 version behind ``source``, checked against its graph.
+
+    Raises:
+        ParityError: the rebuilt module disagrees with the graph it was read from.
+    """
     weights_dir = model_dir / weights_version(metadata, source)
-    weights_metadata = read_metadata(weights_dir, sections)
+    weights_metadata = read_metadata(weights_dir, TaskTable().sections())
     module = module_from_onnx(weights_dir).eval()
     rebuilt = check_rebuilt(module, weights_dir, weights_metadata, rel_tolerance)
     logger.info("rebuilt module vs version %s: %s", weights_dir.name, rebuilt.summary())
     if not rebuilt.passed:
         raise ParityError(f"the module rebuilt from version {weights_dir.name} disagrees with it: {rebuilt.summary()}")
+    return module, weights_dir, rebuilt
+
+
+def add_embeddings_version(
+    model_dir: Path, *, source: str | None = None, target: str | None = None, rel_tolerance: float = 1e-4
+) -> Path:
+    """Write ``model_dir/<target>``: version ``source`` (default: the highest) plus its embeddings graph.
+
+    ``target`` defaults to one above the highest version. Nothing is written if a check fails.
+
+    Raises:
+        ParityError: the rebuilt module or the new graph disagrees with its reference.
+        ValueError: the versions do not exist or the target does.
+    """
+    source, target, source_dir, target_dir = version_dirs(model_dir, source, target)
+    sections = TaskTable().sections()
+    metadata = read_metadata(source_dir, sections)
+    module, weights_dir, rebuilt = rebuilt_module(model_dir, metadata, source, rel_tolerance)
     section = metadata.section
     spec = section.input_spec() if isinstance(section, ImageClassificationMetadata) else None
     with tempfile.TemporaryDirectory(prefix="attnserve-embeddings-version-", dir=model_dir) as tmp:

@@ -19,9 +19,6 @@ at most 1), so its relative figure is its absolute difference.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,7 +29,14 @@ import torch
 from torch import nn
 
 from attnserve_export.gpt import GPT, left_pad
-from attnserve_export.hidden_states import ATTENTION_MASK, INPUT_IDS, PARITY_TEXTS, PIXELS, graph_entry
+from attnserve_export.hidden_states import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    PARITY_TEXTS,
+    PIXELS,
+    graph_entry,
+    write_checked_graph,
+)
 from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityReport
 from attnserve_export.seq2seq import Seq2Seq
 from attnserve_export.swin import Swin
@@ -318,20 +322,14 @@ def export_explain(
     if images is None and spec is not None:
         images = np.random.default_rng(0).standard_normal((4, spec.channels, spec.height, spec.width)).astype("f4")
     report = ParityReport(max_abs_tolerance=None, max_rel_tolerance=tolerance)
-    with tempfile.TemporaryDirectory(prefix="attnserve-explain-") as tmp:
-        staged = Path(tmp) / EXPLAIN_FILE
-        start = time.perf_counter()
-        export_explain_onnx(model, entry, staged, spec)
-        report.export_seconds = time.perf_counter() - start
-        onnx.checker.check_model(str(staged), full_check=True)
-        report.onnx_checker = True
-        report.cases = check_explain_parity(model, entry, staged, images)
-        report.model_bytes = staged.stat().st_size
-        logger.info("explain graph parity: %s", report.summary())
-        if not report.passed:
-            raise ParityError(f"ONNX Runtime disagrees with PyTorch on the attention maps: {report.summary()}")
-        version_dir.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staged), version_dir / entry.file)
+    write_checked_graph(
+        version_dir,
+        entry.file,
+        report,
+        export=lambda path: export_explain_onnx(model, entry, path, spec),
+        check=lambda path: check_explain_parity(model, entry, path, images),
+        what="the attention maps",
+    )
     return entry, report
 
 

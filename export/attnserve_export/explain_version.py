@@ -19,10 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from attnserve_export.embeddings_version import check_rebuilt, versions_of, weights_version
+from attnserve_export.embeddings_version import rebuilt_module, version_dirs
 from attnserve_export.explain_graph import embeddings_entry, export_explain
-from attnserve_export.onnx_export import ParityError
-from attnserve_export.rebuild import module_from_onnx
 from attnserve_server.model_format.metadata import METADATA_FILE, read_metadata, write_metadata
 from attnserve_server.task_table import TaskTable
 from attnserve_server.vision.metadata import ImageClassificationMetadata
@@ -42,24 +40,10 @@ def add_explain_version(
         ValueError: the versions do not exist or the target does; or the explain graph's hidden states
             would not be the ones the source's embeddings entry describes.
     """
-    on_disk = versions_of(model_dir)
-    if not on_disk:
-        raise ValueError(f"{model_dir} has no versions")
-    source = source or str(on_disk[-1])
-    target = target or str(on_disk[-1] + 1)
-    source_dir, target_dir = model_dir / source, model_dir / target
-    if not source_dir.is_dir():
-        raise ValueError(f"{model_dir.name} has no version {source}")
-    if target_dir.exists():
-        raise ValueError(f"{target_dir} exists; pick another --to-version")
+    source, target, source_dir, target_dir = version_dirs(model_dir, source, target)
     sections = TaskTable().sections()
     metadata = read_metadata(source_dir, sections)
-    weights_dir = model_dir / weights_version(metadata, source)
-    module = module_from_onnx(weights_dir).eval()
-    rebuilt = check_rebuilt(module, weights_dir, read_metadata(weights_dir, sections), tolerance)
-    logger.info("rebuilt module vs version %s: %s", weights_dir.name, rebuilt.summary())
-    if not rebuilt.passed:
-        raise ParityError(f"the module rebuilt from version {weights_dir.name} disagrees with it: {rebuilt.summary()}")
+    module, weights_dir, rebuilt = rebuilt_module(model_dir, metadata, source, tolerance)
     section = metadata.section
     spec = section.input_spec() if isinstance(section, ImageClassificationMetadata) else None
     embeddings = embeddings_entry(module, spec)

@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,37 @@ def with_embeddings(metadata: ModelMetadata, entry: EmbeddingsGraph, report: Par
     return metadata.model_copy(update={"section": section, "provenance": provenance})
 
 
+def write_checked_graph(
+    version_dir: Path,
+    file: str,
+    report: ParityReport,
+    *,
+    export: Callable[[Path], None],
+    check: Callable[[Path], list[ParityCase]],
+    what: str,
+) -> None:
+    """Export a graph to a temporary file, check it (``onnx.checker``, then ``check``'s parity cases,
+    recorded in ``report``), and move it to ``version_dir/file`` only if it passed.
+
+    Raises:
+        ParityError: ONNX Runtime disagrees with PyTorch on ``what``; nothing is written.
+    """
+    with tempfile.TemporaryDirectory(prefix="attnserve-graph-") as tmp:
+        staged = Path(tmp) / file
+        start = time.perf_counter()
+        export(staged)
+        report.export_seconds = time.perf_counter() - start
+        onnx.checker.check_model(str(staged), full_check=True)
+        report.onnx_checker = True
+        report.cases = check(staged)
+        report.model_bytes = staged.stat().st_size
+        logger.info("%s graph parity: %s", file, report.summary())
+        if not report.passed:
+            raise ParityError(f"ONNX Runtime disagrees with PyTorch on {what}: {report.summary()}")
+        version_dir.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staged), version_dir / file)
+
+
 def export_embeddings(
     model: nn.Module,
     version_dir: Path,
@@ -217,18 +249,12 @@ def export_embeddings(
     if images is None and spec is not None:
         images = np.random.default_rng(0).standard_normal((4, spec.channels, spec.height, spec.width)).astype("f4")
     report = ParityReport(max_abs_tolerance=None, max_rel_tolerance=max_rel_diff)
-    with tempfile.TemporaryDirectory(prefix="attnserve-embeddings-") as tmp:
-        staged = Path(tmp) / EMBEDDINGS_FILE
-        start = time.perf_counter()
-        export_hidden_states_onnx(model, entry, staged, spec)
-        report.export_seconds = time.perf_counter() - start
-        onnx.checker.check_model(str(staged), full_check=True)
-        report.onnx_checker = True
-        report.cases = check_hidden_states_parity(model, entry, staged, images)
-        report.model_bytes = staged.stat().st_size
-        logger.info("embeddings graph parity: %s", report.summary())
-        if not report.passed:
-            raise ParityError(f"ONNX Runtime disagrees with PyTorch on the hidden states: {report.summary()}")
-        version_dir.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staged), version_dir / entry.file)
+    write_checked_graph(
+        version_dir,
+        entry.file,
+        report,
+        export=lambda path: export_hidden_states_onnx(model, entry, path, spec),
+        check=lambda path: check_hidden_states_parity(model, entry, path, images),
+        what="the hidden states",
+    )
     return entry, report
