@@ -15,7 +15,6 @@ input preparation (tokenizing, or decoding images); everything after that is sha
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -25,13 +24,11 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from attnserve_server.errors import FailedPreconditionError, ModelLoadError
+from attnserve_server.lazy_graph import LazyGraph
 from attnserve_server.loaded import BatchStats
 from attnserve_server.model_format.embeddings import EmbeddingsGraph
 from attnserve_server.runtime import RuntimeSession
 from attnserve_server.vision.batcher import BatchingConfig, BatchTiming, DynamicBatcher
-
-logger = logging.getLogger(__name__)
 
 # Text requests of at most this many characters in all are tokenized on the event loop.
 INLINE_PREPARE_BYTES = 2048
@@ -90,14 +87,19 @@ class EmbeddingsEngine:
         self.version = version
         self.graph = graph
         self.limits = limits
-        self._open_session = open_session
+        self._graph = LazyGraph(
+            name=name,
+            version=version,
+            what="embeddings",
+            open_session=open_session,
+            required=(*graph.input_names, *graph.hidden_states),
+            executor=prepare_executor,
+        )
         self._prepare = prepare
         self._prepare_executor = prepare_executor
         self._batching = batching
         self._pad_id = pad_id
-        self._session: RuntimeSession | None = None
         self._batcher: DynamicBatcher | None = None
-        self._opening: asyncio.Lock | None = None
 
     @property
     def is_text(self) -> bool:
@@ -106,37 +108,15 @@ class EmbeddingsEngine:
     @property
     def loaded(self) -> bool:
         """Whether the graph has been opened (the first request that needed it did)."""
-        return self._session is not None
+        return self._graph.session is not None
 
     async def _ready(self) -> DynamicBatcher:
-        """The batcher, opening the graph first if no request has yet (once, whoever asks first)."""
-        if self._batcher is not None:
-            return self._batcher
-        if self._opening is None:
-            self._opening = asyncio.Lock()
-        async with self._opening:
-            if self._batcher is None:
-                session = await asyncio.get_running_loop().run_in_executor(self._prepare_executor, self._open)
-                self._session = session
+        """The batcher, opening the graph first if no request has yet."""
+        if self._batcher is None:
+            await self._graph.open()
+            if self._batcher is None:  # another request may have made it while the graph opened
                 self._batcher = DynamicBatcher(self.name, self.forward, self._batching, item="inputs")
-                logger.info("opened the embeddings graph of model %s version %s", self.name, self.version)
         return self._batcher
-
-    def _open(self) -> RuntimeSession:
-        """Open and check the graph (blocking); FAILED_PRECONDITION says what is wrong with the model."""
-        problem = f"model {self.name!r} version {self.version}: its embeddings graph"
-        try:
-            session = self._open_session()
-        except ModelLoadError as exc:
-            raise FailedPreconditionError(f"{problem} cannot be loaded: {exc.reason}") from None
-        missing = [
-            n
-            for n in (*self.graph.input_names, *self.graph.hidden_states)
-            if n not in (*session.input_names, *session.output_names)
-        ]
-        if missing:
-            raise FailedPreconditionError(f"{problem} lacks tensors that metadata.json names: {', '.join(missing)}")
-        return session
 
     async def prepare(self, inputs: Sequence[Any], deadline: float | None) -> PreparedInputs:
         """Tokenize or decode the inputs: short texts right here, anything else in the preparation pool.
@@ -168,7 +148,7 @@ class EmbeddingsEngine:
     def forward(self, batch: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """One graph call (blocking, on the batcher's thread): an ``(B,)`` object array of each row's
         per-layer states, without padding."""
-        session = self._session
+        session = self._graph.session
         if session is None:
             raise RuntimeError("the embeddings graph is not open")
         names = list(self.graph.hidden_states)

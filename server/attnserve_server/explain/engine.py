@@ -10,7 +10,6 @@ models. At most :data:`MAX_WAITING` requests wait for it; more get RESOURCE_EXHA
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -23,14 +22,11 @@ import numpy.typing as npt
 
 from attnserve_server.errors import (
     DeadlineExceededError,
-    FailedPreconditionError,
-    ModelLoadError,
     ResourceExhaustedError,
 )
+from attnserve_server.lazy_graph import LazyGraph
 from attnserve_server.model_format.explain import ExplainGraph
 from attnserve_server.runtime import RuntimeSession
-
-logger = logging.getLogger(__name__)
 
 MAX_WAITING = 16
 T = TypeVar("T")
@@ -95,11 +91,16 @@ class ExplainEngine:
         self.graph = graph
         self.limits = limits
         self.decoding = decoding
-        self._open_session = open_session
+        self._graph = LazyGraph(
+            name=name,
+            version=version,
+            what="explain",
+            open_session=open_session,
+            required=(*graph.input_names, *graph.outputs()),
+            executor=executor,
+        )
         self._prepare = prepare
         self._executor = executor
-        self._session: RuntimeSession | None = None
-        self._opening: asyncio.Lock | None = None
         self._runner: ThreadPoolExecutor | None = None
         self._waiting = 0
 
@@ -110,7 +111,7 @@ class ExplainEngine:
     @property
     def loaded(self) -> bool:
         """Whether the graph has been opened (the first request that needed it did)."""
-        return self._session is not None
+        return self._graph.session is not None
 
     async def prepare(self, raw: Any, deadline: float | None) -> ExplainInput:
         """Tokenize or decode in the worker pool (even a small file can hold a large image)."""
@@ -129,7 +130,7 @@ class ExplainEngine:
         self._waiting += 1
         stop = threading.Event()
         try:
-            session = await self._ready()
+            session = await self._graph.open()
             if self._runner is None:
                 self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"explain-{self.name}")
             run = asyncio.get_running_loop().run_in_executor(self._runner, function, session, stop)
@@ -143,30 +144,6 @@ class ExplainEngine:
             raise
         finally:
             self._waiting -= 1
-
-    async def _ready(self) -> RuntimeSession:
-        if self._session is not None:
-            return self._session
-        if self._opening is None:
-            self._opening = asyncio.Lock()
-        async with self._opening:
-            if self._session is None:
-                self._session = await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
-                logger.info("opened the explain graph of model %s version %s", self.name, self.version)
-        return self._session
-
-    def _open(self) -> RuntimeSession:
-        """Open and check the graph (blocking); FAILED_PRECONDITION says what is wrong with the model."""
-        problem = f"model {self.name!r} version {self.version}: its explain graph"
-        try:
-            session = self._open_session()
-        except ModelLoadError as exc:
-            raise FailedPreconditionError(f"{problem} cannot be loaded: {exc.reason}") from None
-        present = (*session.input_names, *session.output_names)
-        missing = [n for n in (*self.graph.input_names, *self.graph.outputs()) if n not in present]
-        if missing:
-            raise FailedPreconditionError(f"{problem} lacks tensors that metadata.json names: {', '.join(missing)}")
-        return session
 
     def close(self) -> None:
         """Stop the graph's thread (after the server has drained); the session goes with the engine."""
