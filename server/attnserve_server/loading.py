@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from attnserve_server.errors import ModelLoadError
+from attnserve_server.lazy_graph import LazyGraph, shared_graph
 from attnserve_server.onnx_files import check_external_data
 from attnserve_server.parity import DEFAULT_TOLERANCE, ParityReport, compare_logits
 from attnserve_server.runtime import (
@@ -124,3 +126,19 @@ def fixed(dim: int | str | None) -> int | None:
 
 def show_shape(shape: Shape) -> str:
     return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + ")"
+
+
+def extra_graph(
+    ctx: LoadContext, relative: str, what: str, executor: Executor, options: RuntimeOptions | None = None
+) -> LazyGraph:
+    """The version's lazily opened graph ``relative`` (an embeddings or explain graph), present now,
+    shared by every engine that names the same file (:mod:`attnserve_server.lazy_graph`)."""
+    version_file(ctx, relative, what)
+    return shared_graph(
+        ctx.graphs,
+        name=ctx.model,
+        version=ctx.version_dir.name,
+        file=relative,
+        open_session=lambda: open_session(ctx, relative, what, options=options),
+        executor=executor,
+    )

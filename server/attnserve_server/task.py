@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from attnserve_server.lazy_graph import LazyGraph
 from attnserve_server.loaded import Closeable, Engine, Model, ModelLookup, Target
 from attnserve_server.metrics import ServerMetrics
 from attnserve_server.model_format.config import ModelConfig
@@ -38,6 +39,8 @@ class LoadContext:
     executor: Executor
     # None in tools and unit tests: engines then report to no metrics.
     metrics: ServerMetrics | None = None
+    # The version's lazily opened extra graphs by file, shared by the engines that name the same one.
+    graphs: dict[str, LazyGraph] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

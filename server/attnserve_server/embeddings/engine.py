@@ -27,7 +27,6 @@ import numpy.typing as npt
 from attnserve_server.lazy_graph import LazyGraph
 from attnserve_server.loaded import BatchStats
 from attnserve_server.model_format.embeddings import EmbeddingsGraph
-from attnserve_server.runtime import RuntimeSession
 from attnserve_server.vision.batcher import BatchingConfig, BatchTiming, DynamicBatcher
 
 # Text requests of at most this many characters in all are tokenized on the event loop.
@@ -76,7 +75,7 @@ class EmbeddingsEngine:
         name: str,
         version: str,
         graph: EmbeddingsGraph,
-        open_session: Callable[[], RuntimeSession],
+        graph_file: LazyGraph,
         prepare: Prepare,
         prepare_executor: Executor,
         batching: BatchingConfig,
@@ -87,14 +86,7 @@ class EmbeddingsEngine:
         self.version = version
         self.graph = graph
         self.limits = limits
-        self._graph = LazyGraph(
-            name=name,
-            version=version,
-            what="embeddings",
-            open_session=open_session,
-            required=(*graph.input_names, *graph.hidden_states),
-            executor=prepare_executor,
-        )
+        self._graph = graph_file
         self._prepare = prepare
         self._prepare_executor = prepare_executor
         self._batching = batching
@@ -113,7 +105,7 @@ class EmbeddingsEngine:
     async def _ready(self) -> DynamicBatcher:
         """The batcher, opening the graph first if no request has yet."""
         if self._batcher is None:
-            await self._graph.open()
+            await self._graph.open("embeddings", (*self.graph.input_names, *self.graph.hidden_states))
             if self._batcher is None:  # another request may have made it while the graph opened
                 self._batcher = DynamicBatcher(self.name, self.forward, self._batching, item="inputs")
         return self._batcher

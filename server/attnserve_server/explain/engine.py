@@ -80,7 +80,7 @@ class ExplainEngine:
         name: str,
         version: str,
         graph: ExplainGraph,
-        open_session: Callable[[], RuntimeSession],
+        graph_file: LazyGraph,
         prepare: Prepare,
         executor: Executor,
         limits: ExplainLimits,
@@ -91,14 +91,7 @@ class ExplainEngine:
         self.graph = graph
         self.limits = limits
         self.decoding = decoding
-        self._graph = LazyGraph(
-            name=name,
-            version=version,
-            what="explain",
-            open_session=open_session,
-            required=(*graph.input_names, *graph.outputs()),
-            executor=executor,
-        )
+        self._graph = graph_file
         self._prepare = prepare
         self._executor = executor
         self._runner: ThreadPoolExecutor | None = None
@@ -130,7 +123,7 @@ class ExplainEngine:
         self._waiting += 1
         stop = threading.Event()
         try:
-            session = await self._graph.open()
+            session = await self._graph.open("explain", (*self.graph.input_names, *self.graph.outputs()))
             if self._runner is None:
                 self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"explain-{self.name}")
             run = asyncio.get_running_loop().run_in_executor(self._runner, function, session, stop)

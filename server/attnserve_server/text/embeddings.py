@@ -15,7 +15,7 @@ from attnserve_server.embeddings.engine import EmbeddingsEngine, PreparedInputs
 from attnserve_server.embeddings.limits import embeddings_limits
 from attnserve_server.errors import DeadlineExceededError, InvalidArgumentError, ModelLoadError
 from attnserve_server.loaded import Engine
-from attnserve_server.loading import open_session, version_file
+from attnserve_server.loading import extra_graph
 from attnserve_server.task import LoadContext
 from attnserve_server.text.engine import TextEngine
 from attnserve_server.text.metadata import TextGenerationMetadata
@@ -71,7 +71,6 @@ def text_embeddings(ctx: LoadContext, engine: Engine) -> EmbeddingsEngine | None
         return None
     if not graph.is_text:
         raise ModelLoadError(ctx.model, "embeddings.input_names of a text model must be input_ids and attention_mask")
-    version_file(ctx, graph.file, "embeddings.file")  # present now; opened on the first Embed request
     tokenizer = engine.generator.tokenizer
     limits = embeddings_limits(ctx.config, context_length=context_length)
 
@@ -82,7 +81,7 @@ def text_embeddings(ctx: LoadContext, engine: Engine) -> EmbeddingsEngine | None
         name=ctx.model,
         version=ctx.version_dir.name,
         graph=graph,
-        open_session=lambda: open_session(ctx, graph.file, "embeddings.file"),
+        graph_file=extra_graph(ctx, graph.file, "embeddings.file", ctx.executor),
         prepare=prepare,
         prepare_executor=ctx.executor,
         batching=batching_config(ctx.settings, None),

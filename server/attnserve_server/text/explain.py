@@ -9,7 +9,7 @@ from attnserve_server.errors import InvalidArgumentError, ModelLoadError
 from attnserve_server.explain.engine import Decoding, ExplainEngine, ExplainInput
 from attnserve_server.explain.limits import explain_limits
 from attnserve_server.loaded import Engine
-from attnserve_server.loading import open_session, version_file
+from attnserve_server.loading import extra_graph
 from attnserve_server.task import LoadContext
 from attnserve_server.text.embeddings import tokenize_texts
 from attnserve_server.text.engine import TextEngine
@@ -29,7 +29,6 @@ def text_explain(ctx: LoadContext, engine: Engine) -> ExplainEngine | None:
     wanted = "encoder_decoder" if seq2seq else "causal_text"
     if graph.layout != wanted:
         raise ModelLoadError(ctx.model, f"explain.layout of a {meta.TASK} model must be {wanted}, not {graph.layout}")
-    version_file(ctx, graph.file, "explain.file")  # present now; opened on the first Explain request
     tokenizer = engine.generator.tokenizer
     if isinstance(meta, Text2TextGenerationMetadata):
         limits = explain_limits(
@@ -54,7 +53,7 @@ def text_explain(ctx: LoadContext, engine: Engine) -> ExplainEngine | None:
         name=ctx.model,
         version=ctx.version_dir.name,
         graph=graph,
-        open_session=lambda: open_session(ctx, graph.file, "explain.file"),
+        graph_file=extra_graph(ctx, graph.file, "explain.file", ctx.executor),
         prepare=prepare,
         executor=ctx.executor,
         limits=limits,

@@ -11,7 +11,7 @@ from attnserve_server.embeddings.engine import EmbeddingsEngine, PreparedInputs
 from attnserve_server.embeddings.limits import embeddings_limits
 from attnserve_server.errors import ModelLoadError
 from attnserve_server.loaded import Engine
-from attnserve_server.loading import onnxruntime_options, open_session, version_file
+from attnserve_server.loading import extra_graph, onnxruntime_options
 from attnserve_server.task import LoadContext
 from attnserve_server.vision.classifier import ImageClassifier
 from attnserve_server.vision.loader import batching_config
@@ -27,7 +27,6 @@ def image_embeddings(ctx: LoadContext, engine: Engine) -> EmbeddingsEngine | Non
         return None
     if graph.is_text or graph.num_tokens is None:
         raise ModelLoadError(ctx.model, "embeddings of an image model take one pixel input and declare num_tokens")
-    version_file(ctx, graph.file, "embeddings.file")  # present now; opened on the first Embed request
     max_pixels = ctx.settings.max_image_pixels
 
     def prepare(images: Sequence[Any], stop: threading.Event, deadline: float | None) -> PreparedInputs:
@@ -39,7 +38,9 @@ def image_embeddings(ctx: LoadContext, engine: Engine) -> EmbeddingsEngine | Non
         graph=graph,
         # On ONNX Runtime whatever backend config.yaml picks for the serving graph: the OpenVINO
         # path checks parity on logits, which this graph does not have.
-        open_session=lambda: open_session(ctx, graph.file, "embeddings.file", options=onnxruntime_options(ctx)),
+        graph_file=extra_graph(
+            ctx, graph.file, "embeddings.file", engine.decode_pool, options=onnxruntime_options(ctx)
+        ),
         prepare=prepare,
         prepare_executor=engine.decode_pool,
         batching=batching_config(ctx.settings, ctx.config.dynamic_batching),

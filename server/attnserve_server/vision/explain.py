@@ -9,7 +9,7 @@ from attnserve_server.errors import InvalidArgumentError, ModelLoadError
 from attnserve_server.explain.engine import ExplainEngine, ExplainInput
 from attnserve_server.explain.limits import explain_limits
 from attnserve_server.loaded import Engine
-from attnserve_server.loading import onnxruntime_options, open_session, version_file
+from attnserve_server.loading import extra_graph, onnxruntime_options
 from attnserve_server.task import LoadContext
 from attnserve_server.vision.classifier import ImageClassifier
 from attnserve_server.vision.metadata import ImageClassificationMetadata
@@ -24,7 +24,6 @@ def image_explain(ctx: LoadContext, engine: Engine) -> ExplainEngine | None:
         return None
     if graph.layout not in ("vit", "swin"):
         raise ModelLoadError(ctx.model, f"explain.layout of an image model must be vit or swin, not {graph.layout}")
-    version_file(ctx, graph.file, "explain.file")  # present now; opened on the first Explain request
     max_pixels = ctx.settings.max_image_pixels
 
     def prepare(image: Any, deadline: float | None) -> ExplainInput:
@@ -39,7 +38,7 @@ def image_explain(ctx: LoadContext, engine: Engine) -> ExplainEngine | None:
         version=ctx.version_dir.name,
         graph=graph,
         # On ONNX Runtime whatever backend config.yaml picks for the serving graph, as for embeddings.
-        open_session=lambda: open_session(ctx, graph.file, "explain.file", options=onnxruntime_options(ctx)),
+        graph_file=extra_graph(ctx, graph.file, "explain.file", engine.decode_pool, options=onnxruntime_options(ctx)),
         prepare=prepare,
         executor=engine.decode_pool,
         limits=explain_limits(ctx.config),

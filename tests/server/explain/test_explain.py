@@ -149,3 +149,19 @@ def test_translator_maps_match_the_module(explain: Explain, reference: Reference
         np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5, err_msg=name)
     decoder = tensor(maps.decoder_attention)
     assert np.all(decoder[..., np.triu(np.ones(decoder.shape[-2:], dtype=bool), k=1)] == 0.0)
+
+
+def test_explain_and_embed_share_one_lazily_opened_graph(
+    explain_reference: tuple[Any, Reference], server_launcher: Callable[..., Any]
+) -> None:
+    from attnserve_client import Client
+
+    server = server_launcher(explain_reference[0])
+    with Client(server.address) as client:
+        assert client.generate("The cat", model="ex-gpt", max_new_tokens=2).text is not None
+        assert "opened the" not in server.stderr()  # loading and generating leave it closed
+        client.explain("The cat", model="ex-gpt")
+        client.embed(["The cat"], model="ex-gpt")  # the same explain.onnx: no second session
+        client.explain("The cat", model="ex-gpt")
+    log = server.stderr()
+    assert log.count("graph of model ex-gpt version 1") == 1 and "opened the explain graph" in log
