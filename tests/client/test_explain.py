@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from attnserve_client import (
     AsyncClient,
@@ -273,12 +273,13 @@ def shipped_address(session_server_launcher: Callable[..., Any]) -> str:
 
 @pytest.fixture(scope="module")
 def digit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 64x64 grey digit, made as the docs' digit.png is (a scikit-learn test digit, bicubic)."""
-    from sklearn.datasets import load_digits
-
-    grey = np.clip(np.round(load_digits().images[8] * 255 / 16), 0, 255).astype(np.uint8)
+    """A 64x64 grey 8, light on dark, drawn here (no scikit-learn: tests/client also runs in .venv-pb6)."""
+    image = Image.new("L", (64, 64), 0)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((20, 6, 44, 30), outline=255, width=6)
+    draw.ellipse((16, 30, 48, 58), outline=255, width=6)
     path = tmp_path_factory.mktemp("explain") / "digit.png"
-    Image.fromarray(grey, mode="L").resize((64, 64), Image.Resampling.BICUBIC).save(path)
+    image.save(path)
     return path
 
 

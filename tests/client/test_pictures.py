@@ -133,6 +133,7 @@ def test_token_labels_keep_characters_a_font_has() -> None:
 
 
 def test_the_matplotlib_figures(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plots extra (tests/client also runs in .venv-pb6, without it)")
     figure = plots.plot_token_attention(["a", " b", "\n", "é"], _causal(3, 4), layer=1)
     assert len([ax for ax in figure.axes if ax.get_title()]) == 3
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["a", "·b", "\\n", "é"]
