@@ -158,7 +158,10 @@ def export_classifier(
         # The Explain and Embed RPCs' graph, parity-checked too (attnserve_export.explain_graph); ViT and Swin.
         explained = supports_explain(model)
         if explained:
-            entry, explain_report = export_explain(model, Path(tmp) / "explain", spec=spec, images=images)
+            tolerance = max_rel_diff if max_rel_diff is not None else 1e-4  # the logits' tolerance
+            entry, explain_report = export_explain(
+                model, Path(tmp) / "explain", spec=spec, images=images, tolerance=tolerance
+            )
         version_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), version_dir / MODEL_FILE)
         if explained:

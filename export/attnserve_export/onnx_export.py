@@ -584,7 +584,9 @@ def export_gpt(
             # Imported here: explain_graph builds on this module's parity report.
             from attnserve_export.explain_graph import embeddings_entry, export_explain, with_explain  # noqa: PLC0415
 
-            entry, explain_report = export_explain(model, Path(tmp) / "explain")
+            # Held to the tolerance the caller set for this model's logits (1e-4 unless it said otherwise).
+            tolerance = max_rel_diff if max_rel_diff is not None else 1e-4
+            entry, explain_report = export_explain(model, Path(tmp) / "explain", tolerance=tolerance)
         version_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), version_dir / MODEL_FILE)
         if explain:
