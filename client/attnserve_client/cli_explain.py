@@ -111,7 +111,7 @@ def _picture(pictures: Any, result: Explanation, image: Path | None) -> Any:
     if isinstance(result, TextAttention):
         return _token_panels(pictures, result.tokens, result.tokens, result.attention, result)
     if isinstance(result, Text2TextAttention):
-        # What the issue asks to see: each generated token's attention over the source.
+        # Each generated token's attention over the source: what the decoder read to write it.
         return _token_panels(pictures, result.source_tokens, result.generated_tokens, result.cross_attention, result)
     if isinstance(result, VitAttention):
         # The rollout spreads over every patch: its own range shows where it is more or less.
