@@ -23,7 +23,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -37,7 +36,7 @@ from attnserve_export.hidden_states import (
     graph_entry,
     write_checked_graph,
 )
-from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityReport
+from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityReport, save_program
 from attnserve_export.seq2seq import Seq2Seq
 from attnserve_export.swin import Swin
 from attnserve_export.vit import ViT
@@ -216,14 +215,7 @@ def export_explain_onnx(model: ExplainModel, entry: ExplainGraph, path: Path, sp
             optimize=False,
             verbose=False,
         )
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    program.save(str(path))
-    proto = onnx.load(str(path))
-    for node in proto.graph.node:  # per-node stack traces only cost bytes in a shipped file
-        del node.metadata_props[:]
-        node.doc_string = ""
-    onnx.save(proto, str(path))
+    save_program(program, path)
 
 
 def reference_outputs(model: ExplainModel, feed: dict[str, np.ndarray], entry: ExplainGraph) -> list[np.ndarray]:
@@ -333,6 +325,11 @@ def export_explain(
     return entry, report
 
 
+def hidden_states_part(report: ParityReport) -> ParityReport:
+    """The hidden states' cases of an explain graph's parity report: the Embed RPC's part of it."""
+    return replace(report, cases=[c for c in report.cases if c.name.startswith("hidden_states.")])
+
+
 def with_explain(
     metadata: ModelMetadata, entry: ExplainGraph, report: ParityReport, embeddings: EmbeddingsGraph | None
 ) -> ModelMetadata:
@@ -343,7 +340,6 @@ def with_explain(
     if embeddings is not None:
         update["embeddings"] = embeddings
         # The same graph and check: the hidden states' part of it.
-        hidden = [c for c in report.cases if c.name.startswith("hidden_states.")]
-        provenance["embeddings_parity"] = replace(report, cases=hidden).to_dict()
+        provenance["embeddings_parity"] = hidden_states_part(report).to_dict()
     section = metadata.section.model_copy(update=update)
     return metadata.model_copy(update={"section": section, "provenance": provenance})

@@ -15,12 +15,11 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from attnserve_export.embeddings_version import rebuilt_module, version_dirs
-from attnserve_export.explain_graph import embeddings_entry, export_explain
+from attnserve_export.explain_graph import embeddings_entry, export_explain, hidden_states_part
 from attnserve_server.model_format.metadata import METADATA_FILE, read_metadata, write_metadata
 from attnserve_server.task_table import TaskTable
 from attnserve_server.vision.metadata import ImageClassificationMetadata
@@ -68,8 +67,7 @@ def add_explain_version(
             if old_embeddings is not None and old_embeddings.file != entry.file:
                 (staged / old_embeddings.file).unlink(missing_ok=True)  # the explain graph serves Embed now
             update["embeddings"] = embeddings
-            hidden = [c for c in report.cases if c.name.startswith("hidden_states.")]
-            record["embeddings"] = {"file": entry.file, "parity": replace(report, cases=hidden).to_dict()}
+            record["embeddings"] = {"file": entry.file, "parity": hidden_states_part(report).to_dict()}
         new_metadata = metadata.model_copy(
             update={
                 "section": section.model_copy(update=update),

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from attnserve_export.gpt import GPT, left_pad
-from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityReport
+from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityReport, save_program
 from attnserve_export.seq2seq import Seq2Seq
 from attnserve_export.swin import Swin
 from attnserve_export.vit import ViT
@@ -132,14 +132,7 @@ def export_hidden_states_onnx(model: nn.Module, entry: EmbeddingsGraph, path: Pa
             optimize=False,
             verbose=False,
         )
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    program.save(str(path))
-    proto = onnx.load(str(path))
-    for node in proto.graph.node:  # per-node stack traces only cost bytes in a shipped file
-        del node.metadata_props[:]
-        node.doc_string = ""
-    onnx.save(proto, str(path))
+    save_program(program, path)
 
 
 def reference_hidden_states(model: nn.Module, feed: dict[str, np.ndarray]) -> list[np.ndarray]:

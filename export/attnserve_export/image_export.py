@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from attnserve_export.explain_graph import embeddings_entry, export_explain, supports_explain, with_explain
-from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityReport
+from attnserve_export.onnx_export import OPSET, ParityCase, ParityError, ParityReport, save_program
 from attnserve_server.model_format.metadata import ModelMetadata, write_metadata
 from attnserve_server.model_format.preprocess import InputSpec
 from attnserve_server.vision.metadata import ImageClassificationMetadata
@@ -58,14 +58,7 @@ def export_classifier_onnx(model: nn.Module, spec: InputSpec, path: Path) -> Non
             optimize=True,
             verbose=False,
         )
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    program.save(str(path))
-    proto = onnx.load(str(path))
-    for node in proto.graph.node:  # per-node stack traces only cost bytes in a shipped file
-        del node.metadata_props[:]
-        node.doc_string = ""
-    onnx.save(proto, str(path))
+    save_program(program, path)
 
 
 def check_classifier_parity(

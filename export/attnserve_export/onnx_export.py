@@ -244,6 +244,23 @@ def export_onnx(model: GPT, path: Path) -> None:
     _tidy_graph(path)
 
 
+def strip_debug_info(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node stack traces: they only cost bytes in a file we ship."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+
+
+def save_program(program: Any, path: Path) -> None:
+    """Save a ``torch.onnx.export`` program to ``path`` without the per-node debug metadata."""
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    program.save(str(path))
+    proto = onnx.load(str(path))
+    strip_debug_info(proto)
+    onnx.save(proto, str(path))
+
+
 def _tidy_graph(path: Path) -> None:
     """Name the attention mask's length axis and drop the exporter's per-node debug metadata.
 
@@ -252,9 +269,7 @@ def _tidy_graph(path: Path) -> None:
     stack traces only cost bytes in a file we ship.
     """
     proto = onnx.load(str(path))
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
+    strip_debug_info(proto)
     present = next(o for o in proto.graph.output if o.name == PRESENT_KEY.format(layer=0))
     total_name = present.type.tensor_type.shape.dim[2].dim_param
     for inp in proto.graph.input:
