@@ -112,29 +112,22 @@ def run_maps(
         (pixels,) = graph.input_names
         feed = {pixels: prepared.pixels}
     layers = graph.attentions if graph.layout != "swin" else graph.stage_blocks(selection.stage)
-    names = [layers[i].output for i in selection.layers]
+    # A ViT's rollout needs every layer, whichever were chosen: the one run asks for them all.
+    wanted = range(len(layers)) if graph.layout == "vit" else selection.layers
+    names = [layers[i].output for i in wanted]
     outputs = dict(zip(names, session.run(names, feed), strict=True))
-    chosen = [outputs[name] for name in names]
+    chosen = [outputs[layers[i].output] for i in selection.layers]
     if graph.layout == "causal_text":
         return TextMaps(prepared.token_texts, select(chosen, selection.heads))
     if graph.layout == "vit":
-        return _vit(graph, session, feed, chosen, selection)
+        return _vit(graph, chosen, [outputs[name] for name in names], selection)
     return _swin(graph, chosen, selection)
 
 
-def _vit(
-    graph: ExplainGraph,
-    session: RuntimeSession,
-    feed: dict[str, npt.NDArray[Any]],
-    chosen: list[FloatArray],
-    selection: Selection,
-) -> VitMaps:
+def _vit(graph: ExplainGraph, chosen: list[FloatArray], every: list[FloatArray], selection: Selection) -> VitMaps:
     assert graph.grid is not None and graph.patch_size is not None
-    every = [a.output for a in graph.attentions]
-    # Rollout needs every layer, whichever were chosen.
-    all_layers = chosen if len(chosen) == len(every) else session.run(every, feed)
     class_attention = np.stack([class_token_attention(layer, selection.heads, graph.grid) for layer in chosen])
-    return VitMaps(graph.grid, graph.patch_size, class_attention, attention_rollout(all_layers, graph.grid))
+    return VitMaps(graph.grid, graph.patch_size, class_attention, attention_rollout(every, graph.grid))
 
 
 def _swin(graph: ExplainGraph, chosen: list[FloatArray], selection: Selection) -> SwinMaps:
