@@ -156,11 +156,12 @@ def check_response_size(engine: ExplainEngine, selection: Selection, tokens: int
     size = 4 * floats + text_bytes + 16 * tokens
     budget = MAX_RESPONSE_BYTES - RESPONSE_MARGIN_BYTES
     if size > budget:
-        what = "a shorter text" if engine.is_text else "a later stage" if engine.graph.layout == "swin" else "fewer"
+        other = {"causal_text": ", or send a shorter text", "encoder_decoder": ", or send a shorter text or "
+                 "fewer max_new_tokens", "swin": ", or choose a later stage"}.get(engine.graph.layout, "")  # fmt: skip
         raise InvalidArgumentError(
             f"the maps of this request ({len(selection.layers)} layers x {len(selection.heads)} heads"
             f"{f' over {tokens} tokens' if tokens else ''}) would take {size / 2**20:.1f} MiB, over the 4 MiB "
-            f"response limit; choose fewer layers or heads, or send {what}"
+            f"response limit; choose fewer layers or heads{other}"
         )
 
 
