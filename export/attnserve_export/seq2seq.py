@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gpt import (
-    PositionalEncoding,
+from .attention_ops import (
     apply_rotary,
     build_attention_mask,
     explicit_attention,
     rotary_cos_sin,
     sinusoidal_embedding,
 )
+from .gpt import PositionalEncoding
 
 # "post": x = LN(x + sublayer(x)), as in the paper; "pre": x = x + sublayer(LN(x)), which trains deeper stacks stably.
 NormPlacement = Literal["post", "pre"]
