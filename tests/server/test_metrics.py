@@ -31,7 +31,10 @@ def metrics_url(server_log: str) -> str:
     return found.group(1)
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
     """Every sample of the exposition, keyed by (sample name, labels)."""
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
@@ -41,6 +44,17 @@ def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         for sample in family.samples:
             samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return samples
+
+
+def settled_scrape(url: str, done: Callable[[Samples], bool], timeout: float = 10) -> Samples:
+    """Scrape until ``done(samples)`` or ``timeout`` seconds: counters that the server moves as it
+    finishes a call may move just after the client has its answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(url)
+        if done(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
 
 
 def request_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -110,15 +124,16 @@ def test_requests_move_the_counters_and_histograms(observed: tuple[Client, str])
     # sequence leaves the batch, which may be just after the client has read the last chunk, and a
     # call's counter moves as the server finishes it, which may be just after the client has its
     # status: wait for those public signals (bounded) before asserting.
-    deadline = time.monotonic() + 10
-    while True:
-        s = scrape(url)
-        done = all(
-            value(s, f"attnserve_request_{kind}_time_seconds_count", model=TEXT) == 2 for kind in ("queue", "compute")
-        ) and value(s, "attnserve_requests_total", model=IMAGE, method="Classify", code="INVALID_ARGUMENT") >= 1
-        if done or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    s = settled_scrape(
+        url,
+        lambda s: (
+            all(
+                value(s, f"attnserve_request_{kind}_time_seconds_count", model=TEXT) == 2
+                for kind in ("queue", "compute")
+            )
+            and value(s, "attnserve_requests_total", model=IMAGE, method="Classify", code="INVALID_ARGUMENT") >= 1
+        ),
+    )
     requests = "attnserve_requests_total"
     assert value(s, requests, model=TEXT, method="Generate", code="OK") == 1
     assert value(s, requests, model=TEXT, method="GenerateStream", code="OK") == 1
@@ -232,7 +247,10 @@ def test_v2_inference_calls_are_counted(observed: tuple[Client, str]) -> None:
         v2.infer(IMAGE, [tensor])
         with pytest.raises(InferenceServerException):
             v2.infer("no-such-model", [tensor])
-    s = scrape(url)
+    # The failed call's counter moves as the server finishes it, maybe just after the client has its status.
+    s = settled_scrape(
+        url, lambda s: value(s, "attnserve_requests_total", model="", method="ModelInfer", code="NOT_FOUND") >= 1
+    )
     assert value(s, "attnserve_requests_total", model=IMAGE, method="ModelInfer", code="OK") == 1
     assert value(s, "attnserve_requests_total", model="", method="ModelInfer", code="NOT_FOUND") == 1
     assert value(s, "attnserve_batch_size_count", model=IMAGE) == 1
